@@ -1,0 +1,171 @@
+"""capacity: the command line of surgecap.
+
+    capacity simulate SCENARIO [--seed N] [--replications R] [--out DIR]
+                               [--scale F] [--window START END]
+
+Exit codes: 0 success, 1 a failed check, 2 bad input (scenario or arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from models.loader import ScenarioError, load_scenario
+from models.units import UnitError, format_duration, parse_duration, parse_fraction
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+class ProgressBar:
+    """Progress over simulated time on stderr: a live bar on a terminal, a line per 10 % otherwise."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30):
+        self.label = label
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.last_draw = 0.0
+        self.last_decile = -1
+
+    def __call__(self, done: float, total: float) -> None:
+        frac = min(1.0, done / total) if total > 0 else 1.0
+        now = time.monotonic()
+        elapsed = now - self.started
+        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+        text = f"{self.label} {frac:6.1%}  simulated {format_duration(done)} of {format_duration(total)}  wall {elapsed:.0f}s"
+        if 0 < frac < 1:
+            text += f"  eta {eta:.0f}s"
+        if self.tty:
+            if now - self.last_draw < 0.2 and frac < 1:
+                return
+            self.last_draw = now
+            filled = int(frac * self.width)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {text}\033[K")
+            if frac >= 1:
+                self.stream.write("\n")
+        else:
+            decile = int(frac * 10)
+            if decile == self.last_decile:
+                return
+            self.last_decile = decile
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _run_dir(out: str | None, scenario_name: str) -> Path:
+    if out:
+        return Path(out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{scenario_name}"
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from models.results import save
+    from models.simulate import simulate, summarize
+    from reports.summary import slo_verdicts, summary_text
+
+    scenario = load_scenario(args.scenario)
+    changes: dict[str, object] = {}
+    try:
+        if args.scale is not None:
+            scale = parse_fraction(args.scale)
+            if not 0 < scale <= 1:
+                raise UnitError(f"--scale must be in (0, 1], got {args.scale!r}")
+            changes["scale"] = scale
+        if args.window is not None:
+            window = (parse_duration(args.window[0]), parse_duration(args.window[1]))
+            if not 0 <= window[0] < window[1] <= scenario.horizon:
+                raise UnitError(f"--window must lie within [0, {format_duration(scenario.horizon)}] and end after it starts")
+            changes["window"] = window
+    except UnitError as exc:
+        print(f"capacity simulate: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if changes:
+        scenario = scenario.with_run(**changes)
+    if args.replications < 1:
+        print("capacity simulate: error: --replications must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run_dir = _run_dir(args.out, scenario.name)
+    bars: dict[int, ProgressBar] = {}
+
+    def progress(rep: int, done: float, total: float) -> None:
+        if args.quiet:
+            return
+        bar = bars.setdefault(rep, ProgressBar(f"replication {rep + 1}/{args.replications}"))
+        bar(done, total)
+
+    started = time.monotonic()
+    results = simulate(scenario, replications=args.replications, seed=args.seed, progress=progress)
+    wall = time.monotonic() - started
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for r, result in enumerate(results):
+        save(result, run_dir / f"rep-{r:03d}")
+    text = summary_text(scenario, results)
+    est = summarize(results)
+    (run_dir / "summary.md").write_text(f"# Simulation of {scenario.name}\n\n```\n{text}\n```\n")
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "scenario": scenario.name,
+                "scenario_file": scenario.path,
+                "seed": args.seed if args.seed is not None else scenario.seed,
+                "replications": args.replications,
+                "wall_seconds": round(wall, 2),
+                "figures": {k: {"mean": e.mean, "ci95": e.half_width, "n": e.n} for k, e in est.items()},
+                "slos": [{"slo": s.label, "value": v, "met": ok} for s, v, ok in slo_verdicts(scenario, results)],
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    print(text)
+    print(f"\nsimulated in {wall:.1f}s; results in {run_dir}/ (summary.md, summary.json, rep-*/result.json and CSV)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("simulate", help="run the SimPy model of a scenario and summarize it")
+    p.add_argument("scenario", help="scenario YAML file (e.g. scenarios/prakerja-launch.yaml)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
+    p.add_argument("--replications", "-r", type=int, default=1, help="independent replications (default 1)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-<scenario>)")
+    p.add_argument("--scale", default=None, help="share of arrivals kept, e.g. 0.1 or 10%% (overrides run.scale)")
+    p.add_argument("--window", nargs=2, metavar=("START", "END"), default=None, help="time window, e.g. 0h 2h (overrides run.window)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ScenarioError as exc:
+        print(f"capacity {args.command}: invalid scenario", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"capacity {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

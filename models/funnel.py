@@ -1,0 +1,425 @@
+"""The SimPy model of the registration funnel.
+
+Registrants arrive on the scenario's curve (the shared arrival sampler) and walk
+the journey: for each step they may drop off, may wait for an email, think, then
+send the step's request through its stations.  A request can be shed by a full
+queue, abandoned when patience runs out, refused by the registry's rate limit or
+quota, time out, or come back as a NIK mismatch; the retry policy decides whether
+to try again after a backoff.  A monitor process closes an aggregation interval
+every ``run.interval`` and applies capacity changes at their times.
+
+:func:`simulate_once` runs one replication and returns a :class:`RunResult`.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+from simpy.events import Event
+
+from models.arrivals import arrival_times, stream
+from models.distributions import Sampler
+from models.results import RequestSeries, RunResult, StationSeries, StepSeries
+from models.scenario import EMAIL, REGISTRY, Scenario, Step
+from models.stations import INF, Registry, Station
+
+__all__ = ["simulate_once", "Progress"]
+
+#: progress(simulated_seconds_done, simulated_seconds_total)
+Progress = Callable[[float, float], None]
+
+
+def _uniform(rng: np.random.Generator) -> Sampler:
+    buf: list[float] = []
+    pop = buf.pop
+
+    def u() -> float:
+        if not buf:
+            buf.extend(rng.random(4096).tolist())
+        return pop()
+
+    return u
+
+
+@dataclass
+class _StepPlan:
+    """A step with everything resolved for speed: samplers and station objects."""
+
+    index: int
+    step: Step
+    rt: str
+    visits: list[tuple[Station, Sampler | None]]
+    think: Sampler | None
+    patience: Sampler | None
+    sends_email: bool  # the next step waits for an email: send it when this one completes
+    retry_on: frozenset[str]
+    # per-interval counters (flushed by the monitor)
+    reached: int = 0
+    completed: int = 0
+    dropped: int = 0
+    failed: int = 0
+    started: int = 0
+    ok: int = 0
+
+
+class _Lean:
+    """Drives a registrant generator on SimPy events, without a Process event.
+
+    A :class:`simpy.Process` costs two scheduled events of its own (start and
+    end) and a general resume loop; a registrant needs neither (nobody waits for
+    it and it only yields pending events), so a million of them run this lighter
+    driver.  The generator is started at once, at the current simulated time.
+    """
+
+    __slots__ = ("gen", "resume")
+
+    def __init__(self, gen: Generator[Event, Any, None]):
+        self.gen = gen
+        self.resume = self._resume
+        self._resume(None)
+
+    def _resume(self, event: Event | None) -> None:
+        try:
+            nxt = self.gen.send(None if event is None else event._value)
+        except StopIteration:
+            return
+        nxt.callbacks.append(self.resume)  # type: ignore[union-attr]
+
+
+class _Route:
+    """One request's way through its stations, chained by callbacks.
+
+    The registrant waits on one ``reply`` event for the whole route; each
+    station's completion starts the next leg directly, and the last station
+    triggers ``reply`` itself.  A failure on any leg ends the route with its reason.
+    """
+
+    __slots__ = ("model", "visits", "i", "deadline", "reply")
+
+    def __init__(self, model: "FunnelModel", visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event):
+        self.model = model
+        self.visits = visits
+        self.i = 0
+        self.deadline = deadline
+        self.reply = reply
+
+    def next(self, previous: Event | None) -> None:
+        reply = self.reply
+        if previous is not None and previous._value is not None:
+            reply._ok = True
+            reply._value = previous._value
+            self.model.env.schedule(reply)
+            return
+        station, service = self.visits[self.i]
+        self.i += 1
+        last = self.i == len(self.visits)
+        target = reply if last else None
+        if service is None:  # the registry
+            m = self.model
+            leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, target)  # type: ignore[union-attr]
+        else:
+            leg = station.request(service(), self.deadline, ev=target)
+        if not last:
+            leg.callbacks.append(self.next)  # type: ignore[union-attr]
+
+
+class FunnelModel:
+    """One replication of a scenario, built on a SimPy environment."""
+
+    def __init__(self, scenario: Scenario, seed: int, replication: int = 0):
+        s = self.scenario = scenario
+        self.start, self.end = scenario.window
+        self.env = simpy.Environment(initial_time=self.start)
+        self.compress = s.run.compress
+        self.counting_from = self.start + s.run.warmup
+        self.interval = s.run.interval
+        self.n_intervals = max(1, math.ceil((self.end - self.counting_from) / self.interval - 1e-9))
+        self.arrivals = arrival_times(scenario, seed, replication)
+        service_rng = stream(seed, "service", replication)
+        self.journey_u = _uniform(stream(seed, "journey", replication))
+        journey_rng = stream(seed, "journey", replication + 1_000_000)
+        patience_rng = stream(seed, "patience", replication)
+        registry_rng = stream(seed, "registry", replication)
+
+        env = self.env
+        sysd = s.system
+        self.stations: dict[str, Station] = {
+            name: Station(env, name, st.servers, st.queue) for name, st in sysd.stations.items()
+        }
+        self.registry: Registry | None = None
+        if sysd.registry is not None:
+            r = sysd.registry
+            self.registry = Registry(env, r.concurrency, r.queue, r.rate_limit, r.burst, r.daily_quota, r.mismatch, _uniform(registry_rng))
+            self.stations[REGISTRY] = self.registry
+            self.registry_latency = r.latency.sampler(registry_rng)
+            self.registry_timeout = r.timeout
+        if sysd.email is not None:
+            self.stations[EMAIL] = Station(env, EMAIL, 1, None, fixed_service=1.0 / sysd.email.rate)
+        self.batch_quota = sysd.batch.quota if sysd.batch is not None else None
+        self.batch_used = 0
+
+        samplers: dict[tuple[str, str], Sampler] = {}
+        self.plans: list[_StepPlan] = []
+        for i, step in enumerate(s.journey):
+            visits: list[tuple[Station, Sampler | None]] = []
+            for name in step.stations:
+                if name == REGISTRY:
+                    visits.append((self.stations[name], None))
+                    continue
+                key = (name, step.request_type)
+                if key not in samplers:
+                    dist = sysd.stations[name].service_for(step.request_type)
+                    assert dist is not None
+                    samplers[key] = dist.sampler(service_rng)
+                visits.append((self.stations[name], samplers[key]))
+            think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
+            nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
+            self.plans.append(
+                _StepPlan(
+                    index=i,
+                    step=step,
+                    rt=step.request_type,
+                    visits=visits,
+                    think=think.sampler(journey_rng) if think.mean > 0 else None,
+                    patience=step.patience.sampler(patience_rng) if step.patience is not None else None,
+                    sends_email=nxt is not None and nxt.waits_for == EMAIL,
+                    retry_on=frozenset(step.retry.retry_on),
+                )
+            )
+        self.request_types = s.request_types
+        self.latency_buf: dict[str, list[float]] = {rt: [] for rt in self.request_types}
+        self.fail_now: dict[str, dict[str, int]] = {rt: {} for rt in self.request_types}
+        self.started_now: dict[str, int] = {rt: 0 for rt in self.request_types}
+        self.ok_now: dict[str, int] = {rt: 0 for rt in self.request_types}
+        self.step_durations: list[list[float]] = [[] for _ in self.plans]
+        self.arrived_now = 0
+        self._flushed_at = self.start
+        n = self.n_intervals
+        self.result = RunResult(
+            source="model",
+            scenario=s.name,
+            start=self.counting_from,
+            interval=self.interval,
+            arrivals=[0] * n,
+            requests={rt: RequestSeries.empty(n) for rt in self.request_types},
+            stations={name: StationSeries.empty(n) for name in self.stations},
+            steps={p.step.name: StepSeries.empty(n) for p in self.plans},
+        )
+        self.step_hist = [self.result.steps[p.step.name].duration for p in self.plans]
+
+    # -- processes -----------------------------------------------------------
+    def source(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        registrant = self.registrant
+        timeout = env.timeout
+        for t in self.arrivals.tolist():
+            delay = t - env._now
+            if delay > 0:
+                yield timeout(delay)
+            self.arrived_now += 1
+            _Lean(registrant())
+
+    def registrant(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        u = self.journey_u
+        email: simpy.Event | None = None
+        for plan in self.plans:
+            step = plan.step
+            if plan.index > 0 and step.proceed < 1.0 and u() >= step.proceed:
+                plan.dropped += 1
+                return
+            if step.waits_for is not None and email is not None:
+                yield email
+            if plan.think is not None:
+                yield env.timeout(plan.think())
+            plan.reached += 1
+            began = env._now
+            attempt = 1
+            retry = step.retry
+            rt = plan.rt
+            while True:
+                # one request through the step's stations
+                self.started_now[rt] += 1
+                sent = env._now
+                deadline = sent + plan.patience() if plan.patience is not None else INF
+                reply = Event(env)
+                _Route(self, plan.visits, deadline, reply).next(None)
+                reason: str | None = yield reply
+                if reason is None and step.quota is not None and self.batch_quota is not None:
+                    if self.batch_used >= self.batch_quota:
+                        reason = "quota"
+                    else:
+                        self.batch_used += 1
+                if reason is None:
+                    self.ok_now[rt] += 1
+                    self.latency_buf[rt].append(env._now - sent)
+                    if step.repeat > 0 and u() < step.repeat:
+                        continue
+                    break
+                fails = self.fail_now[rt]
+                fails[reason] = fails.get(reason, 0) + 1
+                if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and u() < retry.give_up):
+                    plan.failed += 1
+                    return
+                wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
+                if retry.jitter > 0:
+                    wait *= 1.0 + retry.jitter * (2.0 * u() - 1.0)
+                attempt += 1
+                if wait > 0:
+                    yield env.timeout(wait)
+            plan.completed += 1
+            self.step_durations[plan.index].append(env._now - began)
+            if plan.sends_email:
+                email = self.stations[EMAIL].request(None)
+
+    def changes(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        for ch in sorted(self.scenario.system.changes, key=lambda c: c.at):
+            if ch.at >= self.end:
+                break
+            if ch.at > env._now:
+                yield env.timeout(ch.at - env._now)
+            self.apply_change(ch)
+
+    def apply_change(self, ch: Any) -> None:
+        if ch.station is not None:
+            st = self.stations[ch.station]
+            if ch.queue is not None:
+                st.set_limit(ch.queue)
+            if ch.servers is not None:
+                st.set_servers(ch.servers)
+            if isinstance(st, Registry):
+                if ch.rate_limit is not None:
+                    st.set_rate_limit(ch.rate_limit)
+                if ch.daily_quota is not None:
+                    st.daily_quota = ch.daily_quota
+        if ch.send_rate is not None:
+            self.stations[EMAIL].set_service(1.0 / ch.send_rate)
+        if ch.batch_quota is not None:
+            self.batch_quota = ch.batch_quota
+
+    def monitor(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        if self.counting_from > env._now:
+            yield env.timeout(self.counting_from - env._now)
+            self._flush(None)  # warm-up: thrown away
+        for k in range(self.n_intervals):
+            end = min(self.end, self.counting_from + (k + 1) * self.interval)
+            if end > env._now:
+                yield env.timeout(end - env._now)
+            self._flush(k)
+
+    def ticker(self, progress: Progress, every: float) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        total = self.end - self.start
+        while env._now + every < self.end:
+            yield env.timeout(every)
+            progress(env._now - self.start, total)
+
+    # -- aggregation -----------------------------------------------------------
+    def _flush(self, k: int | None) -> None:
+        res = self.result
+        span = self.env._now - self._flushed_at
+        self._flushed_at = self.env._now
+        if k is not None:
+            res.arrivals[k] = self.arrived_now
+        self.arrived_now = 0
+        for rt in self.request_types:
+            buf = self.latency_buf[rt]
+            series = res.requests[rt]
+            if k is not None:
+                series.started[k] = self.started_now[rt]
+                series.ok[k] = self.ok_now[rt]
+                series.latency[k].record_many(buf)
+                for reason, n in self.fail_now[rt].items():
+                    series.fail_counts(reason)[k] = n
+            buf.clear()
+            self.started_now[rt] = 0
+            self.ok_now[rt] = 0
+            self.fail_now[rt] = {}
+        for name, st in self.stations.items():
+            arrivals, shed, abandoned, waited, busy, cap, qarea, qmax, waits = st.flush()
+            if k is not None:
+                ss = res.stations[name]
+                ss.arrivals[k], ss.shed[k], ss.abandoned[k], ss.waited[k] = arrivals, shed, abandoned, waited
+                ss.busy[k], ss.capacity[k], ss.queue_max[k] = busy, cap, qmax
+                ss.queue_mean[k] = qarea / span if span > 0 else 0.0
+                ss.wait.record_many(waits)
+        for plan, durations, hist in zip(self.plans, self.step_durations, self.step_hist):
+            if k is not None:
+                fs = res.steps[plan.step.name]
+                fs.reached[k], fs.completed[k], fs.dropped[k], fs.failed[k] = plan.reached, plan.completed, plan.dropped, plan.failed
+                hist.record_many(durations)
+            plan.reached = plan.completed = plan.dropped = plan.failed = 0
+            durations.clear()
+
+    def run(self, progress: Progress | None = None) -> RunResult:
+        env = self.env
+        env.process(self.source())
+        env.process(self.monitor())
+        if self.scenario.system.changes:
+            for ch in self.scenario.system.changes:
+                if ch.at <= self.start:
+                    self.apply_change(ch)
+            env.process(self.changes())
+        if progress is not None:
+            env.process(self.ticker(progress, max((self.end - self.start) / 200, 1e-9)))
+        wall = time.perf_counter()
+        # The run makes millions of short-lived acyclic objects; the cyclic
+        # collector would rescan every live registrant again and again.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            run_until(env, self.end)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self.result.meta.update(
+            {
+                "wall_seconds": round(time.perf_counter() - wall, 3),
+                "registrants": int(len(self.arrivals)),
+                "window": [self.start, self.end],
+                "warmup": self.scenario.run.warmup,
+                "scale": self.scenario.run.scale,
+                "compress": self.compress,
+            }
+        )
+        if progress is not None:
+            progress(self.end - self.start, self.end - self.start)
+        return self.result
+
+
+def run_until(env: simpy.Environment, until: float) -> None:
+    """Process events up to time ``until`` (inclusive), like ``env.run(until)``.
+
+    The same loop as :meth:`simpy.Environment.step`, without a method call and
+    an exception handler per event: the model's hot loop.
+    """
+    queue = env._queue  # type: ignore[attr-defined]
+    pop = heapq.heappop
+    while queue and queue[0][0] <= until:
+        env._now, _, _, event = pop(queue)  # type: ignore[attr-defined]
+        callbacks, event.callbacks = event.callbacks, None
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            raise event._value
+    env._now = until  # type: ignore[attr-defined]
+
+
+def simulate_once(scenario: Scenario, seed: int | None = None, replication: int = 0, progress: Progress | None = None) -> RunResult:
+    """Run one replication; ``seed`` defaults to the scenario's."""
+    seed = scenario.seed if seed is None else seed
+    model = FunnelModel(scenario, seed, replication)
+    result = model.run(progress)
+    result.meta.update({"seed": seed, "replication": replication})
+    return result
+

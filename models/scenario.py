@@ -1,0 +1,412 @@
+"""The scenario: one description of a surge that every engine reads.
+
+A scenario file (``scenarios/*.yaml``) says how registrants arrive (the rate
+curve), what each one does (the journey), what the system is (stations, the
+external registry, the email sender, the batch quota and capacity changes over
+time), what counts as good service (SLOs), what capacity costs, and which slice
+of it to run.  :func:`load_scenario` reads and validates a file into these typed
+objects; any problem raises :class:`ScenarioError` naming the file, the line, the
+field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from models.distributions import Constant, Distribution
+from models.units import parse_duration, parse_fraction, parse_rate, parse_size
+
+__all__ = [
+    "Scenario",
+    "Step",
+    "RetryPolicy",
+    "Station",
+    "Registry",
+    "EmailSender",
+    "Batch",
+    "CapacityChange",
+    "System",
+    "Slo",
+    "Costs",
+    "RunSlice",
+    "ConstantCurve",
+    "PiecewiseCurve",
+    "LaunchSurgeCurve",
+    "FAILURE_REASONS",
+]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+Size = Annotated[float, BeforeValidator(parse_size)]
+Probability = Annotated[float, BeforeValidator(parse_fraction), Field(ge=0.0, le=1.0)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+PositiveRate = Annotated[float, BeforeValidator(parse_rate), Field(gt=0)]
+
+#: Why a request can fail.  ``full``: a station's queue was full (shed, 503);
+#: ``abandoned``: the registrant's patience ran out while queued; ``rate_limited``:
+#: the registry answered 429; ``timeout``: the registry call took longer than the
+#: caller's timeout; ``quota``: the registry's daily quota or the batch quota is
+#: used up; ``mismatch``: the registry says the NIK does not match (a typo).
+FAILURE_REASONS = ("full", "abandoned", "rate_limited", "timeout", "quota", "mismatch")
+RETRYABLE_DEFAULT = ["full", "rate_limited", "timeout"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- arrivals ---------------------------------------------------------------
+
+
+class ConstantCurve(_Model):
+    """A constant arrival rate."""
+
+    shape: Literal["constant"]
+    rate: PositiveRate
+
+
+class PiecewiseCurve(_Model):
+    """Rate points ``[time, rate]``; linear between points (or held, with ``interpolation: step``).
+
+    Before the first point the rate is the first point's; after the last, the last's.
+    """
+
+    shape: Literal["piecewise"]
+    points: list[tuple[Duration, Rate]] = Field(min_length=1)
+    interpolation: Literal["linear", "step"] = "linear"
+
+    @model_validator(mode="after")
+    def _check(self) -> "PiecewiseCurve":
+        times = [t for t, _ in self.points]
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise ValueError("point times must be strictly increasing")
+        if any(r < 0 for _, r in self.points):
+            raise ValueError("rates must not be negative")
+        if all(r == 0 for _, r in self.points):
+            raise ValueError("at least one rate must be positive")
+        return self
+
+
+class LaunchSurgeCurve(_Model):
+    """A launch: rise from ``start_rate`` to ``peak`` over ``rise``, hold, decay to ``floor``.
+
+    The decay is exponential with time constant ``decay``.  Give ``total``
+    instead of ``decay`` and the decay is solved so that the curve's integral over
+    the horizon equals ``total`` arrivals.
+    """
+
+    shape: Literal["launch-surge"]
+    peak: PositiveRate
+    peak_at: Duration = Field(ge=0)
+    rise: Duration = Field(default=0.0, ge=0)
+    hold: Duration = Field(default=0.0, ge=0)
+    start_rate: Rate = Field(default=0.0, ge=0)
+    floor: Rate = Field(default=0.0, ge=0)
+    decay: PositiveDuration | None = None
+    total: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LaunchSurgeCurve":
+        if (self.decay is None) == (self.total is None):
+            raise ValueError("give exactly one of 'decay' (a duration) or 'total' (arrivals within the horizon)")
+        if self.rise > self.peak_at:
+            raise ValueError("rise must not be longer than peak_at (the rise ends at the peak)")
+        if self.floor > self.peak or self.start_rate > self.peak:
+            raise ValueError("floor and start_rate must not exceed the peak")
+        return self
+
+
+Curve = Annotated[Union[ConstantCurve, PiecewiseCurve, LaunchSurgeCurve], Field(discriminator="shape")]
+
+
+# --- journey ----------------------------------------------------------------
+
+
+class RetryPolicy(_Model):
+    """What a registrant does after a failed request."""
+
+    max_attempts: int = Field(default=1, ge=1, description="attempts in all, the first included")
+    backoff: Duration = Field(default=1.0, ge=0, description="wait before the first retry")
+    multiplier: float = Field(default=2.0, ge=1.0, description="each further wait is this many times longer")
+    max_backoff: Duration = Field(default=3600.0, ge=0)
+    jitter: Probability = Field(default=0.0, description="± share of random spread on each wait")
+    give_up: Probability = Field(default=0.0, description="chance to give up after each failure instead of retrying")
+    retry_on: list[Literal["full", "abandoned", "rate_limited", "timeout", "quota", "mismatch"]] = Field(
+        default_factory=lambda: list(RETRYABLE_DEFAULT)
+    )
+
+
+class Step(_Model):
+    """One step of the registrant journey."""
+
+    name: str = Field(min_length=1)
+    request: str | None = Field(default=None, description="request type; defaults to the step name")
+    stations: list[str] = Field(min_length=1, description="stations visited in order for each request")
+    think: Distribution = Field(default_factory=lambda: Constant(value=0.0), description="time before the step (after the previous one)")
+    proceed: Probability = Field(default=1.0, description="share of those who finished the previous step who go on")
+    patience: Distribution | None = Field(default=None, description="how long a registrant waits in a queue")
+    waits_for: str | None = Field(default=None, description="a sender (e.g. email) whose delivery must come first")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    repeat: Probability = Field(default=0.0, description="chance to do the step again after a success")
+    quota: Literal["batch"] | None = Field(default=None, description="a quota that each success takes one of")
+    payload: Size | None = Field(default=None, description="request body size (e.g. a photo), for the load generator")
+
+    @property
+    def request_type(self) -> str:
+        return self.request or self.name
+
+
+# --- system -----------------------------------------------------------------
+
+
+class Station(_Model):
+    """A multi-server FCFS station with a finite queue (admission control past it)."""
+
+    servers: int = Field(ge=1, description="concurrency: requests served at once")
+    queue: int | None = Field(default=None, ge=0, description="waiting places; beyond, requests are shed (503)")
+    service: dict[str, Distribution] = Field(min_length=1, description="service time per request type ('default' for any)")
+
+    def service_for(self, request_type: str) -> Distribution | None:
+        return self.service.get(request_type, self.service.get("default"))
+
+
+class Registry(_Model):
+    """The external population registry (NIK check), as seen from the server."""
+
+    concurrency: int = Field(ge=1)
+    queue: int | None = Field(default=None, ge=0)
+    latency: Distribution
+    timeout: PositiveDuration = Field(default=10.0, description="the caller's timeout per call")
+    rate_limit: PositiveRate | None = Field(default=None, description="calls allowed per second (429 past it)")
+    burst: float | None = Field(default=None, gt=0, description="token-bucket size; defaults to one second of rate")
+    daily_quota: int | None = Field(default=None, ge=0)
+    mismatch: Probability = Field(default=0.0, description="share of checks answered 'does not match'")
+
+
+class EmailSender(_Model):
+    """The outbox sender: delivers emails one after another at ``rate``."""
+
+    rate: PositiveRate
+
+
+class Batch(_Model):
+    """Training batches: a quota of joins per wave."""
+
+    quota: int = Field(ge=0)
+
+
+class CapacityChange(_Model):
+    """A change at time ``at``: a station's servers or queue, the registry's limits, the batch quota."""
+
+    at: Duration = Field(ge=0)
+    station: str | None = None
+    servers: int | None = Field(default=None, ge=1)
+    queue: int | None = Field(default=None, ge=0)
+    rate_limit: PositiveRate | None = None
+    daily_quota: int | None = Field(default=None, ge=0)
+    send_rate: PositiveRate | None = None
+    batch_quota: int | None = Field(default=None, ge=0)
+    note: str | None = None
+
+
+class System(_Model):
+    stations: dict[str, Station] = Field(default_factory=dict)
+    registry: Registry | None = None
+    email: EmailSender | None = None
+    batch: Batch | None = None
+    changes: list[CapacityChange] = Field(default_factory=list)
+
+
+# --- SLOs, costs, run slice ---------------------------------------------------
+
+
+class Slo(_Model):
+    """One service-level objective; set exactly one of the limits."""
+
+    name: str | None = None
+    request: str | None = Field(default=None, description="a request type; omit for all requests")
+    percentile: float | None = Field(default=None, gt=0, lt=100)
+    below: Duration | None = Field(default=None, gt=0, description="the latency the percentile must stay under")
+    error_rate: Probability | None = None
+    abandon_rate: Probability | None = None
+    backlog_drained: Duration | None = Field(default=None, gt=0, description="queues empty again within this time")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Slo":
+        limits = [self.below, self.error_rate, self.abandon_rate, self.backlog_drained]
+        if sum(x is not None for x in limits) != 1:
+            raise ValueError("set exactly one of: below (with percentile), error_rate, abandon_rate, backlog_drained")
+        if (self.below is None) != (self.percentile is None):
+            raise ValueError("'percentile' and 'below' go together, e.g. percentile: 95, below: 2s")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        from models.units import format_duration
+
+        what = self.request or "all requests"
+        if self.below is not None:
+            return f"{what} p{self.percentile:g} < {format_duration(self.below)}"
+        if self.error_rate is not None:
+            return f"{what} error rate < {self.error_rate:.2%}"
+        if self.abandon_rate is not None:
+            return f"{what} abandonment < {self.abandon_rate:.2%}"
+        return f"backlog drained within {format_duration(self.backlog_drained or 0)}"
+
+
+class Costs(_Model):
+    currency: str = "USD"
+    per_unit_hour: dict[str, float] = Field(default_factory=dict, description="price of one server of a station per hour")
+
+
+class RunSlice(_Model):
+    """Which part of the scenario to run, and how."""
+
+    window: tuple[Duration, Duration] | None = Field(default=None, description="[start, end]; default the horizon")
+    scale: Probability = Field(default=1.0, description="share of arrivals kept")
+    compress: float = Field(default=1.0, ge=1.0, description="think times are divided by this")
+    warmup: Duration = Field(default=0.0, ge=0, description="start of the window simulated but not counted")
+    interval: PositiveDuration = Field(default=60.0, description="aggregation interval of the results")
+
+
+class Reported(_Model):
+    """Real-world figures to show beside the model (funnel step name → count)."""
+
+    at: Duration
+    source: str
+    counts: dict[str, int]
+
+
+class Scenario(_Model):
+    """A whole scenario, validated.  ``path`` is where it was read from."""
+
+    name: str
+    description: str = ""
+    seed: int = Field(default=1, ge=0)
+    horizon: PositiveDuration
+    arrivals: Curve
+    journey: list[Step] = Field(min_length=1)
+    system: System
+    slos: list[Slo] = Field(default_factory=list)
+    costs: Costs = Field(default_factory=Costs)
+    run: RunSlice = Field(default_factory=RunSlice)
+    reported: Reported | None = None
+    path: str | None = Field(default=None, exclude=True)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        return self.run.window if self.run.window is not None else (0.0, self.horizon)
+
+    def step(self, name: str) -> Step:
+        for step in self.journey:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    @property
+    def request_types(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for step in self.journey:
+            seen.setdefault(step.request_type, None)
+        return list(seen)
+
+    @property
+    def station_names(self) -> list[str]:
+        names = list(self.system.stations)
+        if self.system.registry is not None:
+            names.append(REGISTRY)
+        if self.system.email is not None:
+            names.append(EMAIL)
+        return names
+
+    def with_run(self, **changes: object) -> "Scenario":
+        """A copy with some run-slice fields replaced (e.g. ``scale=0.1``)."""
+        return self.model_copy(update={"run": self.run.model_copy(update=changes)})
+
+
+REGISTRY = "registry"
+EMAIL = "email"
+
+
+def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
+    """Cross-field checks that a field-by-field schema cannot express."""
+    errors: list[tuple[tuple[object, ...], str]] = []
+    stations = s.system.stations
+    for name in (REGISTRY, EMAIL):
+        if name in stations:
+            errors.append((("system", "stations", name), f"'{name}' is reserved for system.{name}; rename the station"))
+    known = set(s.station_names) - {EMAIL}
+    seen_steps: set[str] = set()
+    for i, step in enumerate(s.journey):
+        where = ("journey", i)
+        if step.name in seen_steps:
+            errors.append(((*where, "name"), f"duplicate step name {step.name!r}"))
+        seen_steps.add(step.name)
+        for j, st in enumerate(step.stations):
+            if st not in known:
+                hint = f"; expected one of {', '.join(sorted(known))}" if known else "; system.stations is empty"
+                errors.append(((*where, "stations", j), f"unknown station {st!r}{hint}"))
+            elif st in stations and stations[st].service_for(step.request_type) is None:
+                errors.append(
+                    (
+                        (*where, "stations", j),
+                        f"station {st!r} has no service time for request {step.request_type!r} "
+                        f"(add system.stations.{st}.service.{step.request_type} or a 'default')",
+                    )
+                )
+        if step.waits_for is not None and step.waits_for != EMAIL:
+            errors.append(((*where, "waits_for"), f"unknown sender {step.waits_for!r}; expected 'email'"))
+        elif step.waits_for == EMAIL and s.system.email is None:
+            errors.append(((*where, "waits_for"), "step waits for email but system.email is not set"))
+        if step.waits_for is not None and i == 0:
+            errors.append(((*where, "waits_for"), "the first step cannot wait for a delivery"))
+        if step.quota == "batch" and s.system.batch is None:
+            errors.append(((*where, "quota"), "step takes a batch quota but system.batch is not set"))
+    for k, ch in enumerate(s.system.changes):
+        where = ("system", "changes", k)
+        if ch.at > s.horizon:
+            errors.append(((*where, "at"), f"change at {ch.at:g}s is after the horizon ({s.horizon:g}s)"))
+        station_fields = {"servers": ch.servers, "queue": ch.queue}
+        registry_fields = {"rate_limit": ch.rate_limit, "daily_quota": ch.daily_quota}
+        if ch.station is None:
+            for field, v in {**station_fields, **registry_fields}.items():
+                if v is not None:
+                    errors.append(((*where, field), f"'{field}' needs 'station' to say what it changes"))
+        elif ch.station not in known:
+            errors.append(((*where, "station"), f"unknown station {ch.station!r}; expected one of {', '.join(sorted(known))}"))
+        elif ch.station != REGISTRY:
+            for field, v in registry_fields.items():
+                if v is not None:
+                    errors.append(((*where, field), f"'{field}' applies only to station 'registry'"))
+        if ch.send_rate is not None and s.system.email is None:
+            errors.append(((*where, "send_rate"), "send_rate changes the email sender, but system.email is not set"))
+        if ch.batch_quota is not None and s.system.batch is None:
+            errors.append(((*where, "batch_quota"), "batch_quota changes the batch, but system.batch is not set"))
+        if all(v is None for v in (ch.servers, ch.queue, ch.rate_limit, ch.daily_quota, ch.send_rate, ch.batch_quota)):
+            errors.append((where, "a change must set at least one of servers, queue, rate_limit, daily_quota, send_rate, batch_quota"))
+    start, end = s.window
+    if not (0 <= start < end <= s.horizon):
+        errors.append(
+            (("run", "window"), f"window [{start:g}s, {end:g}s] must lie within the scenario [0s, {s.horizon:g}s] and end after it starts")
+        )
+    elif s.run.warmup >= end - start:
+        errors.append((("run", "warmup"), "warmup must be shorter than the window"))
+    for k, slo in enumerate(s.slos):
+        if slo.request is not None and slo.request not in s.request_types:
+            errors.append((("slos", k, "request"), f"unknown request type {slo.request!r}; expected one of {', '.join(s.request_types)}"))
+    for name in s.costs.per_unit_hour:
+        if name not in s.station_names:
+            errors.append((("costs", "per_unit_hour", name), f"unknown station {name!r}"))
+    for k, price in s.costs.per_unit_hour.items():
+        if not math.isfinite(price) or price < 0:
+            errors.append((("costs", "per_unit_hour", k), "a price must be a non-negative number"))
+    if s.reported is not None:
+        for name in s.reported.counts:
+            if name not in seen_steps:
+                errors.append((("reported", "counts", name), f"unknown step {name!r}"))
+    return errors

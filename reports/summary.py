@@ -1,0 +1,186 @@
+"""Plain-text summaries of simulated runs (the terminal table and summary.md)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from models.results import RunResult
+from models.scenario import Scenario, Slo
+from models.simulate import Estimate, summarize
+from models.units import format_duration
+
+__all__ = ["table", "summary_text", "slo_verdicts", "reported_comparison"]
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A left/right-aligned text table (numbers right-aligned)."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str], is_header: bool = False) -> str:
+        out = []
+        for i, c in enumerate(cells):
+            c = str(c)
+            out.append(c.ljust(widths[i]) if i == 0 or is_header else c.rjust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    lines = [fmt(header, True), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def _count(e: Estimate) -> str:
+    if math.isnan(e.mean):
+        return "-"
+    if e.n > 1 and not math.isnan(e.half_width):
+        return f"{e.mean:,.0f} ±{e.half_width:,.0f}"
+    return f"{e.mean:,.0f}"
+
+
+def _dur(e: Estimate) -> str:
+    if math.isnan(e.mean):
+        return "-"
+    if e.n > 1 and not math.isnan(e.half_width):
+        return f"{format_duration(e.mean)} ±{format_duration(e.half_width)}"
+    return format_duration(e.mean)
+
+
+def _pct(e: Estimate) -> str:
+    if math.isnan(e.mean):
+        return "-"
+    if e.n > 1 and not math.isnan(e.half_width):
+        return f"{e.mean:.1%} ±{e.half_width:.1%}"
+    return f"{e.mean:.1%}"
+
+
+def reported_comparison(scenario: Scenario, est: dict[str, Estimate]) -> list[tuple[str, int, Estimate, float]]:
+    """(step, reported count, model estimate, relative difference) for the scenario's reported figures."""
+    rep = scenario.reported
+    if rep is None:
+        return []
+    out = []
+    for step, count in rep.counts.items():
+        e = est[f"step.{step}.completed"]
+        expected = count * scenario.run.scale
+        out.append((step, count, e, e.mean / expected - 1 if expected else math.nan))
+    return out
+
+
+def slo_verdicts(scenario: Scenario, results: Sequence[RunResult]) -> list[tuple[Slo, float, bool]]:
+    """Each SLO with the value the runs give (pooled over replications) and whether it is met."""
+    out = []
+    for slo in scenario.slos:
+        requests = [slo.request] if slo.request else scenario.request_types
+        if slo.below is not None and slo.percentile is not None:
+            from models.histogram import Histogram
+
+            h = Histogram.merged(r.requests[q].total_latency for r in results for q in requests)
+            value = h.percentile(slo.percentile)
+            out.append((slo, value, value < slo.below))
+        elif slo.error_rate is not None or slo.abandon_rate is not None:
+            started = sum(sum(r.requests[q].started) for r in results for q in requests)
+            reasons = None if slo.error_rate is not None else {"abandoned"}
+            failed = sum(
+                sum(c)
+                for r in results
+                for q in requests
+                for reason, c in r.requests[q].failed.items()
+                if reasons is None or reason in reasons
+            )
+            value = failed / started if started else 0.0
+            limit = slo.error_rate if slo.error_rate is not None else slo.abandon_rate
+            assert limit is not None
+            out.append((slo, value, value < limit))
+        elif slo.backlog_drained is not None:
+            value = max(_drain_time(r) for r in results)
+            out.append((slo, value, value <= slo.backlog_drained))
+    return out
+
+
+def _drain_time(result: RunResult) -> float:
+    """Time from the run's start until every station's queue was last seen non-empty at an interval's end.
+
+    Infinite when a queue is still non-empty in the last interval.
+    """
+    last_busy = -1
+    for st in result.stations.values():
+        for k, q in enumerate(st.queue_max):
+            if q > 0:
+                last_busy = max(last_busy, k)
+    if last_busy == result.n_intervals - 1 and any(st.queue_max[-1] > 0 for st in result.stations.values()):
+        return math.inf
+    return (last_busy + 1) * result.interval
+
+
+def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
+    """The summary of a simulation: steps, stations, reported figures, SLOs."""
+    est = summarize(list(results))
+    first = results[0]
+    start, end = first.meta.get("window", [first.start, first.end])
+    parts = [
+        f"scenario {scenario.name}: window {format_duration(start)}–{format_duration(end)}, scale {scenario.run.scale:g}, "
+        f"think-time compression {scenario.run.compress:g}, {len(results)} replication(s), seed {first.meta.get('seed')}",
+        f"registrants arrived: {_count(est['arrivals'])}" + ("   (± is the 95 % confidence half-width over replications)" if len(results) > 1 else ""),
+        "",
+        "Journey steps",
+    ]
+    rows = []
+    for step in scenario.journey:
+        rt = step.request_type
+        fails = est[f"request.{rt}.failed"]
+        rows.append(
+            [
+                step.name,
+                _count(est[f"step.{step.name}.reached"]),
+                _count(est[f"step.{step.name}.completed"]),
+                _dur(est[f"request.{rt}.p50"]),
+                _dur(est[f"request.{rt}.p95"]),
+                _dur(est[f"request.{rt}.p99"]),
+                _count(fails),
+                _count(est[f"request.{rt}.failed_abandoned"]),
+                _count(est[f"step.{step.name}.failed"]),
+            ]
+        )
+    parts.append(table(["step", "arrived", "completed", "p50", "p95", "p99", "failed req", "abandoned", "gave up"], rows))
+    reasons = ["full", "rate_limited", "timeout", "quota", "mismatch"]
+    fail_rows = []
+    for step in scenario.journey:
+        rt = step.request_type
+        vals = [est[f"request.{rt}.failed_{r}"] for r in reasons]
+        if any(v.mean > 0 for v in vals):
+            fail_rows.append([step.name, *[_count(v) for v in vals]])
+    if fail_rows:
+        parts += ["", "Failed requests by reason", table(["step", "shed (full)", "rate-limited", "timeout", "quota", "mismatch"], fail_rows)]
+    parts += ["", "Stations"]
+    rows = []
+    for name in first.stations:
+        rows.append(
+            [
+                name,
+                _pct(est[f"station.{name}.utilization"]),
+                _pct(est[f"station.{name}.peak_utilization"]),
+                _count(est[f"station.{name}.max_queue"]),
+                _dur(est[f"station.{name}.mean_wait"]),
+                _pct(est[f"station.{name}.p_shed"]),
+                _pct(est[f"station.{name}.p_abandon"]),
+            ]
+        )
+    parts.append(table(["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned"], rows))
+    cmp_rows = reported_comparison(scenario, est)
+    if cmp_rows and scenario.reported is not None:
+        parts += ["", f"Model against reported figures at {format_duration(scenario.reported.at)} ({scenario.reported.source})"]
+        parts.append(
+            table(
+                ["step", "reported", "model", "difference"],
+                [[s, f"{c * scenario.run.scale:,.0f}", _count(e), f"{d:+.1%}"] for s, c, e, d in cmp_rows],
+            )
+        )
+    verdicts = slo_verdicts(scenario, results)
+    if verdicts:
+        parts += ["", "SLOs"]
+        rows = []
+        for slo, value, ok in verdicts:
+            shown = format_duration(value) if (slo.below is not None or slo.backlog_drained is not None) else f"{value:.2%}"
+            rows.append([slo.label, shown, "met" if ok else "MISSED"])
+        parts.append(table(["objective", "model", "verdict"], rows))
+    return "\n".join(parts)
