@@ -240,8 +240,5 @@ def as_distribution(value: object) -> object:
     return value
 
 
-Distribution = Annotated[
-    Union[Constant, Exponential, Erlang, Gamma, LogNormal, Uniform],
-    BeforeValidator(as_distribution),
-    Field(discriminator="dist"),
-]
+_Tagged = Annotated[Union[Constant, Exponential, Erlang, Gamma, LogNormal, Uniform], Field(discriminator="dist")]
+Distribution = Annotated[_Tagged, BeforeValidator(as_distribution)]

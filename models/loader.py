@@ -69,14 +69,19 @@ def _known_fields(model: type[BaseModel] | None) -> list[str]:
 def _model_at(loc: Sequence[object]) -> type[BaseModel] | None:
     """The pydantic model class that holds the field at ``loc`` (for 'did you mean')."""
     model: Any = Scenario
+    skip_key = False
     for part in loc[:-1]:
         if isinstance(part, int) or model is None:
+            continue
+        if skip_key:  # a key of a mapping field such as system.stations.<name>
+            skip_key = False
             continue
         fields = getattr(model, "model_fields", {})
         field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
         if field is None:
             return None
         ann = field.annotation
+        skip_key = getattr(ann, "__origin__", None) is dict
         model = _unwrap(ann)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
@@ -106,12 +111,13 @@ def _describe(err: dict[str, Any]) -> tuple[tuple[object, ...], str]:
         return loc, "required field is missing"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        return loc, f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        return loc, f"unknown {str(ctx.get('discriminator', 'kind')).strip(chr(39))} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         ctx = err.get("ctx", {})
         return loc, f"missing {ctx.get('discriminator', 'kind')!s} key (what kind of distribution or curve this is)"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    msg = msg.replace("Input should be", "must be").replace("List should have", "must have").replace(" after validation", "")
     return loc, f"{msg} (got {err.get('input')!r})" if kind in _SHOW_INPUT else msg
 
 
