@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import simpy
-from simpy.events import Event
+from simpy.events import NORMAL, URGENT, Event
 
 from models.arrivals import arrival_times, stream
 from models.distributions import Sampler
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import EMAIL, REGISTRY, Scenario, Step
-from models.stations import INF, Registry, Station
+from models.stations import INF, Registry, Sender, Station
 
 __all__ = ["simulate_once", "Progress"]
 
@@ -49,25 +49,82 @@ def _uniform(rng: np.random.Generator) -> Sampler:
     return u
 
 
-@dataclass
+class _Tally:
+    """Per-interval counters of one request type (flushed by the monitor)."""
+
+    __slots__ = ("started", "ok", "fails", "latencies")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.ok = 0
+        self.fails: dict[str, int] = {}
+        self.latencies: list[float] = []
+
+
+@dataclass(slots=True)
 class _StepPlan:
-    """A step with everything resolved for speed: samplers and station objects."""
+    """A step with everything resolved for speed: samplers, station objects, counters."""
 
     index: int
     step: Step
-    rt: str
+    tally: _Tally
     visits: list[tuple[Station, Sampler | None]]
     think: Sampler | None
     patience: Sampler | None
     sends_email: bool  # the next step waits for an email: send it when this one completes
+    waits_for_email: bool
     retry_on: frozenset[str]
+    proceed: float
+    repeat: float
+    takes_quota: bool
+    durations: list[float]
     # per-interval counters (flushed by the monitor)
     reached: int = 0
     completed: int = 0
     dropped: int = 0
     failed: int = 0
-    started: int = 0
-    ok: int = 0
+
+
+class _Calendar:
+    """Keeps far-future wake-ups (long think times, backoffs) out of the event heap.
+
+    A sleep of at least two bucket widths is parked in its bucket; one event per
+    bucket, at the bucket's start, moves the bucket's wake-ups into the heap at
+    their exact times.  The heap then holds only the next minute or so of events
+    rather than every registrant who is reading an email, which keeps each heap
+    operation short on a day with a million registrants in flight.
+    """
+
+    def __init__(self, env: simpy.Environment, width: float = 60.0):
+        self.env = env
+        self.width = width
+        self.buckets: dict[int, list[tuple[float, Event]]] = {}
+
+    def sleep(self, delay: float) -> Event:
+        env = self.env
+        if delay < 2 * self.width:
+            return env.timeout(delay)
+        ev = Event(env)
+        ev._ok = True
+        ev._value = None
+        when = env._now + delay
+        k = int(when // self.width)
+        bucket = self.buckets.get(k)
+        if bucket is None:
+            bucket = self.buckets[k] = []
+            opener = Event(env)
+            opener._ok = True
+            opener._value = k
+            heapq.heappush(env._queue, (k * self.width, URGENT, next(env._eid), opener))  # type: ignore[attr-defined]
+            opener.callbacks.append(self._open)  # type: ignore[union-attr]
+        bucket.append((when, ev))
+        return ev
+
+    def _open(self, opener: Event) -> None:
+        queue = self.env._queue  # type: ignore[attr-defined]
+        eid = self.env._eid  # type: ignore[attr-defined]
+        for when, ev in self.buckets.pop(opener._value):
+            heapq.heappush(queue, (when, NORMAL, next(eid), ev))
 
 
 class _Lean:
@@ -161,12 +218,16 @@ class FunnelModel:
             self.stations[REGISTRY] = self.registry
             self.registry_latency = r.latency.sampler(registry_rng)
             self.registry_timeout = r.timeout
+        self.sender: Sender | None = None
         if sysd.email is not None:
-            self.stations[EMAIL] = Station(env, EMAIL, 1, None, fixed_service=1.0 / sysd.email.rate)
+            rates = [(-INF, sysd.email.rate)] + sorted((c.at, c.send_rate) for c in sysd.changes if c.send_rate is not None)
+            self.sender = Sender(env, EMAIL, rates)
         self.batch_quota = sysd.batch.quota if sysd.batch is not None else None
         self.batch_used = 0
 
         samplers: dict[tuple[str, str], Sampler] = {}
+        self.request_types = s.request_types
+        self.tallies = {rt: _Tally() for rt in self.request_types}
         self.plans: list[_StepPlan] = []
         for i, step in enumerate(s.journey):
             visits: list[tuple[Station, Sampler | None]] = []
@@ -186,20 +247,21 @@ class FunnelModel:
                 _StepPlan(
                     index=i,
                     step=step,
-                    rt=step.request_type,
+                    tally=self.tallies[step.request_type],
                     visits=visits,
                     think=think.sampler(journey_rng) if think.mean > 0 else None,
                     patience=step.patience.sampler(patience_rng) if step.patience is not None else None,
                     sends_email=nxt is not None and nxt.waits_for == EMAIL,
+                    waits_for_email=step.waits_for == EMAIL,
                     retry_on=frozenset(step.retry.retry_on),
+                    proceed=step.proceed if i > 0 else 1.0,
+                    repeat=step.repeat,
+                    takes_quota=step.quota is not None,
+                    durations=[],
                 )
             )
-        self.request_types = s.request_types
-        self.latency_buf: dict[str, list[float]] = {rt: [] for rt in self.request_types}
-        self.fail_now: dict[str, dict[str, int]] = {rt: {} for rt in self.request_types}
-        self.started_now: dict[str, int] = {rt: 0 for rt in self.request_types}
-        self.ok_now: dict[str, int] = {rt: 0 for rt in self.request_types}
-        self.step_durations: list[list[float]] = [[] for _ in self.plans]
+        self.calendar = _Calendar(env)
+        self.station_names = list(self.stations) + ([EMAIL] if self.sender is not None else [])
         self.arrived_now = 0
         self._flushed_at = self.start
         n = self.n_intervals
@@ -210,7 +272,7 @@ class FunnelModel:
             interval=self.interval,
             arrivals=[0] * n,
             requests={rt: RequestSeries.empty(n) for rt in self.request_types},
-            stations={name: StationSeries.empty(n) for name in self.stations},
+            stations={name: StationSeries.empty(n) for name in self.station_names},
             steps={p.step.name: StepSeries.empty(n) for p in self.plans},
         )
         self.step_hist = [self.result.steps[p.step.name].duration for p in self.plans]
@@ -227,45 +289,51 @@ class FunnelModel:
             self.arrived_now += 1
             _Lean(registrant())
 
-    def registrant(self) -> Generator[simpy.Event, Any, None]:
+    def registrant(self) -> Generator[Event, Any, None]:
         env = self.env
         u = self.journey_u
-        email: simpy.Event | None = None
+        sleep = self.calendar.sleep
+        delivered = -INF  # when this registrant's verification email arrives
         for plan in self.plans:
-            step = plan.step
-            if plan.index > 0 and step.proceed < 1.0 and u() >= step.proceed:
+            if plan.proceed < 1.0 and u() >= plan.proceed:
                 plan.dropped += 1
                 return
-            if step.waits_for is not None and email is not None:
-                yield email
+            wait = delivered - env._now if plan.waits_for_email else 0.0
             if plan.think is not None:
-                yield env.timeout(plan.think())
+                wait += plan.think()
+            if wait > 0:
+                yield sleep(wait)
             plan.reached += 1
             began = env._now
             attempt = 1
-            retry = step.retry
-            rt = plan.rt
+            tally = plan.tally
+            visits = plan.visits
             while True:
                 # one request through the step's stations
-                self.started_now[rt] += 1
+                tally.started += 1
                 sent = env._now
                 deadline = sent + plan.patience() if plan.patience is not None else INF
-                reply = Event(env)
-                _Route(self, plan.visits, deadline, reply).next(None)
-                reason: str | None = yield reply
-                if reason is None and step.quota is not None and self.batch_quota is not None:
+                if len(visits) == 1 and visits[0][1] is not None:
+                    station, service = visits[0]
+                    reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
+                else:
+                    reply = Event(env)
+                    _Route(self, visits, deadline, reply).next(None)
+                    reason = yield reply
+                if reason is None and plan.takes_quota and self.batch_quota is not None:
                     if self.batch_used >= self.batch_quota:
                         reason = "quota"
                     else:
                         self.batch_used += 1
                 if reason is None:
-                    self.ok_now[rt] += 1
-                    self.latency_buf[rt].append(env._now - sent)
-                    if step.repeat > 0 and u() < step.repeat:
+                    tally.ok += 1
+                    tally.latencies.append(env._now - sent)
+                    if plan.repeat > 0 and u() < plan.repeat:
                         continue
                     break
-                fails = self.fail_now[rt]
+                fails = tally.fails
                 fails[reason] = fails.get(reason, 0) + 1
+                retry = plan.step.retry
                 if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and u() < retry.give_up):
                     plan.failed += 1
                     return
@@ -274,11 +342,11 @@ class FunnelModel:
                     wait *= 1.0 + retry.jitter * (2.0 * u() - 1.0)
                 attempt += 1
                 if wait > 0:
-                    yield env.timeout(wait)
+                    yield sleep(wait)
             plan.completed += 1
-            self.step_durations[plan.index].append(env._now - began)
+            plan.durations.append(env._now - began)
             if plan.sends_email:
-                email = self.stations[EMAIL].request(None)
+                delivered = self.sender.send()  # type: ignore[union-attr]
 
     def changes(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -301,8 +369,6 @@ class FunnelModel:
                     st.set_rate_limit(ch.rate_limit)
                 if ch.daily_quota is not None:
                     st.daily_quota = ch.daily_quota
-        if ch.send_rate is not None:
-            self.stations[EMAIL].set_service(1.0 / ch.send_rate)
         if ch.batch_quota is not None:
             self.batch_quota = ch.batch_quota
 
@@ -332,20 +398,18 @@ class FunnelModel:
         if k is not None:
             res.arrivals[k] = self.arrived_now
         self.arrived_now = 0
-        for rt in self.request_types:
-            buf = self.latency_buf[rt]
-            series = res.requests[rt]
+        for rt, tally in self.tallies.items():
             if k is not None:
-                series.started[k] = self.started_now[rt]
-                series.ok[k] = self.ok_now[rt]
-                series.latency[k].record_many(buf)
-                for reason, n in self.fail_now[rt].items():
+                series = res.requests[rt]
+                series.started[k] = tally.started
+                series.ok[k] = tally.ok
+                series.latency[k].record_many(tally.latencies)
+                for reason, n in tally.fails.items():
                     series.fail_counts(reason)[k] = n
-            buf.clear()
-            self.started_now[rt] = 0
-            self.ok_now[rt] = 0
-            self.fail_now[rt] = {}
-        for name, st in self.stations.items():
+            tally.__init__()  # type: ignore[misc]
+        flushers: list[Station | Sender] = [*self.stations.values(), *([self.sender] if self.sender else [])]
+        for st in flushers:
+            name = st.name
             arrivals, shed, abandoned, waited, busy, cap, qarea, qmax, waits = st.flush()
             if k is not None:
                 ss = res.stations[name]
@@ -353,13 +417,13 @@ class FunnelModel:
                 ss.busy[k], ss.capacity[k], ss.queue_max[k] = busy, cap, qmax
                 ss.queue_mean[k] = qarea / span if span > 0 else 0.0
                 ss.wait.record_many(waits)
-        for plan, durations, hist in zip(self.plans, self.step_durations, self.step_hist):
+        for plan, hist in zip(self.plans, self.step_hist):
             if k is not None:
                 fs = res.steps[plan.step.name]
                 fs.reached[k], fs.completed[k], fs.dropped[k], fs.failed[k] = plan.reached, plan.completed, plan.dropped, plan.failed
-                hist.record_many(durations)
+                hist.record_many(plan.durations)
             plan.reached = plan.completed = plan.dropped = plan.failed = 0
-            durations.clear()
+            plan.durations.clear()
 
     def run(self, progress: Progress | None = None) -> RunResult:
         env = self.env
@@ -380,6 +444,12 @@ class FunnelModel:
         try:
             run_until(env, self.end)
         finally:
+            # drop the registrants still in flight before the collector is back,
+            # so that it does not have to scan them all once more
+            env._queue.clear()  # type: ignore[attr-defined]
+            self.calendar.buckets.clear()
+            for st in self.stations.values():
+                st.queue.clear()
             if gc_was_enabled:
                 gc.enable()
         self.result.meta.update(

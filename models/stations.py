@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from bisect import bisect_right
 from heapq import heappush
 
 import simpy
@@ -30,7 +31,7 @@ from simpy.events import NORMAL, Event
 
 from models.histogram import Histogram
 
-__all__ = ["Station", "Registry"]
+__all__ = ["Station", "Registry", "Sender"]
 
 INF = math.inf
 
@@ -38,7 +39,7 @@ INF = math.inf
 class _Job:
     __slots__ = ("event", "service", "arrived", "reason", "active", "timeout", "value")
 
-    def __init__(self, event: Event, service: float | None, arrived: float, reason: str, timeout: float, value: str | None) -> None:
+    def __init__(self, event: Event, service: float, arrived: float, reason: str, timeout: float, value: str | None) -> None:
         self.event = event
         self.service = service
         self.arrived = arrived
@@ -60,12 +61,11 @@ def _fire(env: simpy.Environment, value: str | None, delay: float = 0.0) -> Even
 class Station:
     """Multi-server FCFS queue with a finite waiting room and deadlines."""
 
-    def __init__(self, env: simpy.Environment, name: str, servers: int, limit: int | None, fixed_service: float | None = None):
+    def __init__(self, env: simpy.Environment, name: str, servers: int, limit: int | None):
         self.env = env
         self.name = name
         self.servers = servers
         self.limit = limit if limit is not None else 1 << 62
-        self.fixed_service = fixed_service  # used when a request brings no service time (the email sender)
         self.busy = 0
         self.queue: deque[_Job] = deque()
         self.qlen = 0  # active jobs in the queue (abandoned ones stay in the deque until popped)
@@ -106,7 +106,7 @@ class Station:
     # -- serving -----------------------------------------------------------
     def request(
         self,
-        service: float | None,
+        service: float,
         deadline: float = INF,
         reason: str = "abandoned",
         timeout: float = INF,
@@ -160,9 +160,7 @@ class Station:
         ev._value = job.reason
         self.env.schedule(ev)
 
-    def _start(self, ev: Event, service: float | None, arrived: float, now: float, timeout: float, value: str | None) -> None:
-        if service is None:
-            service = self.fixed_service or 0.0
+    def _start(self, ev: Event, service: float, arrived: float, now: float, timeout: float, value: str | None) -> None:
         self.busy += 1
         self.busy_area += service
         if now > arrived:
@@ -204,9 +202,6 @@ class Station:
 
     def set_limit(self, limit: int | None) -> None:
         self.limit = limit if limit is not None else 1 << 62
-
-    def set_service(self, service: float) -> None:
-        self.fixed_service = service
 
 
 class Registry(Station):
@@ -284,3 +279,89 @@ class Registry(Station):
             return ev
         value = "mismatch" if self.mismatch > 0 and self.uniform() < self.mismatch else None
         return self.request(latency, deadline, "abandoned", timeout, ev, value)
+
+
+class Sender:
+    """The email outbox: one sender, first in first out, one email every ``1 / rate``.
+
+    With one server, a fixed sending time and nobody leaving the queue, each
+    email's start and delivery times follow at once from the previous email's:
+    ``start = max(now, free_at)``, ``delivered = start + 1 / rate(start)``, where
+    ``rate(t)`` is the send rate in force at ``t`` (capacity changes included).
+    So the sender needs no events of its own: :meth:`send` returns the delivery
+    time and the registrant sleeps until then (plus its think time) in one event.
+    Utilization, queue length and waits per interval are integrated exactly
+    from the email records at each :meth:`flush`.
+    """
+
+    def __init__(self, env: simpy.Environment, name: str, rates: list[tuple[float, float]]):
+        self.env = env
+        self.name = name
+        self.servers = 1
+        self.times = [t for t, _ in rates]  # when each send rate takes effect (sorted; the first is -inf)
+        self.rates = [r for _, r in rates]
+        self.free_at = -INF
+        self.waiting: deque[tuple[float, float, float]] = deque()  # (enqueued, start, end) not started by the last flush
+        self.serving: deque[tuple[float, float, float]] = deque()  # started, maybe not finished by the last flush
+        self.start_times: deque[float] = deque()  # for the queue length seen on arrival
+        self.flushed_at = env.now
+        self.queued_at_flush = 0
+        self.wait = Histogram()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n_arrivals = 0
+        self.n_waited = 0
+        self.enq_sum = 0.0
+        self.queue_max = len(self.start_times)
+
+    def rate_at(self, t: float) -> float:
+        i = bisect_right(self.times, t) - 1
+        return self.rates[max(i, 0)]
+
+    def send(self) -> float:
+        """Queue an email now; returns its delivery time."""
+        now = self.env._now
+        start = self.free_at if self.free_at > now else now
+        end = start + 1.0 / self.rate_at(start)
+        self.free_at = end
+        self.waiting.append((now, start, end))
+        self.n_arrivals += 1
+        self.enq_sum += now
+        starts = self.start_times
+        while starts and starts[0] <= now:
+            starts.popleft()
+        if start > now:
+            self.n_waited += 1
+            starts.append(start)
+            if len(starts) > self.queue_max:
+                self.queue_max = len(starts)
+        return end
+
+    def flush(self) -> tuple[int, int, int, int, float, float, float, int, list[float]]:
+        """Counters for the interval since the last flush, in :meth:`Station.flush`'s order."""
+        t0, t1 = self.flushed_at, self.env._now
+        busy = 0.0
+        for _, start, end in self.serving:
+            busy += min(end, t1) - max(start, t0)
+        self.serving = deque(rec for rec in self.serving if rec[2] > t1)
+        # queue integral: q(t0) (t1 - t0) + sum over arrivals (t1 - enq) - sum over starts (t1 - start)
+        area = self.queued_at_flush * (t1 - t0) + self.n_arrivals * t1 - self.enq_sum
+        waits: list[float] = []
+        waiting = self.waiting
+        while waiting and waiting[0][1] < t1:
+            enq, start, end = waiting.popleft()
+            area -= t1 - start  # it started in this interval: it leaves the queue here
+            busy += min(end, t1) - start
+            if start > enq:
+                waits.append(start - enq)
+            if end > t1:
+                self.serving.append((enq, start, end))
+        self.queued_at_flush = len(waiting)
+        starts = self.start_times
+        while starts and starts[0] <= t1:
+            starts.popleft()
+        out = (self.n_arrivals, 0, 0, self.n_waited, busy, t1 - t0, max(area, 0.0), self.queue_max, waits)
+        self.flushed_at = t1
+        self._reset()
+        return out

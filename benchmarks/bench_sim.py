@@ -1,0 +1,94 @@
+"""Model speed, measured side by side with a baseline in one run.
+
+1. M/M/10 at rho = 0.9 (tests/scenarios/mmc-10.yaml): customers simulated per
+   second by surgecap's model and by ciw on the same queue and horizon; prints
+   the ratio (target: >= 2x).
+2. The full-scale Prakerja launch (scenarios/prakerja-launch.yaml, one
+   replication): wall time and peak memory of the simulation, in a child
+   process so that its peak RSS is its own (targets: <= 120 s, <= 2 GB).
+
+Run: .venv/bin/python benchmarks/bench_sim.py [--skip-full] [--horizon SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LAMBDA, MU, SERVERS = 9.0, 1.0, 10  # per second; the M/M/c case of the theory tests
+
+
+def surgecap_mmc(horizon: float) -> tuple[int, float]:
+    from models.funnel import simulate_once
+    from models.loader import load_scenario
+
+    s = load_scenario(ROOT / "tests" / "scenarios" / "mmc-10.yaml")
+    s = s.model_copy(update={"horizon": horizon}).with_run(warmup=0.0, interval=horizon)
+    t = time.perf_counter()
+    r = simulate_once(s)
+    wall = time.perf_counter() - t
+    return sum(r.stations["q"].arrivals), wall
+
+
+def ciw_mmc(horizon: float) -> tuple[int, float]:
+    import ciw
+
+    network = ciw.create_network(
+        arrival_distributions=[ciw.dists.Exponential(rate=LAMBDA)],
+        service_distributions=[ciw.dists.Exponential(rate=MU)],
+        number_of_servers=[SERVERS],
+    )
+    ciw.seed(1)
+    t = time.perf_counter()
+    sim = ciw.Simulation(network)
+    sim.simulate_until_max_time(horizon)
+    wall = time.perf_counter() - t
+    return len(sim.get_all_records()), wall
+
+
+def full_day_child() -> None:
+    from models.funnel import simulate_once
+    from models.loader import load_scenario
+
+    s = load_scenario(ROOT / "scenarios" / "prakerja-launch.yaml")
+    t = time.perf_counter()
+    r = simulate_once(s)
+    wall = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"registrants": r.meta["registrants"], "wall": wall, "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--horizon", type=float, default=20000.0, help="simulated seconds of the M/M/10 queue")
+    ap.add_argument("--skip-full", action="store_true", help="skip the full-scale day")
+    ap.add_argument("--full-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.full_child:
+        full_day_child()
+        return
+    print(f"M/M/{SERVERS}, lambda={LAMBDA:g}/s, mu={MU:g}/s, rho={LAMBDA / (SERVERS * MU):.2f}, {args.horizon:g} simulated seconds")
+    n_s, w_s = surgecap_mmc(args.horizon)
+    n_c, w_c = ciw_mmc(args.horizon)
+    rate_s, rate_c = n_s / w_s, n_c / w_c
+    print(f"  surgecap: {n_s:>9,} customers in {w_s:6.2f}s = {rate_s:>9,.0f}/s")
+    print(f"  ciw:      {n_c:>9,} customers in {w_c:6.2f}s = {rate_c:>9,.0f}/s")
+    print(f"  ratio surgecap/ciw: {rate_s / rate_c:.2f}x   (target >= 2x)")
+    if args.skip_full:
+        return
+    print("Full-scale Prakerja launch, one replication (child process)")
+    out = subprocess.run([sys.executable, __file__, "--full-child"], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {res['registrants']:,} registrants simulated in {res['wall']:.1f}s (target <= 120 s), peak RSS {res['peak_mb']:,.0f} MB (target <= 2048 MB)")
+
+
+if __name__ == "__main__":
+    main()
