@@ -88,42 +88,65 @@ class _StepPlan:
 class _Calendar:
     """Keeps far-future wake-ups (long think times, backoffs) out of the event heap.
 
-    A sleep of at least two bucket widths is parked in its bucket; one event per
-    bucket, at the bucket's start, moves the bucket's wake-ups into the heap at
-    their exact times.  The heap then holds only the next minute or so of events
-    rather than every registrant who is reading an email, which keeps each heap
-    operation short on a day with a million registrants in flight.
+    A wake-up at least two bucket widths ahead is parked in its bucket; one event
+    per bucket, at the bucket's start, moves the bucket's wake-ups into the heap
+    at their exact times.  The heap then holds only the next minute or so of
+    events rather than every registrant who is reading an email.
+
+    :meth:`sleep` parks an event for a process to wait on; :meth:`defer` parks a
+    plain callback with a value, so that a registrant between steps can end its
+    process and be started again at the next step: a sleeping registrant then
+    costs a small tuple instead of a suspended generator with its events.
     """
 
     def __init__(self, env: simpy.Environment, width: float = 60.0):
         self.env = env
         self.width = width
-        self.buckets: dict[int, list[tuple[float, Event]]] = {}
+        self.far = 2 * width
+        self.buckets: dict[int, list[tuple[float, Any, Callable[[Event], None] | None]]] = {}
 
-    def sleep(self, delay: float) -> Event:
-        env = self.env
-        if delay < 2 * self.width:
-            return env.timeout(delay)
-        ev = Event(env)
-        ev._ok = True
-        ev._value = None
-        when = env._now + delay
+    def _bucket(self, when: float) -> list[tuple[float, Any, Callable[[Event], None] | None]]:
         k = int(when // self.width)
         bucket = self.buckets.get(k)
         if bucket is None:
+            env = self.env
             bucket = self.buckets[k] = []
             opener = Event(env)
             opener._ok = True
             opener._value = k
             heapq.heappush(env._queue, (k * self.width, URGENT, next(env._eid), opener))  # type: ignore[attr-defined]
             opener.callbacks.append(self._open)  # type: ignore[union-attr]
-        bucket.append((when, ev))
+        return bucket
+
+    def sleep(self, delay: float) -> Event:
+        """An event that triggers after ``delay`` (a plain timeout when it is near)."""
+        env = self.env
+        if delay < self.far:
+            return env.timeout(delay)
+        ev = Event(env)
+        ev._ok = True
+        ev._value = None
+        when = env._now + delay
+        self._bucket(when).append((when, ev, None))
         return ev
 
+    def defer(self, delay: float, value: Any, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` with ``event.value == value`` after ``delay`` (≥ ``far``)."""
+        when = self.env._now + delay
+        self._bucket(when).append((when, value, callback))
+
     def _open(self, opener: Event) -> None:
-        queue = self.env._queue  # type: ignore[attr-defined]
-        eid = self.env._eid  # type: ignore[attr-defined]
-        for when, ev in self.buckets.pop(opener._value):
+        env = self.env
+        queue = env._queue  # type: ignore[attr-defined]
+        eid = env._eid  # type: ignore[attr-defined]
+        for when, item, callback in self.buckets.pop(opener._value):
+            if callback is None:
+                ev = item
+            else:
+                ev = Event(env)
+                ev._ok = True
+                ev._value = item
+                ev.callbacks.append(callback)  # type: ignore[union-attr]
             heapq.heappush(queue, (when, NORMAL, next(eid), ev))
 
 
@@ -147,6 +170,7 @@ class _Lean:
         try:
             nxt = self.gen.send(None if event is None else event._value)
         except StopIteration:
+            del self.resume  # break the self-reference: the run keeps the cyclic collector off
             return
         nxt.callbacks.append(self.resume)  # type: ignore[union-attr]
 
@@ -261,6 +285,7 @@ class FunnelModel:
                 )
             )
         self.calendar = _Calendar(env)
+        self.wake = self._wake  # one bound method for every deferred registrant
         self.station_names = list(self.stations) + ([EMAIL] if self.sender is not None else [])
         self.arrived_now = 0
         self._flushed_at = self.start
@@ -289,20 +314,30 @@ class FunnelModel:
             self.arrived_now += 1
             _Lean(registrant())
 
-    def registrant(self) -> Generator[Event, Any, None]:
+    def _wake(self, event: Event) -> None:
+        """A registrant deferred between steps starts again at step ``event.value``."""
+        _Lean(self.registrant(event._value))
+
+    def registrant(self, woken_at: int = -1) -> Generator[Event, Any, None]:
+        """One registrant's journey; ``woken_at`` resumes it at that step after a deferred wait."""
         env = self.env
         u = self.journey_u
-        sleep = self.calendar.sleep
+        calendar = self.calendar
+        sleep = calendar.sleep
         delivered = -INF  # when this registrant's verification email arrives
-        for plan in self.plans:
-            if plan.proceed < 1.0 and u() >= plan.proceed:
-                plan.dropped += 1
-                return
-            wait = delivered - env._now if plan.waits_for_email else 0.0
-            if plan.think is not None:
-                wait += plan.think()
-            if wait > 0:
-                yield sleep(wait)
+        for plan in self.plans if woken_at < 0 else self.plans[woken_at:]:
+            if plan.index != woken_at:
+                if plan.proceed < 1.0 and u() >= plan.proceed:
+                    plan.dropped += 1
+                    return
+                wait = delivered - env._now if plan.waits_for_email else 0.0
+                if plan.think is not None:
+                    wait += plan.think()
+                if wait >= calendar.far:  # a long wait: end this process, start again at this step
+                    calendar.defer(wait, plan.index, self.wake)
+                    return
+                if wait > 0:
+                    yield sleep(wait)
             plan.reached += 1
             began = env._now
             attempt = 1

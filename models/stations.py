@@ -73,6 +73,8 @@ class Station:
         self.reset_counters()
         self.wait = Histogram()
         self._release_cb = self._release
+        self._heap = env._queue  # type: ignore[attr-defined]
+        self._eid = env._eid  # type: ignore[attr-defined]
 
     # -- accounting --------------------------------------------------------
     # Busy time is added when a service starts (its whole length) and waiting
@@ -127,7 +129,15 @@ class Station:
         if ev is None:
             ev = Event(env)
         if self.busy < self.servers:
-            self._start(ev, service, now, now, timeout, value)
+            if service <= timeout:  # the common case, inlined: a free server, no timeout to fear
+                self.busy += 1
+                self.busy_area += service
+                ev._ok = True
+                ev._value = value
+                heappush(self._heap, (now + service, NORMAL, next(self._eid), ev))  # env.schedule, inlined
+                ev.callbacks.append(self._release_cb)  # type: ignore[union-attr]
+            else:
+                self._start(ev, service, now, now, timeout, value)
             return ev
         if self.qlen >= self.limit:
             self.n_shed += 1
@@ -176,12 +186,13 @@ class Station:
             done.callbacks.append(self._release_cb)  # type: ignore[union-attr]
         else:
             ev._value = value
-            heappush(env._queue, (now + service, NORMAL, next(env._eid), ev))  # env.schedule, inlined
+            heappush(self._heap, (now + service, NORMAL, next(self._eid), ev))  # env.schedule, inlined
             ev.callbacks.append(self._release_cb)  # type: ignore[union-attr]
 
     def _release(self, _event: Event) -> None:
         self.busy -= 1
-        self._dispatch()
+        if self.qlen:
+            self._dispatch()
 
     def _dispatch(self) -> None:
         queue = self.queue
