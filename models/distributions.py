@@ -79,7 +79,7 @@ class _Dist(BaseModel):
     def sampler(self, rng: np.random.Generator) -> Sampler:
         raise NotImplementedError
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         """The same shape with every value multiplied by ``factor`` (> 0)."""
         raise NotImplementedError
 
@@ -102,7 +102,7 @@ class Constant(_Dist):
         value = self.value
         return lambda: value
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         return Constant(value=self.value * factor)
 
 
@@ -124,7 +124,7 @@ class Exponential(_Dist):
         mean = self.mean_
         return _block_sampler(lambda n: rng.exponential(mean, n))
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         return Exponential(dist="exponential", mean=self.mean_ * factor)
 
 
@@ -147,7 +147,7 @@ class Erlang(_Dist):
         k, scale = self.k, self.mean_ / self.k
         return _block_sampler(lambda n: rng.gamma(k, scale, n))
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         return Erlang(dist="erlang", k=self.k, mean=self.mean_ * factor)
 
 
@@ -171,7 +171,7 @@ class Gamma(_Dist):
         scale = self.mean_ / shape
         return _block_sampler(lambda n: rng.gamma(shape, scale, n))
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         return Gamma(dist="gamma", mean=self.mean_ * factor, cv=self.cv_)
 
 
@@ -196,7 +196,7 @@ class LogNormal(_Dist):
         sigma = math.sqrt(sigma2)
         return _block_sampler(lambda n: rng.lognormal(mu, sigma, n))
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         return LogNormal(dist="lognormal", mean=self.mean_ * factor, cv=self.cv_)
 
 
@@ -208,7 +208,7 @@ class Uniform(_Dist):
     high: Duration
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Uniform":
+    def _ordered(self) -> Uniform:
         if self.high < self.low:
             raise ValueError(f"high ({self.high:g}s) must be at least low ({self.low:g}s)")
         return self
@@ -225,7 +225,7 @@ class Uniform(_Dist):
         low, high = self.low, self.high
         return _block_sampler(lambda n: rng.uniform(low, high, n))
 
-    def scaled(self, factor: float) -> "Distribution":
+    def scaled(self, factor: float) -> Distribution:
         return Uniform(dist="uniform", low=self.low * factor, high=self.high * factor)
 
 

@@ -185,7 +185,7 @@ class _Route:
 
     __slots__ = ("model", "visits", "i", "deadline", "reply")
 
-    def __init__(self, model: "FunnelModel", visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event):
+    def __init__(self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event):
         self.model = model
         self.visits = visits
         self.i = 0
@@ -512,7 +512,7 @@ def run_until(env: simpy.Environment, until: float) -> None:
     pop = heapq.heappop
     while queue and queue[0][0] <= until:
         env._now, _, _, event = pop(queue)  # type: ignore[attr-defined]
-        callbacks, event.callbacks = event.callbacks, None
+        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
         for callback in callbacks:
             callback(event)
         if not event._ok and not hasattr(event, "_defused"):

@@ -70,7 +70,7 @@ class Histogram:
         self.min = min(self.min, float(v.min()))
         self.max = max(self.max, float(v.max()))
 
-    def merge(self, other: "Histogram") -> "Histogram":
+    def merge(self, other: Histogram) -> Histogram:
         """Add ``other`` into this histogram (in place) and return self."""
         for i, c in other.counts.items():
             self.counts[i] = self.counts.get(i, 0) + c
@@ -81,7 +81,7 @@ class Histogram:
         return self
 
     @classmethod
-    def merged(cls, hists: Iterable["Histogram"]) -> "Histogram":
+    def merged(cls, hists: Iterable[Histogram]) -> Histogram:
         out = cls()
         for h in hists:
             out.merge(h)
@@ -124,7 +124,7 @@ class Histogram:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Histogram":
+    def from_dict(cls, d: dict[str, Any]) -> Histogram:
         if d.get("ratio") != RATIO or d.get("lowest") != LOWEST:
             raise ValueError(f"histogram with ratio {d.get('ratio')} / lowest {d.get('lowest')} cannot be read by this version")
         h = cls()

@@ -42,7 +42,7 @@ class RequestSeries:
     latency: list[Histogram]
 
     @classmethod
-    def empty(cls, n: int) -> "RequestSeries":
+    def empty(cls, n: int) -> RequestSeries:
         return cls(_zeros(n), _zeros(n), {}, [Histogram() for _ in range(n)])
 
     def fail_counts(self, reason: str) -> list[int]:
@@ -75,7 +75,7 @@ class StationSeries:
     wait: Histogram = field(default_factory=Histogram)  # time in queue of those who got served
 
     @classmethod
-    def empty(cls, n: int) -> "StationSeries":
+    def empty(cls, n: int) -> StationSeries:
         return cls(_zeros(n), _zeros(n), _zeros(n), _zeros(n), [0.0] * n, [0.0] * n, [0.0] * n, _zeros(n))
 
     def utilization(self) -> list[float]:
@@ -98,7 +98,7 @@ class StepSeries:
     duration: Histogram = field(default_factory=Histogram)  # first attempt to success, retries included
 
     @classmethod
-    def empty(cls, n: int) -> "StepSeries":
+    def empty(cls, n: int) -> StepSeries:
         return cls(_zeros(n), _zeros(n), _zeros(n), _zeros(n))
 
 
@@ -165,7 +165,7 @@ class RunResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
         if d.get("format") != FORMAT_VERSION:
             raise ValueError(f"result format {d.get('format')!r} is not {FORMAT_VERSION}")
         return cls(

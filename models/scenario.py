@@ -51,7 +51,8 @@ PositiveRate = Annotated[float, BeforeValidator(parse_rate), Field(gt=0)]
 #: caller's timeout; ``quota``: the registry's daily quota or the batch quota is
 #: used up; ``mismatch``: the registry says the NIK does not match (a typo).
 FAILURE_REASONS = ("full", "abandoned", "rate_limited", "timeout", "quota", "mismatch")
-RETRYABLE_DEFAULT = ["full", "rate_limited", "timeout"]
+Reason = Literal["full", "abandoned", "rate_limited", "timeout", "quota", "mismatch"]
+RETRYABLE_DEFAULT: list[Reason] = ["full", "rate_limited", "timeout"]
 
 
 class _Model(BaseModel):
@@ -79,7 +80,7 @@ class PiecewiseCurve(_Model):
     interpolation: Literal["linear", "step"] = "linear"
 
     @model_validator(mode="after")
-    def _check(self) -> "PiecewiseCurve":
+    def _check(self) -> PiecewiseCurve:
         times = [t for t, _ in self.points]
         if any(b <= a for a, b in zip(times, times[1:])):
             raise ValueError("point times must be strictly increasing")
@@ -109,7 +110,7 @@ class LaunchSurgeCurve(_Model):
     total: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "LaunchSurgeCurve":
+    def _check(self) -> LaunchSurgeCurve:
         if (self.decay is None) == (self.total is None):
             raise ValueError("give exactly one of 'decay' (a duration) or 'total' (arrivals within the horizon)")
         if self.rise > self.peak_at:
@@ -134,7 +135,7 @@ class RetryPolicy(_Model):
     max_backoff: Duration = Field(default=3600.0, ge=0)
     jitter: Probability = Field(default=0.0, description="± share of random spread on each wait")
     give_up: Probability = Field(default=0.0, description="chance to give up after each failure instead of retrying")
-    retry_on: list[Literal["full", "abandoned", "rate_limited", "timeout", "quota", "mismatch"]] = Field(
+    retry_on: list[Reason] = Field(
         default_factory=lambda: list(RETRYABLE_DEFAULT)
     )
 
@@ -235,7 +236,7 @@ class Slo(_Model):
     backlog_drained: Duration | None = Field(default=None, gt=0, description="queues empty again within this time")
 
     @model_validator(mode="after")
-    def _check(self) -> "Slo":
+    def _check(self) -> Slo:
         limits = [self.below, self.error_rate, self.abandon_rate, self.backlog_drained]
         if sum(x is not None for x in limits) != 1:
             raise ValueError("set exactly one of: below (with percentile), error_rate, abandon_rate, backlog_drained")
@@ -324,7 +325,7 @@ class Scenario(_Model):
             names.append(EMAIL)
         return names
 
-    def with_run(self, **changes: object) -> "Scenario":
+    def with_run(self, **changes: object) -> Scenario:
         """A copy with some run-slice fields replaced (e.g. ``scale=0.1``)."""
         return self.model_copy(update={"run": self.run.model_copy(update=changes)})
 
@@ -343,7 +344,7 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     known = set(s.station_names) - {EMAIL}
     seen_steps: set[str] = set()
     for i, step in enumerate(s.journey):
-        where = ("journey", i)
+        where: tuple[object, ...] = ("journey", i)
         if step.name in seen_steps:
             errors.append(((*where, "name"), f"duplicate step name {step.name!r}"))
         seen_steps.add(step.name)
@@ -402,9 +403,9 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     for name in s.costs.per_unit_hour:
         if name not in s.station_names:
             errors.append((("costs", "per_unit_hour", name), f"unknown station {name!r}"))
-    for k, price in s.costs.per_unit_hour.items():
+    for station, price in s.costs.per_unit_hour.items():
         if not math.isfinite(price) or price < 0:
-            errors.append((("costs", "per_unit_hour", k), "a price must be a non-negative number"))
+            errors.append((("costs", "per_unit_hour", station), "a price must be a non-negative number"))
     if s.reported is not None:
         for name in s.reported.counts:
             if name not in seen_steps:

@@ -45,7 +45,7 @@ class Estimate:
     n: int
 
     @classmethod
-    def of(cls, values: list[float]) -> "Estimate":
+    def of(cls, values: list[float]) -> Estimate:
         xs = [v for v in values if not math.isnan(v)]
         n = len(xs)
         if n == 0:

@@ -21,9 +21,9 @@ daily quota and mismatch answers.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
-from bisect import bisect_right
 from heapq import heappush
 
 import simpy
@@ -47,6 +47,19 @@ class _Job:
         self.active = True
         self.timeout = timeout
         self.value = value
+
+
+class _Expiry:
+    """Callback of a waiting request's deadline timer."""
+
+    __slots__ = ("station", "job")
+
+    def __init__(self, station: Station, job: _Job):
+        self.station = station
+        self.job = job
+
+    def __call__(self, _event: Event) -> None:
+        self.station._expire(self.job)
 
 
 def _fire(env: simpy.Environment, value: str | None, delay: float = 0.0) -> Event:
@@ -155,7 +168,7 @@ class Station:
             self.queue_max = self.qlen
         if deadline < INF:
             timer = _fire(env, None, deadline - now)
-            timer.callbacks.append(lambda _e, job=job: self._expire(job))  # type: ignore[union-attr]
+            timer.callbacks.append(_Expiry(self, job))  # type: ignore[union-attr]
         return ev
 
     def _expire(self, job: _Job) -> None:

@@ -10,7 +10,7 @@ from models.scenario import Scenario, Slo
 from models.simulate import Estimate, summarize
 from models.units import format_duration
 
-__all__ = ["table", "summary_text", "slo_verdicts", "reported_comparison"]
+__all__ = ["table", "summary_text", "slo_verdicts", "reported_comparison", "drain_time"]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -92,24 +92,25 @@ def slo_verdicts(scenario: Scenario, results: Sequence[RunResult]) -> list[tuple
             assert limit is not None
             out.append((slo, value, value < limit))
         elif slo.backlog_drained is not None:
-            value = max(_drain_time(r) for r in results)
+            value = max(drain_time(r) for r in results)
             out.append((slo, value, value <= slo.backlog_drained))
     return out
 
 
-def _drain_time(result: RunResult) -> float:
-    """Time from the run's start until every station's queue was last seen non-empty at an interval's end.
-
-    Infinite when a queue is still non-empty in the last interval.
+def drain_time(result: RunResult, threshold: float = 1.0) -> float:
+    """When the backlog was gone: the end of the last interval in which some station's
+    time-averaged queue held ``threshold`` or more requests (a standing backlog, not a
+    momentary wait), measured from the run's start.  Infinite when the last interval
+    still has one; zero when no interval had one.
     """
-    last_busy = -1
+    last = -1
     for st in result.stations.values():
-        for k, q in enumerate(st.queue_max):
-            if q > 0:
-                last_busy = max(last_busy, k)
-    if last_busy == result.n_intervals - 1 and any(st.queue_max[-1] > 0 for st in result.stations.values()):
+        for k, q in enumerate(st.queue_mean):
+            if q >= threshold:
+                last = max(last, k)
+    if last == result.n_intervals - 1:
         return math.inf
-    return (last_busy + 1) * result.interval
+    return (last + 1) * result.interval
 
 
 def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
