@@ -154,7 +154,12 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
         parts += ["", "Failed requests by reason", table(["step", "shed (full)", "rate-limited", "timeout", "quota", "mismatch"], fail_rows)]
     parts += ["", "Stations"]
     rows = []
+    prices = scenario.costs.per_unit_hour
     for name in first.stations:
+        cost = "-"
+        if name in prices:
+            server_hours = sum(sum(r.stations[name].capacity) for r in results) / len(results) / 3600
+            cost = f"{server_hours * prices[name]:,.2f}"
         rows.append(
             [
                 name,
@@ -164,9 +169,10 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
                 _dur(est[f"station.{name}.mean_wait"]),
                 _pct(est[f"station.{name}.p_shed"]),
                 _pct(est[f"station.{name}.p_abandon"]),
+                cost,
             ]
         )
-    parts.append(table(["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned"], rows))
+    parts.append(table(["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned", f"cost {scenario.costs.currency}"], rows))
     cmp_rows = reported_comparison(scenario, est)
     if cmp_rows and scenario.reported is not None:
         parts += ["", f"Model against reported figures at {format_duration(scenario.reported.at)} ({scenario.reported.source})"]
