@@ -21,7 +21,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy models reports capacity_cli.py
+	$(BIN)/mypy models reports refserver capacity_cli.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py

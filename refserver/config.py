@@ -1,0 +1,117 @@
+"""Plain configuration of the reference server and its registry service.
+
+Built by the planner from a scenario (``capacity serve``) or written by hand as
+JSON.  Distributions are plain mappings ``{"dist": ..., "mean": ..., "cv": ...}``
+sampled by :func:`sampler` with the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "sampler", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """The server configuration is unusable."""
+
+
+def sampler(spec: dict[str, Any] | float | None, rng: random.Random) -> Callable[[], float]:
+    """A function drawing seconds from a plain distribution mapping (or a constant)."""
+    if spec is None:
+        return lambda: 0.0
+    if isinstance(spec, (int, float)):
+        value = float(spec)
+        return lambda: value
+    kind = spec.get("dist", "constant")
+    if kind in ("constant", "deterministic"):
+        value = float(spec.get("value", spec.get("mean", 0.0)))
+        return lambda: value
+    if kind in ("exponential", "exp"):
+        rate = 1.0 / float(spec["mean"])
+        return lambda: rng.expovariate(rate)
+    if kind == "erlang":
+        k, mean = int(spec["k"]), float(spec["mean"])
+        return lambda: rng.gammavariate(k, mean / k)
+    if kind == "gamma":
+        mean, cv = float(spec["mean"]), float(spec["cv"])
+        shape = 1 / cv**2
+        return lambda: rng.gammavariate(shape, mean / shape)
+    if kind == "lognormal":
+        mean, cv = float(spec["mean"]), float(spec["cv"])
+        s2 = math.log1p(cv**2)
+        mu, sigma = math.log(mean) - s2 / 2, math.sqrt(s2)
+        return lambda: rng.lognormvariate(mu, sigma)
+    if kind == "uniform":
+        lo, hi = float(spec["low"]), float(spec["high"])
+        return lambda: rng.uniform(lo, hi)
+    raise ConfigError(f"unknown distribution {kind!r}")
+
+
+@dataclass
+class StationConfig:
+    servers: int
+    queue: int | None = None  # waiting places; None: unbounded
+    service: dict[str, Any] = field(default_factory=dict)  # request type -> distribution ("default" for any)
+
+
+@dataclass
+class RegistryConfig:
+    concurrency: int = 8
+    queue: int | None = 100
+    latency: dict[str, Any] | float = 0.05
+    timeout: float = 10.0
+    rate_limit: float | None = None
+    burst: float | None = None
+    daily_quota: int | None = None
+    mismatch: float = 0.0
+
+
+@dataclass
+class ServerConfig:
+    stations: dict[str, StationConfig]
+    routes: dict[str, list[str]]  # request type -> stations visited (the registry excluded)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    email_rate: float = 100.0
+    batch_quota: int = 1000
+    photo_max_bytes: int = 2_000_000
+    test_mode: bool = False
+    seed: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServerConfig:
+        try:
+            stations = {k: StationConfig(**v) for k, v in d["stations"].items()}
+            reg = RegistryConfig(**d.get("registry", {}))
+            cfg = cls(
+                stations=stations,
+                routes={k: list(v) for k, v in d.get("routes", {}).items()},
+                registry=reg,
+                email_rate=float(d.get("email_rate", 100.0)),
+                batch_quota=int(d.get("batch_quota", 1000)),
+                photo_max_bytes=int(d.get("photo_max_bytes", 2_000_000)),
+                test_mode=bool(d.get("test_mode", False)),
+                seed=int(d.get("seed", 1)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"bad server configuration: {exc}") from None
+        for rt, names in cfg.routes.items():
+            for n in names:
+                if n not in cfg.stations:
+                    raise ConfigError(f"route {rt!r} names unknown station {n!r}")
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> ServerConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)

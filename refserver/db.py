@@ -1,0 +1,154 @@
+"""SQLite storage with group commit: an acknowledged write is on disk.
+
+One writer thread owns the write connection (WAL, ``synchronous=FULL``).  Writes
+queued by request handlers are taken in batches; each runs in its own SAVEPOINT
+inside one transaction, so a failing write (a duplicate email, a full batch)
+rolls back alone and nothing half-written stays; the batch then commits with one
+fsync and only then are the handlers answered.  Reads use a second connection
+(WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["Database", "SCHEMA"]
+
+T = TypeVar("T")
+MAX_BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS registrants (
+    id TEXT PRIMARY KEY,
+    email_hash TEXT NOT NULL UNIQUE,
+    nik_hash TEXT NOT NULL UNIQUE,
+    phone_hash TEXT NOT NULL,
+    birth_year INTEGER NOT NULL,
+    created REAL NOT NULL,
+    email_verified REAL,
+    photo_path TEXT,
+    nik_verified REAL,
+    batch_id TEXT REFERENCES batches(id),
+    joined REAL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    registrant_id TEXT NOT NULL REFERENCES registrants(id),
+    used REAL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    registrant_id TEXT NOT NULL REFERENCES registrants(id),
+    token TEXT NOT NULL,
+    created REAL NOT NULL,
+    sent REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(id) WHERE sent IS NULL;
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    quota INTEGER NOT NULL CHECK (quota >= 0),
+    joined INTEGER NOT NULL DEFAULT 0,
+    CHECK (joined <= quota)
+);
+"""
+
+_STOP = object()
+
+
+class Database:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        init = sqlite3.connect(self.path)
+        init.execute("PRAGMA journal_mode=WAL")
+        init.executescript(SCHEMA)
+        init.commit()
+        init.close()
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA query_only=ON")
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._writer, name="db-writer", daemon=True)
+        self._thread.start()
+        self.commits = 0
+        self.writes = 0
+
+    # -- writing -------------------------------------------------------------
+    def _writer(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            batch = []
+            if item is _STOP:
+                break
+            batch.append(item)
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, _, _ in batch:
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        outcomes.append((True, fn(conn)))
+                        conn.execute("RELEASE w")
+                    except Exception as exc:  # noqa: BLE001 - handed to the waiting handler
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                        outcomes.append((False, exc))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                outcomes = [(False, exc)] * len(batch)
+            self.commits += 1
+            self.writes += len(batch)
+            for (_, loop, fut), (ok, value) in zip(batch, outcomes):
+                loop.call_soon_threadsafe(_settle, fut, ok, value)
+        conn.close()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in the next committed batch; its result once on disk."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, loop, fut))
+        return await fut
+
+    # -- reading -------------------------------------------------------------
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        row = self._reader.execute(sql, params).fetchone()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._reader.execute(sql, params).fetchall()]
+
+    def close(self) -> None:
+        """Finish the queued writes, then close."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+        self._reader.close()
+
+
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)

@@ -1,0 +1,59 @@
+"""Stations of the reference server: concurrency, a bounded queue, configured work.
+
+``async with station.slot():`` waits for one of ``servers`` slots; when all are
+busy and ``queue`` requests already wait, :class:`Overloaded` is raised at once
+(the handler answers 503 with Retry-After: admission control).  Busy time is
+accumulated so that utilization U and service demand D = U / X can be read from
+``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+__all__ = ["Station", "Overloaded"]
+
+
+class Overloaded(Exception):
+    """A station's queue is full; retry after ``retry_after`` seconds."""
+
+    def __init__(self, station: str, retry_after: int = 1):
+        super().__init__(f"station {station!r} is full")
+        self.station = station
+        self.retry_after = retry_after
+
+
+class Station:
+    def __init__(self, name: str, servers: int, queue: int | None):
+        self.name = name
+        self.servers = servers
+        self.queue_limit = queue
+        self._sem = asyncio.Semaphore(servers)
+        self.waiting = 0
+        self.busy = 0
+        self.busy_seconds = 0.0
+        self.served = 0
+        self.shed = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.busy >= self.servers and self.queue_limit is not None and self.waiting >= self.queue_limit:
+            self.shed += 1
+            raise Overloaded(self.name)
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.busy += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.busy_seconds += time.perf_counter() - started
+            self.busy -= 1
+            self.served += 1
+            self._sem.release()

@@ -1,0 +1,139 @@
+"""The reference server's endpoints: success paths and bad input, with the database checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .refserver_helpers import JPEG_BYTES, PNG_BYTES, RESET_TOKEN, advance, config, make_client, nik_for, person, rows, token_of
+
+
+def test_full_funnel_and_status(tmp_path: Path) -> None:
+    with make_client(tmp_path) as client:
+        assert client.get("/healthz").text == "ok"
+        assert "<h1>" in client.get("/").text
+        p = person()
+        rid = advance(client, p, "nik_verified")
+        assert client.get(f"/api/registrants/{rid}").json()["stage"] == "nik_verified"
+        r = client.post("/api/join-batch", json={"registrant_id": rid, "batch_id": "wave-1"})
+        assert r.status_code == 200 and r.json()["status"] == "joined"
+        status = client.get(f"/api/registrants/{rid}").json()
+        assert status["stage"] == "joined" and status["batch_id"] == "wave-1"
+        metrics = client.get("/metrics").text
+        assert 'surgecap_requests_total{endpoint="register",status="201"} 1' in metrics
+        assert 'surgecap_station_busy_seconds_total{station="db"}' in metrics
+        assert client.get("/openapi.json").json()["openapi"].startswith("3.")
+    # personal data is not stored in clear
+    dump = "\n".join(str(r) for r in rows(tmp_path, "SELECT * FROM registrants"))
+    assert p["nik"] not in dump and p["email"] not in dump and p["phone"].lstrip("+") not in dump
+    assert rows(tmp_path, "SELECT joined FROM batches WHERE id = 'wave-1'") == [(1,)]
+
+
+def test_png_photo_and_registry_mismatch(tmp_path: Path) -> None:
+    with make_client(tmp_path) as client:
+        p = person(nik=nik_for(match=False))
+        rid = advance(client, p, "email_verified")
+        r = client.post("/api/photo", data={"registrant_id": rid}, files={"photo": ("me.png", PNG_BYTES, "image/png")})
+        assert r.status_code == 200
+        r = client.post("/api/verify-nik", json={"registrant_id": rid, "nik": p["nik"]})
+        assert r.status_code == 422 and r.json()["status"] == "mismatch"
+    assert rows(tmp_path, "SELECT nik_verified, photo_path FROM registrants WHERE id = ?", (rid,)) == [(None, f"{rid}.png")]
+
+
+def test_batch_quota_is_enforced(tmp_path: Path) -> None:
+    with make_client(tmp_path, config(batch_quota=2)) as client:
+        ids = [advance(client, person(), "nik_verified") for _ in range(3)]
+        answers = [client.post("/api/join-batch", json={"registrant_id": i, "batch_id": "wave-1"}) for i in ids]
+        assert [a.status_code for a in answers] == [200, 200, 409]
+        assert answers[2].json()["status"] == "quota_full"
+        again = client.post("/api/join-batch", json={"registrant_id": ids[0], "batch_id": "wave-1"})
+        assert again.status_code == 409 and "already joined" in again.json()["error"]
+    assert rows(tmp_path, "SELECT joined FROM batches") == [(2,)]
+    assert rows(tmp_path, "SELECT count(*) FROM registrants WHERE batch_id IS NOT NULL") == [(2,)]
+
+
+def _ok_person() -> dict[str, str]:
+    return person()
+
+
+# Each case: (id, stage the registrant is brought to first, method, path, request kwargs (a function of
+# the registrant's id and data), expected status, fragment of the error, SQL whose result must not change)
+REG_COUNT = "SELECT count(*) FROM registrants"
+REG_STATE = "SELECT id, email_verified, photo_path, nik_verified, batch_id FROM registrants ORDER BY id"
+CASES: list[tuple[str, str | None, str, Any, int, str]] = [
+    ("register-malformed-json", None, "/api/register", lambda rid, p: {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "malformed JSON"),
+    ("register-not-object", None, "/api/register", lambda rid, p: {"json": [1, 2]}, 400, "JSON object"),
+    ("register-missing-field", None, "/api/register", lambda rid, p: {"json": {k: v for k, v in person().items() if k != "phone"}}, 422, "missing field(s): phone"),
+    ("register-extra-field", None, "/api/register", lambda rid, p: {"json": {**person(), "admin": "yes"}}, 422, "unknown field(s): admin"),
+    ("register-number-field", None, "/api/register", lambda rid, p: {"json": {**person(), "phone": 628123}}, 422, "phone must be a string"),
+    ("register-bad-email", None, "/api/register", lambda rid, p: {"json": person(email="not-an-email")}, 422, "email must be"),
+    ("register-empty-name", None, "/api/register", lambda rid, p: {"json": person(name="  ")}, 422, "name must be"),
+    ("register-bad-date", None, "/api/register", lambda rid, p: {"json": person(birth_date="21/04/1990")}, 422, "birth_date must be a date"),
+    ("register-future-date", None, "/api/register", lambda rid, p: {"json": person(birth_date="2990-01-01")}, 422, "between 1900-01-01 and today"),
+    ("register-nik-short", None, "/api/register", lambda rid, p: {"json": person(nik="32730121049000")}, 422, "16 digits"),
+    ("register-nik-letters", None, "/api/register", lambda rid, p: {"json": person(nik="32730121049000AB")}, 422, "16 digits"),
+    ("register-nik-region", None, "/api/register", lambda rid, p: {"json": person(nik="0000002104900001")}, 422, "region code"),
+    ("register-nik-date-disagrees", None, "/api/register", lambda rid, p: {"json": person(nik="3273012205900001")}, 422, "does not match birth_date"),
+    ("register-nik-serial", None, "/api/register", lambda rid, p: {"json": person(nik="3273012104900000")}, 422, "serial"),
+    ("register-bad-phone", None, "/api/register", lambda rid, p: {"json": person(phone="call me")}, 422, "phone must be"),
+    ("register-duplicate-email", "registered", "/api/register", lambda rid, p: {"json": person(email=p["email"].upper())}, 409, "email already registered"),
+    ("register-duplicate-nik", "registered", "/api/register", lambda rid, p: {"json": person(nik=p["nik"])}, 409, "nik already registered"),
+    ("register-too-large", None, "/api/register", lambda rid, p: {"json": person(name="x" * 20_000)}, 413, "too large"),
+    ("verify-email-unknown-token", "registered", "/api/verify-email", lambda rid, p: {"json": {"token": "nope"}}, 404, "unknown token"),
+    ("verify-email-missing-token", "registered", "/api/verify-email", lambda rid, p: {"json": {}}, 422, "missing field(s): token"),
+    ("verify-email-extra", "registered", "/api/verify-email", lambda rid, p: {"json": {"token": "x", "id": "y"}}, 422, "unknown field(s): id"),
+    ("photo-unknown-registrant", None, "/api/photo", lambda rid, p: {"data": {"registrant_id": "nobody"}, "files": {"photo": ("a.jpg", JPEG_BYTES, "image/jpeg")}}, 404, "unknown registrant"),
+    ("photo-skips-email", "registered", "/api/photo", lambda rid, p: {"data": {"registrant_id": rid}, "files": {"photo": ("a.jpg", JPEG_BYTES, "image/jpeg")}}, 409, "verify your email first"),
+    ("photo-not-an-image", "email_verified", "/api/photo", lambda rid, p: {"data": {"registrant_id": rid}, "files": {"photo": ("a.jpg", b"GIF89a" + b"0" * 50, "image/jpeg")}}, 415, "JPEG or PNG"),
+    ("photo-too-large", "email_verified", "/api/photo", lambda rid, p: {"data": {"registrant_id": rid}, "files": {"photo": ("a.jpg", JPEG_BYTES + b"0" * 200_000, "image/jpeg")}}, 413, "larger than"),
+    ("photo-not-multipart", "email_verified", "/api/photo", lambda rid, p: {"json": {"registrant_id": rid}}, 415, "multipart/form-data"),
+    ("photo-missing-file", "email_verified", "/api/photo", lambda rid, p: {"data": {"registrant_id": rid}, "files": {"other": ("a.jpg", JPEG_BYTES, "image/jpeg")}}, 422, "expected fields"),
+    ("nik-skips-photo", "email_verified", "/api/verify-nik", lambda rid, p: {"json": {"registrant_id": rid, "nik": p["nik"]}}, 409, "upload a photo first"),
+    ("nik-other-nik", "photo_stored", "/api/verify-nik", lambda rid, p: {"json": {"registrant_id": rid, "nik": nik_for()}}, 422, "does not match the one registered"),
+    ("nik-unknown-registrant", None, "/api/verify-nik", lambda rid, p: {"json": {"registrant_id": "nobody", "nik": p["nik"]}}, 404, "unknown registrant"),
+    ("batch-skips-nik", "photo_stored", "/api/join-batch", lambda rid, p: {"json": {"registrant_id": rid, "batch_id": "wave-1"}}, 409, "NIK verified first"),
+    ("batch-unknown-batch", "nik_verified", "/api/join-batch", lambda rid, p: {"json": {"registrant_id": rid, "batch_id": "wave-9"}}, 404, "unknown batch"),
+    ("batch-malformed", "nik_verified", "/api/join-batch", lambda rid, p: {"content": b"[", "headers": {"content-type": "application/json"}}, 400, "malformed JSON"),
+    ("status-unknown", None, "/api/registrants/nobody", None, 404, "unknown registrant"),
+    ("reset-without-token", None, "/test/reset", lambda rid, p: {}, 403, "X-Reset-Token"),
+]
+
+
+@pytest.mark.parametrize("case, stage, path, kwargs, status, fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_4xx_and_changes_nothing(tmp_path: Path, case, stage, path, kwargs, status, fragment) -> None:
+    with make_client(tmp_path) as client:
+        p = person()
+        rid = advance(client, p, stage) if stage else "nobody"
+        before = rows(tmp_path, REG_STATE), rows(tmp_path, "SELECT count(*) FROM outbox"), rows(tmp_path, "SELECT joined FROM batches")
+        if kwargs is None:
+            r = client.get(path)
+        else:
+            r = client.post(path, **kwargs(rid, p))
+        assert r.status_code == status, r.text
+        assert fragment in r.json()["error"]
+        after = rows(tmp_path, REG_STATE), rows(tmp_path, "SELECT count(*) FROM outbox"), rows(tmp_path, "SELECT joined FROM batches")
+        assert after == before, "a refused request must leave the database as it was"
+    assert len(CASES) >= 30
+
+
+def test_replayed_token_is_refused(tmp_path: Path) -> None:
+    with make_client(tmp_path) as client:
+        rid = advance(client, person(), "registered")
+        token = token_of(client, rid)
+        assert client.post("/api/verify-email", json={"token": token}).status_code == 200
+        again = client.post("/api/verify-email", json={"token": token})
+        assert again.status_code == 409 and "already used" in again.json()["error"]
+    assert rows(tmp_path, "SELECT count(*) FROM tokens WHERE used IS NOT NULL") == [(1,)]
+
+
+def test_reset_with_token_and_test_endpoints_only_in_test_mode(tmp_path: Path) -> None:
+    with make_client(tmp_path) as client:
+        advance(client, person(), "registered")
+        r = client.post("/test/reset", headers={"X-Reset-Token": RESET_TOKEN})
+        assert r.status_code == 200
+    assert rows(tmp_path, REG_COUNT) == [(0,)]
+    with make_client(tmp_path / "prod", config(test_mode=False)) as client:
+        assert client.get("/test/mailbox/x").status_code == 404
+        assert client.post("/test/reset", headers={"X-Reset-Token": RESET_TOKEN}).status_code == 404
