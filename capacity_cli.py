@@ -2,6 +2,7 @@
 
     capacity simulate SCENARIO [--seed N] [--replications R] [--out DIR]
                                [--scale F] [--window START END]
+    capacity serve SCENARIO [--port P] [--db PATH] [--data-dir DIR] [--test-mode]
 
 Exit codes: 0 success, 1 a failed check, 2 bad input (scenario or arguments).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from models.loader import ScenarioError, load_scenario
+from models.scenario import Scenario
 from models.units import UnitError, format_duration, parse_duration, parse_fraction
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -137,6 +139,57 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def server_config(scenario: Scenario, test_mode: bool = False) -> dict[str, object]:
+    """The reference server's plain configuration for a scenario's system."""
+    from models.scenario import REGISTRY
+
+    sysd = scenario.system
+    stations = {
+        name: {
+            "servers": st.servers,
+            "queue": st.queue,
+            "service": {rt: dist.model_dump(by_alias=True) for rt, dist in st.service.items()},
+        }
+        for name, st in sysd.stations.items()
+    }
+    routes = {step.request_type: [n for n in step.stations if n != REGISTRY] for step in scenario.journey}
+    cfg: dict[str, object] = {"stations": stations, "routes": routes, "test_mode": test_mode, "seed": scenario.seed}
+    if sysd.registry is not None:
+        r = sysd.registry
+        cfg["registry"] = {
+            "concurrency": r.concurrency,
+            "queue": r.queue,
+            "latency": r.latency.model_dump(by_alias=True),
+            "timeout": r.timeout,
+            "rate_limit": r.rate_limit,
+            "burst": r.burst,
+            "daily_quota": r.daily_quota,
+            "mismatch": r.mismatch,
+        }
+    if sysd.email is not None:
+        cfg["email_rate"] = sysd.email.rate
+    if sysd.batch is not None:
+        cfg["batch_quota"] = sysd.batch.quota
+    return cfg
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from refserver import serve
+
+    scenario = load_scenario(args.scenario)
+    if args.host not in ("127.0.0.1", "::1", "localhost") and not args.allow_remote:
+        print(f"capacity serve: error: refusing to bind {args.host}; the reference server binds loopback unless --allow-remote is given", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    data_dir = Path(args.data_dir) if args.data_dir else _run_dir(None, f"serve-{scenario.name}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = data_dir / "server.json"
+    cfg_path.write_text(json.dumps(server_config(scenario, test_mode=args.test_mode), indent=1))
+    argv = ["--config", str(cfg_path), "--host", args.host, "--port", str(args.port), "--data-dir", str(data_dir)]
+    if args.db:
+        argv += ["--db", args.db]
+    return serve.main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -149,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", nargs=2, metavar=("START", "END"), default=None, help="time window, e.g. 0h 2h (overrides run.window)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("serve", help="run the reference server (and its registry) configured from a scenario")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
+    p.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
+    p.add_argument("--data-dir", default=None, help="database, photos and keys (default runs/<timestamp>-serve-<scenario>)")
+    p.add_argument("--test-mode", action="store_true", help="enable the loopback-only mailbox and reset endpoints")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

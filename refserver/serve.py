@@ -1,0 +1,140 @@
+"""Run the reference server and its registry service as processes.
+
+    python -m refserver.serve --config server.json [--host 127.0.0.1] [--port 8000]
+                              [--registry-port 0] [--db PATH] [--data-dir DIR]
+
+The registry runs as a child process; the server runs in this one (uvicorn).
+SIGINT or SIGTERM stops the server gracefully (in-flight requests finish, the
+database writer drains and closes), then the registry.  The keyed-hash secret
+is kept in ``DATA_DIR/secret`` (created once, mode 0600) so that a restarted
+server still recognises earlier registrations; in test mode the reset token is
+written to ``DATA_DIR/reset-token``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["main", "free_port", "wait_ready"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200 (or fail, also when ``proc`` exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback readiness probe
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready after {timeout:g}s")
+        time.sleep(0.05)
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _secret(data_dir: Path) -> bytes:
+    path = data_dir / "secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def run_registry(config_path: str, host: str, port: int) -> None:
+    import uvicorn
+
+    from refserver.config import ServerConfig
+    from refserver.registry import create_registry_app
+
+    cfg = ServerConfig.load(config_path)
+    uvicorn.run(create_registry_app(cfg.registry, cfg.seed), host=host, port=port, log_level="warning", access_log=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="refserver.serve", description="Run the reference registration server and its registry.")
+    ap.add_argument("--config", required=True, help="server configuration (JSON)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--registry-port", type=int, default=0, help="0: any free port")
+    ap.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
+    ap.add_argument("--data-dir", default="refserver-data")
+    ap.add_argument("--registry-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.registry_only:
+        run_registry(args.config, args.host, args.registry_port)
+        return 0
+
+    import uvicorn
+
+    from refserver.app import create_app
+    from refserver.config import ConfigError, ServerConfig
+
+    try:
+        cfg = ServerConfig.load(args.config)
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"refserver: {exc}", file=sys.stderr)
+        return 2
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_path = Path(args.db) if args.db else data_dir / "refserver.sqlite"
+    reg_port = args.registry_port or free_port(args.host)
+    registry = subprocess.Popen(
+        [sys.executable, "-m", "refserver.serve", "--config", args.config, "--host", args.host, "--registry-port", str(reg_port), "--registry-only"],
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python-level
+    # handler that re-raise ends in SystemExit, so the registry below is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        wait_ready(f"http://{host}:{reg_port}/healthz", proc=registry)
+        reset_token = None
+        if cfg.test_mode:
+            reset_token = secrets.token_urlsafe(16)
+            (data_dir / "reset-token").write_text(reset_token)
+        app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
+        print(f"refserver: serving on http://{host}:{args.port} (registry on port {reg_port}, database {db_path})", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+    finally:
+        if registry.poll() is None:
+            registry.send_signal(signal.SIGTERM)
+            try:
+                registry.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                registry.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
