@@ -1,0 +1,189 @@
+"""The reference server as real processes on loopback: durability, overload, registry limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from refserver.config import RegistryConfig, StationConfig
+from refserver.serve import free_port, wait_ready
+
+from .conftest import ROOT
+from .refserver_helpers import advance, config, make_client, person
+
+
+def _start(tmp_path: Path, cfg: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
+    cfg_path = tmp_path / "server.json"
+    cfg_path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _cfg(**over: Any) -> dict[str, Any]:
+    c = config(**over).to_dict()
+    c["test_mode"] = False
+    return c
+
+
+def test_acknowledged_registrations_survive_sigkill(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = _cfg()
+    proc = _start(tmp_path, cfg, port)
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/api/register", json=person())
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if r.status_code == 201:
+                    acked.append(r.json()["id"])
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-stream, no chance to clean up
+    proc.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(acked) > 50, "the clients should have been acknowledged many registrations"
+    proc = _start(tmp_path, cfg, port)  # restart on the same database
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            for rid in acked:
+                assert c.get(f"/api/registrants/{rid}").status_code == 200, f"acknowledged {rid} lost"
+    finally:
+        _stop(proc)
+    conn = sqlite3.connect(tmp_path / "data" / "refserver.sqlite")
+    ids = [r[0] for r in conn.execute("SELECT id FROM registrants")]
+    tokens = conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
+    outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    conn.close()
+    assert len(ids) == len(set(ids)) and len(acked) == len(set(acked))
+    assert set(acked) <= set(ids)
+    # nothing half-written: every registrant has its token and its email, and nothing else exists
+    assert tokens == outbox == len(ids)
+
+
+async def _paced_load(url: str, rate: float, seconds: float, results: list[tuple[float, int, float]]) -> None:
+    """Open-model arrivals at a fixed rate: each request starts on time whatever the others do."""
+    limits = httpx.Limits(max_connections=400)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as c:
+        start = time.monotonic()
+        tasks = []
+
+        async def one(at: float) -> None:
+            t0 = time.monotonic()
+            try:
+                r = await c.post("/api/register", json=person())
+                results.append((at, r.status_code, time.monotonic() - t0))
+                if r.status_code == 503:
+                    assert r.headers.get("retry-after"), "a shed request says when to retry"
+            except httpx.HTTPError:
+                results.append((at, 0, time.monotonic() - t0))
+
+        n = int(rate * seconds)
+        for i in range(n):
+            at = i / rate
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(at)))
+        await asyncio.gather(*tasks)
+
+
+def _p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[int(0.95 * (len(xs) - 1))]
+
+
+def test_overload_sheds_with_retry_after_and_recovers(tmp_path: Path) -> None:
+    # web: 2 slots of 50 ms = 40 registrations/s; queue of 4.  Load: 10 s at 3x (120/s).
+    cfg = _cfg(
+        stations={
+            "web": StationConfig(servers=2, queue=4, service={"default": 0.05}),
+            "db": StationConfig(servers=2, queue=100, service={"default": 0.0}),
+            "storage": StationConfig(servers=1, queue=1, service={"default": 0.0}),
+        }
+    )
+    port = free_port()
+    proc = _start(tmp_path, cfg, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        before: list[tuple[float, int, float]] = []
+        asyncio.run(_paced_load(url, 10, 3, before))
+        surge: list[tuple[float, int, float]] = []
+        asyncio.run(_paced_load(url, 120, 10, surge))
+        after: list[tuple[float, int, float]] = []
+        asyncio.run(_paced_load(url, 10, 5, after))
+        assert proc.poll() is None, "the server stays up"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    finally:
+        _stop(proc)
+    codes = [c for _, c, _ in surge]
+    assert codes.count(503) > 0.3 * len(codes), "past its capacity the server sheds"
+    assert set(codes) <= {201, 503}, f"only accepted or shed, never an error: {set(codes)}"
+    normal = _p95([d for _, c, d in before if c == 201])
+    recovered = _p95([d for _, c, d in after if c == 201])
+    assert all(c == 201 for _, c, _ in after), "within 5 s after the surge every request is accepted again"
+    assert recovered <= max(2 * normal, normal + 0.05), f"p95 after the surge {recovered:.3f}s, before {normal:.3f}s"
+
+
+def test_registry_limits_surface_as_retry_later(tmp_path: Path) -> None:
+    reg = RegistryConfig(concurrency=4, queue=10, latency=0.001, timeout=2.0, rate_limit=0.5, burst=1, mismatch=0.0)
+    with make_client(tmp_path, config(registry=reg)) as client:
+        p1, p2 = person(), person()
+        advance(client, p1, "nik_verified")  # takes the one token of the bucket
+        rid2 = advance(client, p2, "photo_stored")
+        r = client.post("/api/verify-nik", json={"registrant_id": rid2, "nik": p2["nik"]})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json() == {"id": rid2, "status": "registry_unavailable", "reason": "rate_limited", "error": "registry unavailable, retry later"}
+    quota = RegistryConfig(concurrency=4, queue=10, latency=0.001, timeout=2.0, daily_quota=1, mismatch=0.0)
+    with make_client(tmp_path / "q", config(registry=quota)) as client:
+        p1, p2 = person(), person()
+        advance(client, p1, "nik_verified")
+        rid2 = advance(client, p2, "photo_stored")
+        r = client.post("/api/verify-nik", json={"registrant_id": rid2, "nik": p2["nik"]})
+        assert r.status_code == 503 and r.json()["reason"] == "quota"
+
+
+@pytest.mark.parametrize("limit", ["rate", "quota"])
+def test_registry_service_answers_429(limit: str) -> None:
+    from starlette.testclient import TestClient
+
+    from refserver.registry import create_registry_app
+
+    cfg = RegistryConfig(latency=0.0, rate_limit=5.0, burst=5.0) if limit == "rate" else RegistryConfig(latency=0.0, daily_quota=3)
+    with TestClient(create_registry_app(cfg)) as c:
+        codes = [c.post("/check", json={"nik": "3273012104900001"}).status_code for _ in range(8)]
+    allowed = 5 if limit == "rate" else 3
+    assert codes[:allowed] == [200] * allowed
+    assert codes[allowed:] == [429] * (8 - allowed)
