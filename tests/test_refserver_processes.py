@@ -187,3 +187,43 @@ def test_registry_service_answers_429(limit: str) -> None:
     allowed = 5 if limit == "rate" else 3
     assert codes[:allowed] == [200] * allowed
     assert codes[allowed:] == [429] * (8 - allowed)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_capacity_serve_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capacity_cli", "serve", str(ROOT / "scenarios" / "smoke.yaml"), "--port", str(port), "--data-dir", str(data)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        r = httpx.post(f"http://127.0.0.1:{port}/api/register", json=person())
+        assert r.status_code == 201
+        rid = r.json()["id"]
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = proc.stdout.read() if proc.stdout else ""
+    assert "serving on http://127.0.0.1" in out
+    # the registry child is gone too, and the registration is in the closed database
+    left = subprocess.run(["pgrep", "-f", f"--config {data}/server.json"], capture_output=True, text=True).stdout.split()
+    assert left == [], f"stray processes: {left}"
+    conn = sqlite3.connect(data / "refserver.sqlite")
+    assert conn.execute("SELECT count(*) FROM registrants WHERE id = ?", (rid,)).fetchone() == (1,)
+    conn.close()
+    config_written = json.loads((data / "server.json").read_text())
+    assert config_written["routes"]["register"] == ["web", "db"]
+    assert config_written["registry"]["rate_limit"] == 10.0
+
+
+def test_serve_refuses_a_non_loopback_bind(capsys) -> None:
+    from capacity_cli import main
+
+    assert main(["serve", str(ROOT / "scenarios" / "smoke.yaml"), "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
