@@ -3,6 +3,7 @@
     capacity simulate SCENARIO [--seed N] [--replications R] [--out DIR]
                                [--scale F] [--window START END]
     capacity serve SCENARIO [--port P] [--db PATH] [--data-dir DIR] [--test-mode]
+    capacity loadtest SCENARIO [--host URL] [--duration D] [--users N] [--out DIR]
 
 Exit codes: 0 success, 1 a failed check, 2 bad input (scenario or arguments).
 """
@@ -190,6 +191,125 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve.main(argv)
 
 
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+
+def _is_loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _pool_size(scenario: Scenario, duration: float) -> int:
+    """Users enough for the open model: peak arrival rate x expected journey length, with room."""
+    import numpy as np
+
+    from models.arrivals import rate_at
+
+    start = scenario.window[0]
+    grid = np.linspace(start, start + duration, 200)
+    peak = float(rate_at(scenario.arrivals, grid, scenario.horizon).max()) * scenario.run.scale
+    journey = sum(step.think.mean / scenario.run.compress + 2.0 for step in scenario.journey)
+    return int(min(5000, max(20, peak * journey * 1.5 + 10)))
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import subprocess
+
+    from models.results import load
+    from refserver.serve import free_port, wait_ready
+    from reports.summary import loadtest_text
+
+    scenario = load_scenario(args.scenario)
+    if args.host and not _is_loopback(args.host) and not args.allow_remote:
+        print(
+            f"capacity loadtest: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    window = scenario.window[1] - scenario.window[0]
+    try:
+        duration = parse_duration(args.duration) if args.duration else window
+    except UnitError as exc:
+        print(f"capacity loadtest: error: --duration: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not 0 < duration <= window:
+        print(f"capacity loadtest: error: --duration must be in (0, {format_duration(window)}] (the scenario's window)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run_dir = _run_dir(args.out, f"loadtest-{scenario.name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    users = args.users or _pool_size(scenario, duration)
+    server = None
+    host = args.host
+    try:
+        if host is None:
+            port = free_port()
+            data_dir = run_dir / "server"
+            data_dir.mkdir(exist_ok=True)
+            (data_dir / "server.json").write_text(json.dumps(server_config(scenario, test_mode=True), indent=1))
+            server = subprocess.Popen(
+                [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", str(port), "--data-dir", str(data_dir)],
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            host = f"http://127.0.0.1:{port}"
+            wait_ready(f"{host}/healthz", proc=server)
+        grace = 5.0
+        env = {
+            **os.environ,
+            "SURGECAP_SCENARIO": str(Path(args.scenario).resolve()),
+            "SURGECAP_DURATION": str(duration),
+            "SURGECAP_OUT": str(run_dir),
+            "SURGECAP_PROGRESS": "0" if args.quiet else "1",
+        }
+        if args.seed is not None:
+            env["SURGECAP_SEED"] = str(args.seed)
+        locustfile = Path(__file__).resolve().parent / "locustfiles" / "registrant.py"
+        cmd = [
+            sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
+            "-u", str(users), "-r", str(users), "--run-time", f"{int(duration + grace)}s", "--stop-timeout", "5",
+            "--only-summary", "--csv", str(run_dir / "locust"), "--loglevel", "WARNING",
+        ]
+        print(f"capacity loadtest: {scenario.name} for {format_duration(duration)} against {host} with a pool of {users} users; results in {run_dir}/", file=sys.stderr)
+        log = open(run_dir / "locust.log", "w")  # noqa: SIM115 - closed below
+        # progress lines come on Locust's stdout (shown); Locust's own logging goes to locust.log
+        locust = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
+        try:
+            locust.wait(timeout=duration + grace + 60)
+        except subprocess.TimeoutExpired:
+            os.killpg(locust.pid, signal.SIGKILL)
+            locust.wait()
+            print("capacity loadtest: error: Locust did not stop in time and was killed", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
+            locust.wait(timeout=30)
+        log.close()
+        if not (run_dir / "result.json").exists():
+            print(f"capacity loadtest: error: the load test wrote no result; see {run_dir}/locust.log", file=sys.stderr)
+            return EXIT_FAILED
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+    result = load(run_dir)
+    print(loadtest_text(scenario, result))
+    print(f"\nresults in {run_dir}/ (result.json and CSV in the model's shape, locust_*.csv, locust.log)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -211,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="database, photos and keys (default runs/<timestamp>-serve-<scenario>)")
     p.add_argument("--test-mode", action="store_true", help="enable the loopback-only mailbox and reset endpoints")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("loadtest", help="replay a scenario's surge with Locust (open-model arrivals)")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--host", default=None, help="target URL (default: start the reference server for the scenario)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
+    p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
+    p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
+    p.add_argument("--seed", type=int, default=None, help="arrival seed (default: the scenario's)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-loadtest-<scenario>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_loadtest)
     return parser
 
 

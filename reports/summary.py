@@ -10,7 +10,7 @@ from models.scenario import Scenario, Slo
 from models.simulate import Estimate, summarize
 from models.units import format_duration
 
-__all__ = ["table", "summary_text", "slo_verdicts", "reported_comparison", "drain_time"]
+__all__ = ["table", "summary_text", "slo_verdicts", "reported_comparison", "drain_time", "loadtest_text"]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -190,4 +190,47 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
             shown = format_duration(value) if (slo.below is not None or slo.backlog_drained is not None) else f"{value:.2%}"
             rows.append([slo.label, shown, "met" if ok else "MISSED"])
         parts.append(table(["objective", "model", "verdict"], rows))
+    return "\n".join(parts)
+
+
+def loadtest_text(scenario: Scenario, result: RunResult) -> str:
+    """The summary of a measured run: arrivals and their lateness, then the journey steps."""
+    m = result.meta
+    parts = [
+        f"load test of {scenario.name} against {m.get('host')}: {format_duration(m.get('duration', 0.0))}, seed {m.get('seed')}",
+        f"arrivals: {m.get('arrivals_started', 0):,} started of {m.get('arrivals_planned', 0):,} planned; "
+        f"{m.get('arrivals_dropped', 0):,} dropped (no free user within the drop limit); "
+        f"{m.get('share_on_time_100ms', 1.0):.1%} started within 100 ms of their time (latest {format_duration(m.get('max_lateness', 0.0))})",
+        "",
+    ]
+    rows = []
+    for step in scenario.journey:
+        rt = step.request_type
+        st = result.steps[step.name]
+        rq = result.requests[rt]
+        h = rq.total_latency
+        totals = rq.totals()
+        rows.append(
+            [
+                step.name,
+                f"{sum(st.reached):,}",
+                f"{sum(st.completed):,}",
+                format_duration(h.percentile(50)),
+                format_duration(h.percentile(95)),
+                format_duration(h.percentile(99)),
+                f"{totals['failed']:,}",
+                ", ".join(f"{k[7:]} {v:,}" for k, v in totals.items() if k.startswith("failed_") and v) or "-",
+            ]
+        )
+    parts.append(table(["step", "reached", "completed", "p50", "p95", "p99", "failed req", "by reason"], rows))
+    first = m.get("first_request_from_arrival")
+    if first:
+        from models.histogram import Histogram
+
+        h = Histogram.from_dict(first)
+        if h.count:
+            parts.append(
+                f"\nfirst request, from the intended arrival time (corrected for coordinated omission): "
+                f"p50 {format_duration(h.percentile(50))}, p95 {format_duration(h.percentile(95))}, p99 {format_duration(h.percentile(99))}"
+            )
     return "\n".join(parts)

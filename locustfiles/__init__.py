@@ -1,0 +1,1 @@
+"""Locust load scenarios: registrants arriving on a scenario's curve (open model)."""

@@ -1,0 +1,281 @@
+"""One Locust user plays one registrant's journey per arrival, as the scenario says.
+
+Arrivals come from the scenario's rate curve through the same seeded sampler as
+the SimPy model (:func:`models.arrivals.arrival_times`), so with one seed the
+load test and the model see the same arrival trace.  A pool of users takes
+arrivals as they fall due (:class:`locustfiles.pacing.Pacer`); lateness and
+dropped arrivals are counted, never hidden.
+
+Settings come from the environment (``capacity loadtest`` sets them):
+
+    SURGECAP_SCENARIO   scenario file (default scenarios/smoke.yaml)
+    SURGECAP_SEED       arrival seed (default the scenario's)
+    SURGECAP_DURATION   seconds of the window to replay (default the whole window)
+    SURGECAP_OUT        directory for result.json (default: none written)
+    SURGECAP_DROP_AFTER seconds an arrival may wait for a free user before it is dropped (default 1)
+
+Interactive use with Locust's web UI: ``locust -f locustfiles/registrant.py --host http://127.0.0.1:8000``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import FastHttpUser, events, task
+from locust.env import Environment
+
+from locustfiles.pacing import Pacer
+from locustfiles.recorder import Recorder
+from models.arrivals import arrival_times
+from models.loader import load_scenario
+from models.results import save
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = load_scenario(os.environ.get("SURGECAP_SCENARIO", str(ROOT / "scenarios" / "smoke.yaml")))
+SEED = int(os.environ.get("SURGECAP_SEED", SCENARIO.seed))
+WINDOW_START, WINDOW_END = SCENARIO.window
+DURATION = min(float(os.environ.get("SURGECAP_DURATION", WINDOW_END - WINDOW_START)), WINDOW_END - WINDOW_START)
+OUT = os.environ.get("SURGECAP_OUT")
+DROP_AFTER = float(os.environ.get("SURGECAP_DROP_AFTER", "1"))
+KNOWN = {"register", "verify_email", "upload_photo", "verify_nik", "join_batch"}
+JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+
+unknown = [s.request_type for s in SCENARIO.journey if s.request_type not in KNOWN]
+if unknown:
+    raise SystemExit(f"locustfile: request types {unknown} have no endpoint; expected some of {sorted(KNOWN)}")
+
+_times = [t - WINDOW_START for t in arrival_times(SCENARIO, SEED).tolist() if t - WINDOW_START < DURATION]
+PACER = Pacer(_times, DROP_AFTER)
+RECORDER = Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
+CLOCK: dict[str, Any] = {}
+SERIAL = itertools.count(1)
+THINK = [s.think.scaled(1 / SCENARIO.run.compress) if SCENARIO.run.compress != 1 else s.think for s in SCENARIO.journey]
+
+
+def person(rng: random.Random, n: int) -> dict[str, str]:
+    """A registrant with a unique email and a well-formed NIK that agrees with the birth date."""
+    year, month, day = rng.randint(1960, 2004), rng.randint(1, 12), rng.randint(1, 28)
+    nik = f"{rng.randint(11, 94):02d}{rng.randint(1, 99):02d}{rng.randint(1, 99):02d}{day:02d}{month:02d}{year % 100:02d}{n % 9999 + 1:04d}"
+    return {
+        "name": "Load Test",
+        "email": f"r{n}.{rng.randrange(10**9)}@example.org",
+        "nik": nik,
+        "birth_date": f"{year:04d}-{month:02d}-{day:02d}",
+        "phone": f"+628{rng.randrange(10**9, 10**10)}",
+    }
+
+
+def _reason(status: int, body: dict[str, Any]) -> str | None:
+    """The model's failure reason for an HTTP answer (None: success)."""
+    if status in (200, 201):
+        return None
+    if status == 0:
+        return "timeout"
+    if status == 503:
+        return {"rate_limited": "rate_limited", "quota": "quota", "timeout": "timeout"}.get(str(body.get("reason")), "full")
+    if status == 429:
+        return "rate_limited"
+    if status == 422 and body.get("status") == "mismatch":
+        return "mismatch"
+    if status == 409 and body.get("status") == "quota_full":
+        return "quota"
+    return "error"
+
+
+class Registrant(FastHttpUser):
+    """Takes the next due arrival and walks its journey; idle users wait for arrivals."""
+
+    network_timeout = 30.0
+    connection_timeout = 10.0
+
+    def now(self) -> float:
+        return time.monotonic() - CLOCK.get("start", time.monotonic())
+
+    @task
+    def journey(self) -> None:
+        if "start" not in CLOCK:
+            gevent.sleep(0.01)
+            return
+        taken = PACER.take(self.now())
+        if taken is None:
+            if PACER.done:
+                gevent.sleep(0.5)
+                return
+            due = PACER.next_due()
+            gevent.sleep(max(0.0, min(0.002, (due or 0) - self.now())))
+            return
+        index, intended = taken
+        RECORDER.arrival(intended)
+        self.walk(index, intended)
+
+    def call(self, rt: str, step_name: str, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        sent = self.now()
+        t0 = time.perf_counter()
+        with self.client.request(method, path, name=step_name, catch_response=True, **kwargs) as resp:
+            latency = time.perf_counter() - t0
+            status = resp.status_code or 0
+            try:
+                body = resp.json() if resp.text else {}
+            except ValueError:
+                body = {}
+            if not isinstance(body, dict):
+                body = {}
+            reason = _reason(status, body)
+            expected_key = {"register": "id", "verify_email": "status", "upload_photo": "status", "verify_nik": "status", "join_batch": "status"}[rt]
+            if reason is None and expected_key not in body:
+                reason = "error"
+                resp.failure(f"{status} without {expected_key!r} in the body")
+            elif reason is not None:
+                resp.failure(f"{status} {reason}")
+            else:
+                resp.success()
+        RECORDER.request(rt, sent, latency, reason)
+        return status, body
+
+    def walk(self, index: int, intended: float) -> None:
+        rng = random.Random(SEED * 1_000_003 + index)
+        me = person(rng, next(SERIAL))
+        rid: str | None = None
+        for i, step in enumerate(SCENARIO.journey):
+            if i > 0:
+                went_on = rng.random() < step.proceed
+                if self.now() < DURATION:  # counted within the window, like everything recorded
+                    RECORDER.decisions[step.name][0 if went_on else 1] += 1
+                if not went_on:
+                    RECORDER.step(step.name, "dropped", self.now())
+                    return
+            token = None
+            if step.request_type == "verify_email" and rid is not None:
+                token = self.read_mailbox(rid, step.name)
+                if token is None:
+                    RECORDER.step(step.name, "failed", self.now())
+                    return
+            think = THINK[i].sampler(_np_rng(rng))() if THINK[i].mean > 0 else 0.0
+            if think > 0:
+                gevent.sleep(think)
+            RECORDER.step(step.name, "reached", self.now())
+            began = self.now()
+            attempt = 1
+            while True:
+                status, body = self.send(step.request_type, step.name, me, rid, token, step.payload)
+                if i == 0 and attempt == 1:
+                    RECORDER.from_arrival.record(max(0.0, self.now() - intended))
+                reason = _reason(status, body)
+                if reason is None and step.request_type == "register":
+                    rid = body.get("id")
+                if reason is None:
+                    break
+                retry = step.retry
+                if reason not in retry.retry_on or attempt >= retry.max_attempts or rng.random() < retry.give_up:
+                    RECORDER.step(step.name, "failed", self.now())
+                    return
+                wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
+                wait *= 1.0 + retry.jitter * (2.0 * rng.random() - 1.0)
+                attempt += 1
+                gevent.sleep(max(0.0, wait / SCENARIO.run.compress))
+            RECORDER.step(step.name, "completed", self.now(), self.now() - began)
+
+    def read_mailbox(self, rid: str, step_name: str, wait: float = 60.0) -> str | None:
+        """The registrant reads their email: poll the test mailbox until the token is there."""
+        deadline = self.now() + wait
+        while self.now() < deadline:
+            with self.client.get(f"/test/mailbox/{rid}", name="mailbox", catch_response=True) as resp:
+                if resp.status_code == 200:
+                    resp.success()
+                    return str(resp.json()["token"])
+                resp.success()  # not delivered yet is an expected answer
+            gevent.sleep(0.2)
+        return None
+
+    def send(self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None) -> tuple[int, dict[str, Any]]:
+        if rt == "register":
+            return self.call(rt, name, "POST", "/api/register", json=me)
+        if rt == "verify_email":
+            return self.call(rt, name, "POST", "/api/verify-email", json={"token": token or ""})
+        if rt == "upload_photo":
+            size = int(payload or 20_000)
+            photo = JPEG_HEADER + b"\x00" * max(0, size - len(JPEG_HEADER))
+            boundary = "surgecapboundary"
+            body = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="registrant_id"\r\n\r\n{rid}\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="me.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+            ).encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+            return self.call(rt, name, "POST", "/api/photo", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if rt == "verify_nik":
+            return self.call(rt, name, "POST", "/api/verify-nik", json={"registrant_id": rid or "", "nik": me["nik"]})
+        return self.call(rt, name, "POST", "/api/join-batch", json={"registrant_id": rid or "", "batch_id": "wave-1"})
+
+
+def _np_rng(rng: random.Random):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return np.random.default_rng(rng.getrandbits(64))
+
+
+def _progress() -> None:
+    """A line every 2 s on stdout: elapsed/total, arrivals, requests/s, p95, errors, late arrivals."""
+    import sys
+
+    last_n, last_t = 0, time.monotonic()
+    while True:
+        gevent.sleep(2.0)
+        now = time.monotonic()
+        series = RECORDER.result.requests.values()
+        n = sum(sum(s.started) for s in series)
+        errors = sum(sum(sum(c) for c in s.failed.values()) for s in series)
+        k = min(RECORDER.n - 1, int((now - CLOCK["start"]) // RECORDER.interval))
+        recent = [s.latency[k] for s in series]
+        p95 = max((h.percentile(95) for h in recent if h.count), default=float("nan"))
+        lat = PACER.lateness
+        sys.stdout.write(
+            f"loadtest {now - CLOCK['start']:5.0f}s/{DURATION:.0f}s  arrivals {lat.started}/{PACER.total} "
+            f"(dropped {lat.dropped}, late>100ms {lat.late_100ms})  {(n - last_n) / (now - last_t):6.1f} req/s  "
+            f"p95 {p95 * 1000:6.0f} ms  errors {errors}\n"
+        )
+        sys.stdout.flush()
+        last_n, last_t = n, now
+
+
+@events.test_start.add_listener
+def _start(environment: Environment, **_: Any) -> None:
+    CLOCK["start"] = time.monotonic()
+    if os.environ.get("SURGECAP_PROGRESS", "1") == "1":
+        CLOCK["progress"] = gevent.spawn(_progress)  # type: ignore[assignment]
+
+
+@events.test_stop.add_listener
+def _stop(environment: Environment, **_: Any) -> None:
+    if "progress" in CLOCK:
+        CLOCK.pop("progress").kill()  # type: ignore[attr-defined]
+    lat = PACER.lateness
+    meta = {
+        "seed": SEED,
+        "scenario_file": SCENARIO.path,
+        "host": environment.host,
+        "duration": DURATION,
+        "arrivals_planned": PACER.total,
+        "arrivals_started": lat.started,
+        "arrivals_dropped": lat.dropped,
+        "arrivals_not_reached": len(PACER.pending),
+        "late_over_100ms": lat.late_100ms,
+        "share_on_time_100ms": lat.share_on_time,
+        "max_lateness": lat.max_late,
+        "wall_seconds": round(time.monotonic() - CLOCK.get("start", time.monotonic()), 3),
+    }
+    result = RECORDER.finish(meta)
+    if OUT:
+        save(result, OUT)
+        Path(OUT, "lateness.json").write_text(json.dumps(meta, indent=1))
+
+
+if __name__ == "__main__":
+    from locust import run_single_user
+
+    run_single_user(Registrant)

@@ -1,0 +1,68 @@
+"""capacity loadtest: the surge replayed with Locust against the reference server on loopback."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from capacity_cli import main
+from models.arrivals import expected_arrivals
+from models.loader import load_scenario
+from models.results import load
+from models.simulate import figures
+
+from .conftest import SCENARIOS
+
+SMOKE = SCENARIOS / "smoke.yaml"
+DURATION = 20.0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("loadtest")
+    assert main(["loadtest", str(SMOKE), "--duration", f"{DURATION:g}s", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_result_is_in_the_model_shape(run: Path) -> None:
+    result = load(run)
+    assert result.source == "measured" and result.scenario == "smoke"
+    f = figures(result)  # the same figures as a simulated run
+    assert f["request.register.ok"] > 0 and f["step.register.completed"] > 0
+    assert (run / "requests.csv").exists() and (run / "locust_stats.csv").exists()
+
+
+def test_arrivals_follow_the_curve_and_none_are_hidden(run: Path) -> None:
+    s = load_scenario(SMOKE)
+    meta = load(run).meta
+    m = expected_arrivals(s.arrivals, 0.0, DURATION, s.horizon)
+    # the trace: Poisson with mean m (3 sigma)
+    assert abs(meta["arrivals_planned"] - m) <= 3 * math.sqrt(m)
+    # every planned arrival is accounted for: started or reported dropped
+    assert meta["arrivals_started"] + meta["arrivals_dropped"] + meta["arrivals_not_reached"] == meta["arrivals_planned"]
+    assert sum(load(run).arrivals) == meta["arrivals_started"]
+
+
+def test_every_step_exercised_and_drop_off_matches_the_scenario(run: Path) -> None:
+    s = load_scenario(SMOKE)
+    r = load(run)
+    for step in s.journey:
+        assert sum(r.steps[step.name].reached) > 0, f"{step.name} was never reached"
+    decisions = r.meta["proceed_decisions"]
+    for step in s.journey[1:]:
+        went, left = decisions[step.name]
+        n = went + left
+        p = step.proceed
+        # of n registrants who finished the previous step, Binomial(n, p) go on: within 3 sigma
+        assert abs(went - n * p) <= 3 * math.sqrt(n * p * (1 - p)), f"{step.name}: {went} of {n}, p = {p}"
+        assert sum(r.steps[step.name].dropped) == left
+        assert sum(r.steps[step.name].reached) <= went
+
+
+def test_non_loopback_target_is_refused(tmp_path: Path, capsys) -> None:
+    code = main(["loadtest", str(SMOKE), "--host", "http://10.0.0.7:8000", "--duration", "5s", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert not (tmp_path / "result.json").exists()
