@@ -250,6 +250,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     users = args.users or _pool_size(scenario, duration)
     server = None
     host = args.host
+    interrupted = False
     try:
         if host is None:
             port = free_port()
@@ -291,6 +292,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             print("capacity loadtest: error: Locust did not stop in time and was killed", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt:
+            interrupted = True
             os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
             locust.wait(timeout=30)
         log.close()
@@ -307,6 +309,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     result = load(run_dir)
     print(loadtest_text(scenario, result))
     print(f"\nresults in {run_dir}/ (result.json and CSV in the model's shape, locust_*.csv, locust.log)")
+    if interrupted:
+        print("capacity loadtest: interrupted; the results above are partial", file=sys.stderr)
+        return 130
     return EXIT_OK
 
 

@@ -66,3 +66,42 @@ def test_non_loopback_target_is_refused(tmp_path: Path, capsys) -> None:
     assert code == 2
     assert "--allow-remote" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
+
+
+def test_overloaded_generator_reports_late_and_dropped_arrivals(tmp_path: Path) -> None:
+    # a pool of 3 users cannot carry journeys that last seconds at 5-40 arrivals/s
+    assert main(["loadtest", str(SMOKE), "--duration", "8s", "--users", "3", "--out", str(tmp_path), "--quiet"]) == 0
+    meta = load(tmp_path).meta
+    assert meta["arrivals_dropped"] > 0
+    assert meta["share_on_time_100ms"] < 1.0
+    assert meta["arrivals_started"] + meta["arrivals_dropped"] + meta["arrivals_not_reached"] == meta["arrivals_planned"]
+
+
+def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capacity_cli", "loadtest", str(SMOKE), "--duration", "60s", "--out", str(tmp_path), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "locust.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "partial" in err
+    result = load(tmp_path)
+    assert 0 < result.meta["arrivals_started"] < result.meta["arrivals_planned"]
+    assert "Journey" not in out and "register" in out
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"stray processes: {left}"
