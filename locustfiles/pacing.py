@@ -1,16 +1,16 @@
 """Open-model arrival pacing, as pure functions of time.
 
 Locust runs a fixed pool of users; an open model needs one journey per
-arrival, started at the arrival's intended time whatever the server does.
-:class:`Pacer` hands arrivals from the shared arrival trace to idle users: a
-journey that starts after its intended time is *late* (by how much is
-recorded), and one that found no idle user within ``drop_after`` seconds is
-*dropped* (like k6's dropped_iterations).  The rate is never lowered silently.
+arrival, started at the arrival's intended time whatever the server does.  A
+dispatcher releases arrivals as their times come (:meth:`Pacer.release`) into a
+queue that idle users take from; :meth:`Pacer.accept` then records how late the
+journey starts.  One that waited more than ``drop_after`` seconds for a free
+user is *dropped* (like k6's dropped_iterations) and counted, never hidden; the
+rate is never lowered.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = ["Pacer", "Lateness"]
@@ -41,32 +41,44 @@ class Lateness:
 
 
 class Pacer:
-    """Arrivals (seconds from the run's start) waiting to be taken by users."""
+    """The arrival trace (seconds from the run's start) and what became of each arrival."""
 
     def __init__(self, times: list[float], drop_after: float = 1.0):
-        self.pending: deque[tuple[int, float]] = deque(enumerate(times))
+        self.times = times
+        self.next = 0  # index of the first arrival not yet released
         self.drop_after = drop_after
         self.lateness = Lateness()
-        self.total = len(times)
+
+    @property
+    def total(self) -> int:
+        return len(self.times)
 
     def next_due(self) -> float | None:
-        """Intended time of the next arrival not yet taken (None when all are taken)."""
-        return self.pending[0][1] if self.pending else None
+        """Intended time of the next arrival not yet released (None when all are)."""
+        return self.times[self.next] if self.next < len(self.times) else None
 
-    def take(self, now: float) -> tuple[int, float] | None:
-        """An idle user at ``now`` takes the next due arrival: (index, intended time), or None.
+    def release(self, now: float) -> list[tuple[int, float]]:
+        """The arrivals due by ``now`` that were not released yet: (index, intended time)."""
+        out = []
+        times = self.times
+        while self.next < len(times) and times[self.next] <= now:
+            out.append((self.next, times[self.next]))
+            self.next += 1
+        return out
 
-        Arrivals whose intended time passed more than ``drop_after`` ago are dropped.
-        """
-        while self.pending and now - self.pending[0][1] > self.drop_after:
-            self.pending.popleft()
+    def accept(self, now: float, intended: float) -> bool:
+        """A user takes a released arrival at ``now``: start it (True) or count it dropped."""
+        late = max(0.0, now - intended)
+        if late > self.drop_after:
             self.lateness.dropped += 1
-        if not self.pending or self.pending[0][1] > now:
-            return None
-        index, intended = self.pending.popleft()
-        self.lateness.record(now - intended)
-        return index, intended
+            return False
+        self.lateness.record(late)
+        return True
 
     @property
     def done(self) -> bool:
-        return not self.pending
+        return self.next >= len(self.times)
+
+    def not_started(self, queued: int) -> int:
+        """Arrivals neither started nor dropped: not yet released, or still queued at the stop."""
+        return len(self.times) - self.next + queued

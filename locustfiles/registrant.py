@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+from gevent.queue import Queue
 from locust import FastHttpUser, events, task
 from locust.env import Environment
 
@@ -55,6 +56,7 @@ _times = [t - WINDOW_START for t in arrival_times(SCENARIO, SEED).tolist() if t 
 PACER = Pacer(_times, DROP_AFTER)
 RECORDER = Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
 CLOCK: dict[str, Any] = {}
+QUEUE: Queue[tuple[int, float] | None] = Queue()
 SERIAL = itertools.count(1)
 THINK = [s.think.scaled(1 / SCENARIO.run.compress) if SCENARIO.run.compress != 1 else s.think for s in SCENARIO.journey]
 
@@ -100,20 +102,14 @@ class Registrant(FastHttpUser):
 
     @task
     def journey(self) -> None:
-        if "start" not in CLOCK:
-            gevent.sleep(0.01)
+        item = QUEUE.get()  # an idle user waits here for the next released arrival
+        if item is None:  # the run is over
+            gevent.sleep(3600)
             return
-        taken = PACER.take(self.now())
-        if taken is None:
-            if PACER.done:
-                gevent.sleep(0.5)
-                return
-            due = PACER.next_due()
-            gevent.sleep(max(0.0, min(0.002, (due or 0) - self.now())))
-            return
-        index, intended = taken
-        RECORDER.arrival(intended)
-        self.walk(index, intended)
+        index, intended = item
+        if PACER.accept(self.now(), intended):
+            RECORDER.arrival(intended)
+            self.walk(index, intended)
 
     def call(self, rt: str, step_name: str, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         sent = self.now()
@@ -219,6 +215,17 @@ def _np_rng(rng: random.Random):  # type: ignore[no-untyped-def]
     return np.random.default_rng(rng.getrandbits(64))
 
 
+def _dispatch() -> None:
+    """Release arrivals into the queue at their intended times."""
+    while not PACER.done:
+        now = time.monotonic() - CLOCK["start"]
+        for item in PACER.release(now):
+            QUEUE.put(item)
+        due = PACER.next_due()
+        if due is not None:
+            gevent.sleep(max(0.0, due - (time.monotonic() - CLOCK["start"])))
+
+
 def _progress() -> None:
     """A line every 2 s on stdout: elapsed/total, arrivals, requests/s, p95, errors, late arrivals."""
     import sys
@@ -246,14 +253,16 @@ def _progress() -> None:
 @events.test_start.add_listener
 def _start(environment: Environment, **_: Any) -> None:
     CLOCK["start"] = time.monotonic()
+    CLOCK["dispatcher"] = gevent.spawn(_dispatch)
     if os.environ.get("SURGECAP_PROGRESS", "1") == "1":
         CLOCK["progress"] = gevent.spawn(_progress)  # type: ignore[assignment]
 
 
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
-    if "progress" in CLOCK:
-        CLOCK.pop("progress").kill()  # type: ignore[attr-defined]
+    for name in ("progress", "dispatcher"):
+        if name in CLOCK:
+            CLOCK.pop(name).kill()
     lat = PACER.lateness
     meta = {
         "seed": SEED,
@@ -263,7 +272,7 @@ def _stop(environment: Environment, **_: Any) -> None:
         "arrivals_planned": PACER.total,
         "arrivals_started": lat.started,
         "arrivals_dropped": lat.dropped,
-        "arrivals_not_reached": len(PACER.pending),
+        "arrivals_not_reached": PACER.not_started(QUEUE.qsize()),
         "late_over_100ms": lat.late_100ms,
         "share_on_time_100ms": lat.share_on_time,
         "max_lateness": lat.max_late,
