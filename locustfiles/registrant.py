@@ -63,14 +63,15 @@ THINK = [s.think.scaled(1 / SCENARIO.run.compress) if SCENARIO.run.compress != 1
 
 def person(rng: random.Random, n: int) -> dict[str, str]:
     """A registrant with a unique email and a well-formed NIK that agrees with the birth date."""
-    year, month, day = rng.randint(1960, 2004), rng.randint(1, 12), rng.randint(1, 28)
-    nik = f"{rng.randint(11, 94):02d}{rng.randint(1, 99):02d}{rng.randint(1, 99):02d}{day:02d}{month:02d}{year % 100:02d}{n % 9999 + 1:04d}"
+    bits = rng.getrandbits(64)  # one draw, sliced: this runs once per arrival at 1,000s a second
+    year, month, day = 1960 + bits % 45, 1 + (bits >> 8) % 12, 1 + (bits >> 12) % 28
+    region = f"{11 + (bits >> 17) % 84:02d}{1 + (bits >> 24) % 99:02d}{1 + (bits >> 31) % 99:02d}"
     return {
         "name": "Load Test",
-        "email": f"r{n}.{rng.randrange(10**9)}@example.org",
-        "nik": nik,
+        "email": f"r{n}.{bits >> 38}@example.org",
+        "nik": f"{region}{day:02d}{month:02d}{year % 100:02d}{n % 9999 + 1:04d}",
         "birth_date": f"{year:04d}-{month:02d}-{day:02d}",
-        "phone": f"+628{rng.randrange(10**9, 10**10)}",
+        "phone": f"+628{1_000_000_000 + (bits >> 20) % 9_000_000_000}",
     }
 
 
@@ -118,7 +119,7 @@ class Registrant(FastHttpUser):
             latency = time.perf_counter() - t0
             status = resp.status_code or 0
             try:
-                body = resp.json() if resp.text else {}
+                body = json.loads(resp.content) if resp.content else {}
             except ValueError:
                 body = {}
             if not isinstance(body, dict):
