@@ -225,7 +225,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     import signal
     import subprocess
 
-    from models.results import load
+    from models.results import load, merge, save
     from refserver.serve import free_port, wait_ready
     from reports.summary import loadtest_text
 
@@ -244,6 +244,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if not 0 < duration <= window:
         print(f"capacity loadtest: error: --duration must be in (0, {format_duration(window)}] (the scenario's window)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.workers < 1:
+        print("capacity loadtest: error: --workers must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     run_dir = _run_dir(args.out, f"loadtest-{scenario.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +286,22 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         print(f"capacity loadtest: {scenario.name} for {format_duration(duration)} against {host} with a pool of {users} users; results in {run_dir}/", file=sys.stderr)
         log = open(run_dir / "locust.log", "w")  # noqa: SIM115 - closed below
         # progress lines come on Locust's stdout (shown); Locust's own logging goes to locust.log
+        workers: list[subprocess.Popen[bytes]] = []
+        if args.workers > 1:
+            master_port = free_port()
+            cmd += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port), "--expect-workers", str(args.workers)]
+            for k in range(args.workers):
+                wenv = {**env, "SURGECAP_OUT": str(run_dir / f"worker-{k}"), "SURGECAP_WORKERS": str(args.workers), "SURGECAP_WORKER_INDEX": str(k)}
+                wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
+                workers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "locust", "-f", str(locustfile), "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port), "--loglevel", "WARNING"],
+                        env=wenv,
+                        stderr=log,
+                        start_new_session=True,
+                    )
+                )
+            env = {k: v for k, v in env.items() if k != "SURGECAP_OUT"}
         locust = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
         try:
             locust.wait(timeout=duration + grace + 60)
@@ -295,6 +314,20 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             interrupted = True
             os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
             locust.wait(timeout=30)
+        finally:
+            for w in workers:
+                try:
+                    w.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(w.pid, signal.SIGKILL)
+                    w.wait()
+        if workers:
+            parts = [run_dir / f"worker-{k}" for k in range(args.workers)]
+            missing = [str(p) for p in parts if not (p / "result.json").exists()]
+            if missing:
+                print(f"capacity loadtest: error: workers wrote no result in {', '.join(missing)}; see {run_dir}/locust.log", file=sys.stderr)
+                return EXIT_FAILED
+            save(merge([load(p) for p in parts]), run_dir)
         log.close()
         if not (run_dir / "result.json").exists():
             print(f"capacity loadtest: error: the load test wrote no result; see {run_dir}/locust.log", file=sys.stderr)
@@ -342,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
     p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
     p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
+    p.add_argument("--workers", type=int, default=1, help="Locust worker processes on this machine (distributed mode: one master, N workers)")
     p.add_argument("--seed", type=int, default=None, help="arrival seed (default: the scenario's)")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-loadtest-<scenario>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")

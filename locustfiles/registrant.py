@@ -13,13 +13,14 @@ Settings come from the environment (``capacity loadtest`` sets them):
     SURGECAP_DURATION   seconds of the window to replay (default the whole window)
     SURGECAP_OUT        directory for result.json (default: none written)
     SURGECAP_DROP_AFTER seconds an arrival may wait for a free user before it is dropped (default 1)
+    SURGECAP_WORKERS, SURGECAP_WORKER_INDEX
+                        in distributed runs: how many workers share the trace, and which one this is
 
 Interactive use with Locust's web UI: ``locust -f locustfiles/registrant.py --host http://127.0.0.1:8000``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -31,6 +32,7 @@ import gevent
 from gevent.queue import Queue
 from locust import FastHttpUser, events, task
 from locust.env import Environment
+from locust.runners import MasterRunner
 
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
@@ -52,23 +54,35 @@ unknown = [s.request_type for s in SCENARIO.journey if s.request_type not in KNO
 if unknown:
     raise SystemExit(f"locustfile: request types {unknown} have no endpoint; expected some of {sorted(KNOWN)}")
 
-_times = [t - WINDOW_START for t in arrival_times(SCENARIO, SEED).tolist() if t - WINDOW_START < DURATION]
+WORKERS = int(os.environ.get("SURGECAP_WORKERS", "1"))
+WORKER_INDEX = int(os.environ.get("SURGECAP_WORKER_INDEX", "0"))
+if not 0 <= WORKER_INDEX < WORKERS:
+    raise SystemExit(f"locustfile: SURGECAP_WORKER_INDEX must be in [0, {WORKERS}), got {WORKER_INDEX}")
+# distributed runs split the one arrival trace: worker k takes every arrival whose index is k mod WORKERS
+_trace = [t - WINDOW_START for t in arrival_times(SCENARIO, SEED).tolist() if t - WINDOW_START < DURATION]
+_times = _trace[WORKER_INDEX::WORKERS]
 PACER = Pacer(_times, DROP_AFTER)
 RECORDER = Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
 CLOCK: dict[str, Any] = {}
 QUEUE: Queue[tuple[int, float] | None] = Queue()
-SERIAL = itertools.count(1)
 THINK = [s.think.scaled(1 / SCENARIO.run.compress) if SCENARIO.run.compress != 1 else s.think for s in SCENARIO.journey]
 
 
+RUN_SALT = int.from_bytes(os.urandom(4), "big")  # runs against one long-lived server must not collide
+
+
 def person(rng: random.Random, n: int) -> dict[str, str]:
-    """A registrant with a unique email and a well-formed NIK that agrees with the birth date."""
-    bits = rng.getrandbits(64)  # one draw, sliced: this runs once per arrival at 1,000s a second
+    """A registrant with a unique email and a well-formed NIK that agrees with the birth date.
+
+    ``n`` is the arrival's index in the whole trace (unique across workers); the
+    run salt keeps two runs against the same server apart.
+    """
+    bits = rng.getrandbits(64) ^ (RUN_SALT << 17)  # one draw, sliced: this runs once per arrival
     year, month, day = 1960 + bits % 45, 1 + (bits >> 8) % 12, 1 + (bits >> 12) % 28
     region = f"{11 + (bits >> 17) % 84:02d}{1 + (bits >> 24) % 99:02d}{1 + (bits >> 31) % 99:02d}"
     return {
         "name": "Load Test",
-        "email": f"r{n}.{bits >> 38}@example.org",
+        "email": f"r{n}.{RUN_SALT}.{bits >> 38}@example.org",
         "nik": f"{region}{day:02d}{month:02d}{year % 100:02d}{n % 9999 + 1:04d}",
         "birth_date": f"{year:04d}-{month:02d}-{day:02d}",
         "phone": f"+628{1_000_000_000 + (bits >> 20) % 9_000_000_000}",
@@ -137,8 +151,9 @@ class Registrant(FastHttpUser):
         return status, body
 
     def walk(self, index: int, intended: float) -> None:
+        index = WORKER_INDEX + WORKERS * index  # the arrival's index in the whole trace
         rng = random.Random(SEED * 1_000_003 + index)
-        me = person(rng, next(SERIAL))
+        me = person(rng, index)
         rid: str | None = None
         for i, step in enumerate(SCENARIO.journey):
             if i > 0:
@@ -253,6 +268,8 @@ def _progress() -> None:
 
 @events.test_start.add_listener
 def _start(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        return  # the workers pace and run the arrivals
     CLOCK["start"] = time.monotonic()
     CLOCK["dispatcher"] = gevent.spawn(_dispatch)
     if os.environ.get("SURGECAP_PROGRESS", "1") == "1":
@@ -271,6 +288,8 @@ def _stop(environment: Environment, **_: Any) -> None:
         "host": environment.host,
         "duration": DURATION,
         "arrivals_planned": PACER.total,
+        "worker": WORKER_INDEX,
+        "workers": WORKERS,
         "arrivals_started": lat.started,
         "arrivals_dropped": lat.dropped,
         "arrivals_not_reached": PACER.not_started(QUEUE.qsize()),
@@ -280,7 +299,7 @@ def _stop(environment: Environment, **_: Any) -> None:
         "wall_seconds": round(time.monotonic() - CLOCK.get("start", time.monotonic()), 3),
     }
     result = RECORDER.finish(meta)
-    if OUT:
+    if OUT and not isinstance(environment.runner, MasterRunner):  # the master runs no users
         save(result, OUT)
         Path(OUT, "lateness.json").write_text(json.dumps(meta, indent=1))
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from models.histogram import Histogram
 
-__all__ = ["RequestSeries", "StationSeries", "StepSeries", "RunResult", "save", "load", "FORMAT_VERSION"]
+__all__ = ["RequestSeries", "StationSeries", "StepSeries", "RunResult", "save", "load", "merge", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 
@@ -243,3 +243,69 @@ def load(directory_or_file: str | Path) -> RunResult:
     if p.is_dir():
         p = p / "result.json"
     return RunResult.from_dict(json.loads(p.read_text()))
+
+
+#: meta entries that add up when runs of parts of one load (distributed workers) are merged
+ADDITIVE_META = ("arrivals_planned", "arrivals_started", "arrivals_dropped", "arrivals_not_reached", "late_over_100ms")
+
+
+def merge(results: list[RunResult]) -> RunResult:
+    """One result from the results of parts of one run (e.g. Locust workers that split the arrivals).
+
+    Counts add up interval by interval, histograms merge; the parts must share
+    source, scenario, start, interval and length.
+    """
+    if not results:
+        raise ValueError("nothing to merge")
+    first = results[0]
+    for r in results[1:]:
+        if (r.source, r.scenario, r.start, r.interval, r.n_intervals) != (first.source, first.scenario, first.start, first.interval, first.n_intervals):
+            raise ValueError("results of different runs cannot be merged")
+    n = first.n_intervals
+
+    def add(a: list[Any], b: list[Any]) -> list[Any]:
+        return [x + y for x, y in zip(a, b)]
+
+    out = RunResult(first.source, first.scenario, first.start, first.interval, [0] * n, {}, {}, {}, dict(first.meta))
+    for r in results:
+        out.arrivals = add(out.arrivals, r.arrivals)
+        for name, rq in r.requests.items():
+            tgt = out.requests.setdefault(name, RequestSeries.empty(n))
+            tgt.started, tgt.ok = add(tgt.started, rq.started), add(tgt.ok, rq.ok)
+            for reason, counts in rq.failed.items():
+                tgt.failed[reason] = add(tgt.fail_counts(reason), counts)
+            for h, other in zip(tgt.latency, rq.latency):
+                h.merge(other)
+        for name, st in r.steps.items():
+            tgt_s = out.steps.setdefault(name, StepSeries.empty(n))
+            tgt_s.reached, tgt_s.completed = add(tgt_s.reached, st.reached), add(tgt_s.completed, st.completed)
+            tgt_s.dropped, tgt_s.failed = add(tgt_s.dropped, st.dropped), add(tgt_s.failed, st.failed)
+            tgt_s.duration.merge(st.duration)
+        for name, ss in r.stations.items():
+            tgt_t = out.stations.setdefault(name, StationSeries.empty(n))
+            for attr in ("arrivals", "shed", "abandoned", "waited", "busy", "capacity", "queue_mean"):
+                setattr(tgt_t, attr, add(getattr(tgt_t, attr), getattr(ss, attr)))
+            tgt_t.queue_max = [max(a, b) for a, b in zip(tgt_t.queue_max, ss.queue_max)]
+            tgt_t.wait.merge(ss.wait)
+    for key in ADDITIVE_META:
+        if all(key in r.meta for r in results):
+            out.meta[key] = sum(r.meta[key] for r in results)
+    if all("max_lateness" in r.meta for r in results):
+        out.meta["max_lateness"] = max(r.meta["max_lateness"] for r in results)
+    if "arrivals_started" in out.meta and "late_over_100ms" in out.meta:
+        started = out.meta["arrivals_started"]
+        out.meta["share_on_time_100ms"] = 1 - out.meta["late_over_100ms"] / started if started else 1.0
+    decisions = [r.meta.get("proceed_decisions") for r in results]
+    if all(isinstance(d, dict) for d in decisions):
+        merged: dict[str, list[int]] = {}
+        for d in decisions:
+            for step, (went, left) in d.items():  # type: ignore[union-attr]
+                m = merged.setdefault(step, [0, 0])
+                m[0] += went
+                m[1] += left
+        out.meta["proceed_decisions"] = merged
+    firsts = [r.meta.get("first_request_from_arrival") for r in results]
+    if all(isinstance(f, dict) for f in firsts):
+        out.meta["first_request_from_arrival"] = Histogram.merged(Histogram.from_dict(f) for f in firsts).to_dict()  # type: ignore[arg-type]
+    out.meta["parts"] = len(results)
+    return out
