@@ -151,10 +151,9 @@ class Erlang(_Dist):
         return Erlang(dist="erlang", k=self.k, mean=self.mean_ * factor)
 
 
-class Gamma(_Dist):
-    """Gamma with the given mean and coefficient of variation."""
+class _MeanCv(_Dist):
+    """A distribution given by its mean and coefficient of variation."""
 
-    dist: Literal["gamma"]
     mean_: Duration = Field(alias="mean", gt=0)
     cv_: float = Field(alias="cv", gt=0)
 
@@ -165,39 +164,32 @@ class Gamma(_Dist):
     @property
     def variance(self) -> float:
         return (self.mean_ * self.cv_) ** 2
+
+    def scaled(self, factor: float) -> Distribution:
+        return type(self)(dist=self.dist, mean=self.mean_ * factor, cv=self.cv_)  # type: ignore[attr-defined, call-arg, return-value]
+
+
+class Gamma(_MeanCv):
+    """Gamma with the given mean and coefficient of variation."""
+
+    dist: Literal["gamma"]
 
     def sampler(self, rng: np.random.Generator) -> Sampler:
         shape = 1.0 / self.cv_**2
         scale = self.mean_ / shape
         return _block_sampler(lambda n: rng.gamma(shape, scale, n))
 
-    def scaled(self, factor: float) -> Distribution:
-        return Gamma(dist="gamma", mean=self.mean_ * factor, cv=self.cv_)
 
-
-class LogNormal(_Dist):
+class LogNormal(_MeanCv):
     """Log-normal with the given mean and coefficient of variation (long right tail)."""
 
     dist: Literal["lognormal"]
-    mean_: Duration = Field(alias="mean", gt=0)
-    cv_: float = Field(alias="cv", gt=0)
-
-    @property
-    def mean(self) -> float:
-        return self.mean_
-
-    @property
-    def variance(self) -> float:
-        return (self.mean_ * self.cv_) ** 2
 
     def sampler(self, rng: np.random.Generator) -> Sampler:
         sigma2 = math.log1p(self.cv_**2)
         mu = math.log(self.mean_) - sigma2 / 2
         sigma = math.sqrt(sigma2)
         return _block_sampler(lambda n: rng.lognormal(mu, sigma, n))
-
-    def scaled(self, factor: float) -> Distribution:
-        return LogNormal(dist="lognormal", mean=self.mean_ * factor, cv=self.cv_)
 
 
 class Uniform(_Dist):
