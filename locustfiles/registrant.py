@@ -64,7 +64,7 @@ _times = _trace[WORKER_INDEX::WORKERS]
 PACER = Pacer(_times, DROP_AFTER)
 RECORDER = Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
 CLOCK: dict[str, Any] = {}
-QUEUE: Queue[tuple[int, float] | None] = Queue()
+QUEUE: Queue[tuple[int, float]] = Queue()
 THINK = [s.think.scaled(1 / SCENARIO.run.compress) if SCENARIO.run.compress != 1 else s.think for s in SCENARIO.journey]
 
 
@@ -116,15 +116,19 @@ class Registrant(FastHttpUser):
         return time.monotonic() - CLOCK.get("start", time.monotonic())
 
     @task
-    def journey(self) -> None:
-        item = QUEUE.get()  # an idle user waits here for the next released arrival
-        if item is None:  # the run is over
-            gevent.sleep(3600)
-            return
-        index, intended = item
-        if PACER.accept(self.now(), intended):
-            RECORDER.arrival(intended)
-            self.walk(index, intended)
+    def journeys(self) -> None:
+        """Take arrivals one after another; Locust ends this loop when the run stops.
+
+        One task that never returns saves Locust's scheduling and wait between
+        tasks on every arrival.
+        """
+        get = QUEUE.get
+        accept = PACER.accept
+        while True:
+            index, intended = get()  # an idle user waits here for the next released arrival
+            if accept(self.now(), intended):
+                RECORDER.arrival(intended)
+                self.walk(index, intended)
 
     def call(self, rt: str, step_name: str, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         sent = self.now()
@@ -231,15 +235,18 @@ def _np_rng(rng: random.Random):  # type: ignore[no-untyped-def]
     return np.random.default_rng(rng.getrandbits(64))
 
 
+TICK = 0.002  # seconds: the dispatcher wakes at most this often and releases all that fell due
+
+
 def _dispatch() -> None:
-    """Release arrivals into the queue at their intended times."""
+    """Release arrivals into the queue at their intended times (to within TICK)."""
     while not PACER.done:
         now = time.monotonic() - CLOCK["start"]
         for item in PACER.release(now):
             QUEUE.put(item)
         due = PACER.next_due()
         if due is not None:
-            gevent.sleep(max(0.0, due - (time.monotonic() - CLOCK["start"])))
+            gevent.sleep(max(TICK, due - (time.monotonic() - CLOCK["start"])))
 
 
 def _progress() -> None:
