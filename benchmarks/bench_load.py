@@ -105,6 +105,9 @@ def main() -> None:
             env = {"SURGECAP_SCENARIO": str(PEAK), "SURGECAP_DURATION": str(args.seconds), "SURGECAP_OUT": str(out2), "SURGECAP_PROGRESS": "0"}
             before = sqlite3.connect(data / "refserver.sqlite").execute("SELECT count(*) FROM registrants").fetchone()[0]
             run_locust(ROOT / "locustfiles" / "registrant.py", host, 400, args.seconds + 3, env, Path(tmp) / "peak")
+            stats = (Path(tmp) / "peak_stats.csv").read_text().splitlines()
+            reg = next(line for line in stats if ",register," in line).split(",")
+            answered_201 = int(reg[2]) - int(reg[3])  # Locust's count of register requests minus its failures
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
@@ -119,7 +122,7 @@ def main() -> None:
     created = sum(sum(r.ok) for r in peak.requests.values())
     print(f"Peak replay, {args.seconds:g} s at 1,333/s: {m['arrivals_started']:,} of {m['arrivals_planned']:,} arrivals started, {m['arrivals_dropped']:,} dropped")
     print(f"  started within 100 ms of their time: {m['share_on_time_100ms']:.2%} (target >= 99 %), latest {m['max_lateness'] * 1000:.0f} ms")
-    print(f"  201 answers recorded in the window {created:,}; rows added to the database {rows:,}")
+    print(f"  201 answers {answered_201:,} (of which sent within the window {created:,}); rows added to the database {rows:,} ({'equal' if answered_201 == rows else 'DIFFERENT'})")
 
 
 if __name__ == "__main__":
