@@ -11,7 +11,7 @@ rate is never lowered.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Pacer", "Lateness"]
 
@@ -24,11 +24,9 @@ class Lateness:
     dropped: int = 0
     late_100ms: int = 0
     max_late: float = 0.0
-    samples: list[float] = field(default_factory=list)
 
     def record(self, late: float) -> None:
         self.started += 1
-        self.samples.append(late)
         if late > 0.1:
             self.late_100ms += 1
         if late > self.max_late:

@@ -12,7 +12,7 @@ field path and what was expected.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -50,8 +50,8 @@ PositiveRate = Annotated[float, BeforeValidator(parse_rate), Field(gt=0)]
 #: the registry answered 429; ``timeout``: the registry call took longer than the
 #: caller's timeout; ``quota``: the registry's daily quota or the batch quota is
 #: used up; ``mismatch``: the registry says the NIK does not match (a typo).
-FAILURE_REASONS = ("full", "abandoned", "rate_limited", "timeout", "quota", "mismatch")
 Reason = Literal["full", "abandoned", "rate_limited", "timeout", "quota", "mismatch"]
+FAILURE_REASONS: tuple[str, ...] = get_args(Reason)
 RETRYABLE_DEFAULT: list[Reason] = ["full", "rate_limited", "timeout"]
 
 

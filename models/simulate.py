@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from models.funnel import Progress, simulate_once
 from models.histogram import Histogram
 from models.results import RunResult
-from models.scenario import Scenario
+from models.scenario import FAILURE_REASONS, Scenario
 
 __all__ = ["simulate", "figures", "Estimate", "summarize", "t_quantile"]
 
@@ -91,7 +91,7 @@ def figures(result: RunResult) -> dict[str, float]:
         out[f"request.{name}.started"] = float(totals["started"])
         out[f"request.{name}.ok"] = float(totals["ok"])
         out[f"request.{name}.failed"] = float(totals["failed"])
-        for reason in ("full", "abandoned", "rate_limited", "timeout", "quota", "mismatch"):
+        for reason in FAILURE_REASONS:
             out[f"request.{name}.failed_{reason}"] = float(totals.get(f"failed_{reason}", 0))
         out[f"request.{name}.mean"] = h.mean
         for p in (50, 95, 99):
