@@ -21,6 +21,7 @@ or as a plain duration (``250ms``), which means a constant.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from typing import Annotated, Literal, Union
 
@@ -77,6 +78,11 @@ class _Dist(BaseModel):
         return math.sqrt(self.variance) / self.mean if self.mean > 0 else 0.0
 
     def sampler(self, rng: np.random.Generator) -> Sampler:
+        """A fast sampler for many values (block draws from numpy)."""
+        raise NotImplementedError
+
+    def draw(self, rng: random.Random) -> float:
+        """One value from a standard-library generator (for one-off draws, e.g. per load-test journey)."""
         raise NotImplementedError
 
     def scaled(self, factor: float) -> Distribution:
@@ -102,6 +108,9 @@ class Constant(_Dist):
         value = self.value
         return lambda: value
 
+    def draw(self, rng: random.Random) -> float:
+        return self.value
+
     def scaled(self, factor: float) -> Distribution:
         return Constant(value=self.value * factor)
 
@@ -123,6 +132,9 @@ class Exponential(_Dist):
     def sampler(self, rng: np.random.Generator) -> Sampler:
         mean = self.mean_
         return _block_sampler(lambda n: rng.exponential(mean, n))
+
+    def draw(self, rng: random.Random) -> float:
+        return rng.expovariate(1.0 / self.mean_)
 
     def scaled(self, factor: float) -> Distribution:
         return Exponential(dist="exponential", mean=self.mean_ * factor)
@@ -146,6 +158,9 @@ class Erlang(_Dist):
     def sampler(self, rng: np.random.Generator) -> Sampler:
         k, scale = self.k, self.mean_ / self.k
         return _block_sampler(lambda n: rng.gamma(k, scale, n))
+
+    def draw(self, rng: random.Random) -> float:
+        return rng.gammavariate(self.k, self.mean_ / self.k)
 
     def scaled(self, factor: float) -> Distribution:
         return Erlang(dist="erlang", k=self.k, mean=self.mean_ * factor)
@@ -179,6 +194,10 @@ class Gamma(_MeanCv):
         scale = self.mean_ / shape
         return _block_sampler(lambda n: rng.gamma(shape, scale, n))
 
+    def draw(self, rng: random.Random) -> float:
+        shape = 1.0 / self.cv_**2
+        return rng.gammavariate(shape, self.mean_ / shape)
+
 
 class LogNormal(_MeanCv):
     """Log-normal with the given mean and coefficient of variation (long right tail)."""
@@ -190,6 +209,10 @@ class LogNormal(_MeanCv):
         mu = math.log(self.mean_) - sigma2 / 2
         sigma = math.sqrt(sigma2)
         return _block_sampler(lambda n: rng.lognormal(mu, sigma, n))
+
+    def draw(self, rng: random.Random) -> float:
+        sigma2 = math.log1p(self.cv_**2)
+        return rng.lognormvariate(math.log(self.mean_) - sigma2 / 2, math.sqrt(sigma2))
 
 
 class Uniform(_Dist):
@@ -216,6 +239,9 @@ class Uniform(_Dist):
     def sampler(self, rng: np.random.Generator) -> Sampler:
         low, high = self.low, self.high
         return _block_sampler(lambda n: rng.uniform(low, high, n))
+
+    def draw(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)
 
     def scaled(self, factor: float) -> Distribution:
         return Uniform(dist="uniform", low=self.low * factor, high=self.high * factor)
