@@ -130,7 +130,8 @@ class Registrant(FastHttpUser):
                 RECORDER.arrival(intended)
                 self.walk(index, intended)
 
-    def call(self, rt: str, step_name: str, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    def call(self, rt: str, step_name: str, method: str, path: str, **kwargs: Any) -> tuple[str | None, dict[str, Any]]:
+        """Send one request of type ``rt``, validate and record it: (why it failed or None, JSON body)."""
         sent = self.now()
         t0 = time.perf_counter()
         with self.client.request(method, path, name=step_name, catch_response=True, **kwargs) as resp:
@@ -152,7 +153,7 @@ class Registrant(FastHttpUser):
             else:
                 resp.success()
         RECORDER.request(rt, sent, latency, reason)
-        return status, body
+        return reason, body
 
     def walk(self, index: int, intended: float) -> None:
         index = WORKER_INDEX + WORKERS * index  # the arrival's index in the whole trace
@@ -169,21 +170,20 @@ class Registrant(FastHttpUser):
                     return
             token = None
             if step.request_type == "verify_email" and rid is not None:
-                token = self.read_mailbox(rid, step.name)
+                token = self.read_mailbox(rid)
                 if token is None:
                     RECORDER.step(step.name, "failed", self.now())
                     return
-            think = THINK[i].sampler(_np_rng(rng))() if THINK[i].mean > 0 else 0.0
+            think = THINK[i].draw(rng) if THINK[i].mean > 0 else 0.0
             if think > 0:
                 gevent.sleep(think)
             RECORDER.step(step.name, "reached", self.now())
             began = self.now()
             attempt = 1
             while True:
-                status, body = self.send(step.request_type, step.name, me, rid, token, step.payload)
+                reason, body = self.send(step.request_type, step.name, me, rid, token, step.payload)
                 if i == 0 and attempt == 1:
                     RECORDER.from_arrival.record(max(0.0, self.now() - intended))
-                reason = _reason(status, body)
                 if reason is None and step.request_type == "register":
                     rid = body.get("id")
                 if reason is None:
@@ -198,7 +198,7 @@ class Registrant(FastHttpUser):
                 gevent.sleep(max(0.0, wait / SCENARIO.run.compress))
             RECORDER.step(step.name, "completed", self.now(), self.now() - began)
 
-    def read_mailbox(self, rid: str, step_name: str, wait: float = 60.0) -> str | None:
+    def read_mailbox(self, rid: str, wait: float = 60.0) -> str | None:
         """The registrant reads their email: poll the test mailbox until the token is there."""
         deadline = self.now() + wait
         while self.now() < deadline:
@@ -210,7 +210,7 @@ class Registrant(FastHttpUser):
             gevent.sleep(0.2)
         return None
 
-    def send(self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None) -> tuple[int, dict[str, Any]]:
+    def send(self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None) -> tuple[str | None, dict[str, Any]]:
         if rt == "register":
             return self.call(rt, name, "POST", "/api/register", json=me)
         if rt == "verify_email":
@@ -227,12 +227,6 @@ class Registrant(FastHttpUser):
         if rt == "verify_nik":
             return self.call(rt, name, "POST", "/api/verify-nik", json={"registrant_id": rid or "", "nik": me["nik"]})
         return self.call(rt, name, "POST", "/api/join-batch", json={"registrant_id": rid or "", "batch_id": "wave-1"})
-
-
-def _np_rng(rng: random.Random):  # type: ignore[no-untyped-def]
-    import numpy as np
-
-    return np.random.default_rng(rng.getrandbits(64))
 
 
 TICK = 0.002  # seconds: the dispatcher wakes at most this often and releases all that fell due

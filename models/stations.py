@@ -252,8 +252,6 @@ class Registry(Station):
         self.used_today = 0
         self.mismatch = mismatch
         self.uniform = uniform
-        self.n_rate_limited = 0
-        self.n_quota = 0
 
     def _bucket_size(self) -> float:
         if self.rate_limit is None:
@@ -281,7 +279,6 @@ class Registry(Station):
         if self.rate_limit is not None:
             self._refill()
             if self.tokens < 1.0:
-                self.n_rate_limited += 1
                 refusal = "rate_limited"
             else:
                 self.tokens -= 1.0
@@ -290,7 +287,6 @@ class Registry(Station):
             if day != self.day:
                 self.day, self.used_today = day, 0
             if self.used_today >= self.daily_quota:
-                self.n_quota += 1
                 refusal = "quota"
             else:
                 self.used_today += 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -78,8 +79,6 @@ async def _read_json(request: Request, required: set[str]) -> dict[str, Any]:
     if len(raw) > 16_384:
         raise BadRequest(413, "request body too large")
     try:
-        import json
-
         body = json.loads(raw)
     except ValueError:
         raise BadRequest(400, "malformed JSON") from None
@@ -272,12 +271,7 @@ def create_app(
             else:
                 outcome["status"] = "unavailable"
 
-        route = cfg.routes.get("verify_nik", [])
-        for name in route:
-            async with stations[name].slot():
-                pause = services[(name, "verify_nik")]()
-                if pause > 0:
-                    await asyncio.sleep(pause)
+        await through("verify_nik")  # the request's own stations; the registry call follows
         await ask_registry()
         status = outcome["status"]
         if status == "mismatch":
