@@ -221,12 +221,10 @@ def _pool_size(scenario: Scenario, duration: float) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    import os
-    import signal
-    import subprocess
+    import contextlib
 
-    from models.results import load, merge, save
-    from refserver.serve import free_port, wait_ready
+    from locustfiles.launch import LoadRun, LoadTestError, run_locust
+    from refserver.serve import started
     from reports.summary import loadtest_text
 
     scenario = load_scenario(args.scenario)
@@ -251,95 +249,15 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.out, f"loadtest-{scenario.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     users = args.users or _pool_size(scenario, duration)
-    server = None
-    host = args.host
-    interrupted = False
-    try:
-        if host is None:
-            port = free_port()
-            data_dir = run_dir / "server"
-            data_dir.mkdir(exist_ok=True)
-            (data_dir / "server.json").write_text(json.dumps(server_config(scenario, test_mode=True), indent=1))
-            server = subprocess.Popen(
-                [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", str(port), "--data-dir", str(data_dir)],
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            host = f"http://127.0.0.1:{port}"
-            wait_ready(f"{host}/healthz", proc=server)
-        grace = 5.0
-        env = {
-            **os.environ,
-            "SURGECAP_SCENARIO": str(Path(args.scenario).resolve()),
-            "SURGECAP_DURATION": str(duration),
-            "SURGECAP_OUT": str(run_dir),
-            "SURGECAP_PROGRESS": "0" if args.quiet else "1",
-        }
-        if args.seed is not None:
-            env["SURGECAP_SEED"] = str(args.seed)
-        locustfile = Path(__file__).resolve().parent / "locustfiles" / "registrant.py"
-        cmd = [
-            sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
-            "-u", str(users), "-r", str(users), "--run-time", f"{int(duration + grace)}s", "--stop-timeout", "5",
-            "--only-summary", "--csv", str(run_dir / "locust"), "--loglevel", "WARNING",
-        ]
+    with contextlib.ExitStack() as stack:
+        host = args.host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server"))
         print(f"capacity loadtest: {scenario.name} for {format_duration(duration)} against {host} with a pool of {users} users; results in {run_dir}/", file=sys.stderr)
-        log = open(run_dir / "locust.log", "w")  # noqa: SIM115 - closed below
-        # progress lines come on Locust's stdout (shown); Locust's own logging goes to locust.log
-        workers: list[subprocess.Popen[bytes]] = []
-        if args.workers > 1:
-            master_port = free_port()
-            cmd += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port), "--expect-workers", str(args.workers)]
-            for k in range(args.workers):
-                wenv = {**env, "SURGECAP_OUT": str(run_dir / f"worker-{k}"), "SURGECAP_WORKERS": str(args.workers), "SURGECAP_WORKER_INDEX": str(k)}
-                wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
-                workers.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "locust", "-f", str(locustfile), "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port), "--loglevel", "WARNING"],
-                        env=wenv,
-                        stderr=log,
-                        start_new_session=True,
-                    )
-                )
-            env = {k: v for k, v in env.items() if k != "SURGECAP_OUT"}
-        locust = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
+        run = LoadRun(Path(args.scenario), host, duration, run_dir, users, args.workers, args.seed, args.quiet, metrics=args.host is None)
         try:
-            locust.wait(timeout=duration + grace + 60)
-        except subprocess.TimeoutExpired:
-            os.killpg(locust.pid, signal.SIGKILL)
-            locust.wait()
-            print("capacity loadtest: error: Locust did not stop in time and was killed", file=sys.stderr)
+            result, interrupted = run_locust(run)
+        except LoadTestError as exc:
+            print(f"capacity loadtest: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        except KeyboardInterrupt:
-            interrupted = True
-            os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
-            locust.wait(timeout=30)
-        finally:
-            for w in workers:
-                try:
-                    w.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(w.pid, signal.SIGKILL)
-                    w.wait()
-        if workers:
-            parts = [run_dir / f"worker-{k}" for k in range(args.workers)]
-            missing = [str(p) for p in parts if not (p / "result.json").exists()]
-            if missing:
-                print(f"capacity loadtest: error: workers wrote no result in {', '.join(missing)}; see {run_dir}/locust.log", file=sys.stderr)
-                return EXIT_FAILED
-            save(merge([load(p) for p in parts]), run_dir)
-        log.close()
-        if not (run_dir / "result.json").exists():
-            print(f"capacity loadtest: error: the load test wrote no result; see {run_dir}/locust.log", file=sys.stderr)
-            return EXIT_FAILED
-    finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-    result = load(run_dir)
     print(loadtest_text(scenario, result))
     print(f"\nresults in {run_dir}/ (result.json and CSV in the model's shape, locust_*.csv, locust.log)")
     if interrupted:

@@ -15,6 +15,8 @@ Settings come from the environment (``capacity loadtest`` sets them):
     SURGECAP_DROP_AFTER seconds an arrival may wait for a free user before it is dropped (default 1)
     SURGECAP_WORKERS, SURGECAP_WORKER_INDEX
                         in distributed runs: how many workers share the trace, and which one this is
+    SURGECAP_METRICS    1: scrape the target's /metrics each interval for station
+                        utilization, queues and shedding (the first worker only)
 
 Interactive use with Locust's web UI: ``locust -f locustfiles/registrant.py --host http://127.0.0.1:8000``.
 """
@@ -37,6 +39,7 @@ from locust.runners import MasterRunner
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
 from models.arrivals import arrival_times
+from models.calibrate import Snapshot, snapshot, station_series
 from models.loader import load_scenario
 from models.results import save
 
@@ -243,6 +246,31 @@ def _dispatch() -> None:
             gevent.sleep(max(TICK, due - (time.monotonic() - CLOCK["start"])))
 
 
+def _scrape_once(host: str) -> None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=2.0) as reply:  # noqa: S310 - the run's own target
+            text = reply.read().decode("utf-8", "replace")
+    except OSError:
+        return  # a missed scrape widens the next one; nothing is lost
+    snap = snapshot(text, time.monotonic())
+    if snap.has_stations:
+        SNAPS.append(snap)
+
+
+def _scrape(host: str) -> None:
+    """Scrape station metrics at the start and at every interval boundary of the run."""
+    k = 0
+    while True:
+        _scrape_once(host)
+        k += 1
+        gevent.sleep(max(0.0, CLOCK["start"] + k * RECORDER.interval - time.monotonic()))
+
+
+SNAPS: list[Snapshot] = []
+
+
 def _progress() -> None:
     """A line every 2 s on stdout: elapsed/total, arrivals, requests/s, p95, errors, late arrivals."""
     import sys
@@ -275,11 +303,13 @@ def _start(environment: Environment, **_: Any) -> None:
     CLOCK["dispatcher"] = gevent.spawn(_dispatch)
     if os.environ.get("SURGECAP_PROGRESS", "1") == "1":
         CLOCK["progress"] = gevent.spawn(_progress)  # type: ignore[assignment]
+    if os.environ.get("SURGECAP_METRICS") == "1" and WORKER_INDEX == 0 and environment.host:
+        CLOCK["scraper"] = gevent.spawn(_scrape, environment.host)  # type: ignore[assignment]
 
 
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
-    for name in ("progress", "dispatcher"):
+    for name in ("progress", "dispatcher", "scraper"):
         if name in CLOCK:
             CLOCK.pop(name).kill()
     lat = PACER.lateness
@@ -299,7 +329,8 @@ def _stop(environment: Environment, **_: Any) -> None:
         "max_lateness": lat.max_late,
         "wall_seconds": round(time.monotonic() - CLOCK.get("start", time.monotonic()), 3),
     }
-    result = RECORDER.finish(meta)
+    stations = station_series(SNAPS, CLOCK["start"], RECORDER.interval, RECORDER.n) if SNAPS and "start" in CLOCK else None
+    result = RECORDER.finish(meta, stations)
     if OUT and not isinstance(environment.runner, MasterRunner):  # the master runs no users
         save(result, OUT)
         Path(OUT, "lateness.json").write_text(json.dumps(meta, indent=1))

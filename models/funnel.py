@@ -71,6 +71,7 @@ class _StepPlan:
     visits: list[tuple[Station, Sampler | None]]
     think: Sampler | None
     patience: Sampler | None
+    overhead: Sampler | None  # a pure delay per request outside the stations
     sends_email: bool  # the next step waits for an email: send it when this one completes
     waits_for_email: bool
     retry_on: frozenset[str]
@@ -251,6 +252,11 @@ class FunnelModel:
 
         samplers: dict[tuple[str, str], Sampler] = {}
         self.request_types = s.request_types
+        overhead_rng = stream(seed, "overhead", replication)
+        overheads: dict[str, Sampler | None] = {}
+        for rt in self.request_types:
+            dist = s.overhead_for(rt)
+            overheads[rt] = dist.sampler(overhead_rng) if dist is not None and dist.mean > 0 else None
         self.tallies = {rt: _Tally() for rt in self.request_types}
         self.plans: list[_StepPlan] = []
         for i, step in enumerate(s.journey):
@@ -275,6 +281,7 @@ class FunnelModel:
                     visits=visits,
                     think=think.sampler(journey_rng) if think.mean > 0 else None,
                     patience=step.patience.sampler(patience_rng) if step.patience is not None else None,
+                    overhead=overheads[step.request_type],
                     sends_email=nxt is not None and nxt.waits_for == EMAIL,
                     waits_for_email=step.waits_for == EMAIL,
                     retry_on=frozenset(step.retry.retry_on),
@@ -355,6 +362,8 @@ class FunnelModel:
                     reply = Event(env)
                     _Route(self, visits, deadline, reply).next(None)
                     reason = yield reply
+                if plan.overhead is not None:
+                    yield env.timeout(plan.overhead())
                 if reason is None and plan.takes_quota and self.batch_quota is not None:
                     if self.batch_used >= self.batch_quota:
                         reason = "quota"
@@ -375,6 +384,7 @@ class FunnelModel:
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
                 if retry.jitter > 0:
                     wait *= 1.0 + retry.jitter * (2.0 * u() - 1.0)
+                wait /= self.compress  # as the load generator does
                 attempt += 1
                 if wait > 0:
                     yield sleep(wait)

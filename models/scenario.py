@@ -215,6 +215,11 @@ class CapacityChange(_Model):
 
 class System(_Model):
     stations: dict[str, Station] = Field(default_factory=dict)
+    overhead: dict[str, Distribution] = Field(
+        default_factory=dict,
+        description="per request type ('default' for any): time outside every station (network, parsing, "
+        "unqueued work), a pure delay; written by calibration",
+    )
     registry: Registry | None = None
     email: EmailSender | None = None
     batch: Batch | None = None
@@ -270,7 +275,7 @@ class RunSlice(_Model):
 
     window: tuple[Duration, Duration] | None = Field(default=None, description="[start, end]; default the horizon")
     scale: Probability = Field(default=1.0, description="share of arrivals kept")
-    compress: float = Field(default=1.0, ge=1.0, description="think times are divided by this")
+    compress: float = Field(default=1.0, ge=1.0, description="think times and retry backoffs are divided by this")
     warmup: Duration = Field(default=0.0, ge=0, description="start of the window simulated but not counted")
     interval: PositiveDuration = Field(default=60.0, description="aggregation interval of the results")
 
@@ -308,6 +313,10 @@ class Scenario(_Model):
             if step.name == name:
                 return step
         raise KeyError(name)
+
+    def overhead_for(self, request_type: str) -> Distribution | None:
+        o = self.system.overhead
+        return o.get(request_type, o.get("default"))
 
     @property
     def request_types(self) -> list[str]:
@@ -368,6 +377,9 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
             errors.append(((*where, "waits_for"), "the first step cannot wait for a delivery"))
         if step.quota == "batch" and s.system.batch is None:
             errors.append(((*where, "quota"), "step takes a batch quota but system.batch is not set"))
+    for rt in s.system.overhead:
+        if rt != "default" and rt not in s.request_types:
+            errors.append((("system", "overhead", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}"))
     for k, ch in enumerate(s.system.changes):
         where = ("system", "changes", k)
         if ch.at > s.horizon:

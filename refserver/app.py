@@ -110,18 +110,25 @@ def create_app(
     def db() -> Database:
         return state["db"]  # type: ignore[no-any-return]
 
-    async def through(rt: str, work: Callable[[sqlite3.Connection], Any] | None = None) -> Any:
-        """Walk the request type's stations; run the database work inside the db station."""
+    async def through(rt: str, work: Callable[[sqlite3.Connection], Any] | None = None, store: Callable[[], None] | None = None) -> Any:
+        """Walk the request type's stations: the database work runs inside the db
+        station, a file write (``store``) inside the storage station; work whose
+        station is not on the route runs after it."""
         result = None
         route = cfg.routes.get(rt, [])
         for name in route:
-            async with stations[name].slot():
+            async with stations[name].slot(rt):
                 if name == "db" and work is not None:
                     result = await db().write(work)
                     work = None
+                elif name == "storage" and store is not None:
+                    await asyncio.to_thread(store)
+                    store = None
                 pause = services[(name, rt)]()
                 if pause > 0:
                     await asyncio.sleep(pause)
+        if store is not None:
+            await asyncio.to_thread(store)
         if work is not None:
             result = await db().write(work)
         return result
@@ -239,12 +246,10 @@ def create_app(
                 os.fsync(f.fileno())
             os.replace(tmp, path)
 
-        await asyncio.to_thread(store)
-
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE registrants SET photo_path = ? WHERE id = ?", (path.name, rid))
 
-        await through("upload_photo", work)
+        await through("upload_photo", work, store)
         return JSONResponse({"id": rid, "status": "photo_stored"})
 
     async def verify_nik(request: Request) -> Response:
@@ -326,7 +331,14 @@ def create_app(
 
     async def metrics_endpoint(_: Request) -> Response:
         extra = {"db_commits_total": float(db().commits), "db_writes_total": float(db().writes)}
-        return PlainTextResponse(metrics.render(stations, extra), media_type="text/plain; version=0.0.4")
+        more: list[str] = []
+        try:  # the registry's own station figures, so that one scrape shows the whole system
+            reply = await state["http"].get(f"{registry_url}/metrics", timeout=1.0)
+            if reply.status_code == 200:
+                more = [line for line in reply.text.splitlines() if line.startswith("surgecap_station_")]
+        except httpx.HTTPError:
+            pass  # the registry's figures are missing from this scrape; the server's own are complete
+        return PlainTextResponse(metrics.render(stations, extra, more), media_type="text/plain; version=0.0.4")
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(OPENAPI)

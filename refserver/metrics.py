@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 
 from refserver.stations import Station
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "station_lines"]
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -24,7 +25,8 @@ class Metrics:
         self.hist[endpoint][bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sums[endpoint] += seconds
 
-    def render(self, stations: dict[str, Station], extra: dict[str, float]) -> str:
+    def render(self, stations: dict[str, Station], extra: dict[str, float], more: list[str] | None = None) -> str:
+        """The text exposition; ``more`` are station lines from elsewhere (the registry), put in their families."""
         out = [
             "# HELP surgecap_requests_total Requests by endpoint and status.",
             "# TYPE surgecap_requests_total counter",
@@ -42,18 +44,45 @@ class Metrics:
             out.append(f'surgecap_request_seconds_sum{{endpoint="{ep}"}} {self.sums[ep]:.6f}')
             out.append(f'surgecap_request_seconds_count{{endpoint="{ep}"}} {cum}')
         out += ["# TYPE surgecap_in_flight gauge", f"surgecap_in_flight {self.in_flight}"]
-        for metric, kind, attr in (
-            ("surgecap_station_servers", "gauge", "servers"),
-            ("surgecap_station_busy", "gauge", "busy"),
-            ("surgecap_station_queue_length", "gauge", "waiting"),
-            ("surgecap_station_busy_seconds_total", "counter", "busy_seconds"),
-            ("surgecap_station_served_total", "counter", "served"),
-            ("surgecap_station_shed_total", "counter", "shed"),
-        ):
-            out.append(f"# TYPE {metric} {kind}")
-            for name, st in stations.items():
-                out.append(f'{metric}{{station="{name}"}} {getattr(st, attr)}')
+        out += ["# TYPE process_cpu_seconds_total counter", f"process_cpu_seconds_total {time.process_time():.6f}"]
+        out += station_lines(stations, more=more)
         for name, value in extra.items():
             out.append(f"# TYPE surgecap_{name} gauge")
             out.append(f"surgecap_{name} {value}")
         return "\n".join(out) + "\n"
+
+
+def station_lines(stations: dict[str, Station], typed: bool = True, more: list[str] | None = None) -> list[str]:
+    """Prometheus lines for stations: servers, busy, queue, and per request type served and busy time.
+
+    ``surgecap_station_busy_seconds_total{station, request}`` over
+    ``surgecap_station_served_total{station, request}`` is the mean service time
+    (the service demand per visit); the sum of squares gives its spread.
+    """
+    out: list[str] = []
+    others: dict[str, list[str]] = {}
+    for line in more or []:
+        others.setdefault(line.split("{", 1)[0], []).append(line)
+    for metric, kind, attr in (
+        ("surgecap_station_servers", "gauge", "servers"),
+        ("surgecap_station_busy", "gauge", "busy"),
+        ("surgecap_station_queue_length", "gauge", "waiting"),
+        ("surgecap_station_shed_total", "counter", "shed"),
+    ):
+        if typed:
+            out.append(f"# TYPE {metric} {kind}")
+        for name, st in stations.items():
+            out.append(f'{metric}{{station="{name}"}} {getattr(st, attr)}')
+        out += others.get(metric, [])
+    for metric, i, fmt in (
+        ("surgecap_station_served_total", 0, "{:.0f}"),
+        ("surgecap_station_busy_seconds_total", 1, "{:.6f}"),
+        ("surgecap_station_busy_seconds_squared_total", 2, "{:.9f}"),
+    ):
+        if typed:
+            out.append(f"# TYPE {metric} counter")
+        for name, st in stations.items():
+            for rt, acc in sorted(st.by_type.items()):
+                out.append(f'{metric}{{station="{name}",request="{rt}"}} {fmt.format(acc[i])}')
+        out += others.get(metric, [])
+    return out

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from refserver.config import RegistryConfig, sampler
+from refserver.metrics import station_lines
 from refserver.stations import Overloaded, Station
 
 __all__ = ["create_registry_app"]
@@ -68,7 +69,7 @@ def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
             return JSONResponse({"error": "daily quota used up", "reason": "quota"}, status_code=429, headers={"Retry-After": "3600"})
         state["used"] += 1
         try:
-            async with station.slot():
+            async with station.slot("verify_nik"):
                 await asyncio.sleep(latency())
         except Overloaded:
             return JSONResponse({"error": "registry busy", "reason": "full"}, status_code=503, headers={"Retry-After": "1"})
@@ -84,8 +85,7 @@ def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
             f"registry_checks_total {state['checks']}",
             f"registry_refused_total {state['refused']}",
             f"registry_quota_used {state['used']}",
-            f"registry_busy_seconds_total {station.busy_seconds:.6f}",
-            f"registry_queue_length {station.waiting}",
+            *station_lines({"registry": station}, typed=False),
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 

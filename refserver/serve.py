@@ -14,6 +14,8 @@ written to ``DATA_DIR/reset-token``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import secrets
 import signal
@@ -22,9 +24,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "free_port", "wait_ready"]
+__all__ = ["main", "free_port", "wait_ready", "started", "scrape"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,6 +52,40 @@ def wait_ready(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} not ready after {timeout:g}s")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None) -> Iterator[str]:
+    """Run a fresh server (and registry) with ``config`` in ``data_dir``; yield its URL; always stop it.
+
+    ``cpu`` pins the server's processes to one CPU (Linux), so that it does not
+    compete with the load generator.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "server.json").write_text(json.dumps(config, indent=1))
+    port = free_port()
+    cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", str(port), "--data-dir", str(data_dir)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/healthz", proc=proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def scrape(url: str, timeout: float = 5.0) -> str:
+    """The text of ``url``/metrics."""
+    with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as r:  # noqa: S310 - the caller's own target
+        return str(r.read().decode("utf-8", "replace"))
 
 
 def _die_with_parent() -> None:

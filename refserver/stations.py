@@ -1,10 +1,11 @@
 """Stations of the reference server: concurrency, a bounded queue, configured work.
 
-``async with station.slot():`` waits for one of ``servers`` slots; when all are
-busy and ``queue`` requests already wait, :class:`Overloaded` is raised at once
-(the handler answers 503 with Retry-After: admission control).  Busy time is
-accumulated so that utilization U and service demand D = U / X can be read from
-``/metrics``.
+``async with station.slot(rt):`` waits for one of ``servers`` slots; when all
+are busy and ``queue`` requests already wait, :class:`Overloaded` is raised at
+once (the handler answers 503 with Retry-After: admission control).  Busy time
+is accumulated per request type (with its square, for the spread), so that
+utilization U and the service demand D = U / X of each request type can be read
+from ``/metrics``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class Station:
         self.busy_seconds = 0.0
         self.served = 0
         self.shed = 0
+        self.by_type: dict[str, list[float]] = {}  # request type -> [served, busy seconds, busy seconds squared]
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, rt: str = "other") -> AsyncIterator[None]:
         if self.busy >= self.servers and self.queue_limit is not None and self.waiting >= self.queue_limit:
             self.shed += 1
             raise Overloaded(self.name)
@@ -53,7 +55,14 @@ class Station:
         try:
             yield
         finally:
-            self.busy_seconds += time.perf_counter() - started
+            held = time.perf_counter() - started
+            self.busy_seconds += held
+            acc = self.by_type.get(rt)
+            if acc is None:
+                acc = self.by_type[rt] = [0, 0.0, 0.0]
+            acc[0] += 1
+            acc[1] += held
+            acc[2] += held * held
             self.busy -= 1
             self.served += 1
             self._sem.release()

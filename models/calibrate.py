@@ -1,0 +1,221 @@
+"""Calibration: service demands measured on a running server, as a scenario overlay.
+
+The reference server (and any server that exposes the same metrics) publishes,
+per station and request type, the requests served and the seconds spent in a
+slot, with their squares (``surgecap_station_served_total``,
+``surgecap_station_busy_seconds_total``, ``surgecap_station_busy_seconds_squared_total``).
+Between two scrapes, the Service Demand Law gives the demand of request type r
+at station k:
+
+    D_k,r = U_k,r / X_r = busy_k,r / completions_r        (per visit: the mean service time)
+
+and the sum of squares gives its coefficient of variation.  What the client saw
+beyond the stations at low load (HTTP, parsing, work outside any station) is the
+request type's *overhead*: mean latency at low load minus the sum of its
+station demands, kept in the model as a pure delay (``system.overhead``).
+
+:func:`station_series` turns a run's scrapes into the per-interval
+:class:`~models.results.StationSeries` of the one result shape, so measured
+utilization, queue lengths and shedding can be compared with the model's.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.results import RunResult, StationSeries
+from models.scenario import REGISTRY, Scenario
+
+__all__ = [
+    "parse_prometheus",
+    "Snapshot",
+    "snapshot",
+    "ServiceEstimate",
+    "service_estimates",
+    "overheads",
+    "calibration_overlay",
+    "station_series",
+    "MIN_SAMPLES",
+]
+
+MIN_SAMPLES = 30  # fewer visits than this: too few to estimate a demand from
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of a Prometheus text exposition: (metric name, labels, value); comments skipped."""
+    out: list[tuple[str, dict[str, str], float]] = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        labels = dict(_LABEL.findall(m.group(2) or ""))
+        out.append((m.group(1), labels, value))
+    return out
+
+
+@dataclass
+class Snapshot:
+    """One scrape of a server's station metrics at monotonic time ``at``."""
+
+    at: float
+    servers: dict[str, float] = field(default_factory=dict)
+    busy_now: dict[str, float] = field(default_factory=dict)
+    queue: dict[str, float] = field(default_factory=dict)
+    shed: dict[str, float] = field(default_factory=dict)
+    typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, busy s, busy s²]
+    cpu_seconds: float | None = None
+
+    @property
+    def has_stations(self) -> bool:
+        return bool(self.servers)
+
+    def served(self, station: str) -> float:
+        return sum(v[0] for (st, _), v in self.typed.items() if st == station)
+
+    def busy_seconds(self, station: str) -> float:
+        return sum(v[1] for (st, _), v in self.typed.items() if st == station)
+
+
+def snapshot(text: str, at: float) -> Snapshot:
+    """Read the station metrics of one scrape."""
+    snap = Snapshot(at=at)
+    simple = {
+        "surgecap_station_servers": snap.servers,
+        "surgecap_station_busy": snap.busy_now,
+        "surgecap_station_queue_length": snap.queue,
+        "surgecap_station_shed_total": snap.shed,
+    }
+    typed = {"surgecap_station_served_total": 0, "surgecap_station_busy_seconds_total": 1, "surgecap_station_busy_seconds_squared_total": 2}
+    for name, labels, value in parse_prometheus(text):
+        station = labels.get("station")
+        if name in simple and station is not None:
+            simple[name][station] = value
+        elif name in typed and station is not None and "request" in labels:
+            snap.typed.setdefault((station, labels["request"]), [0.0, 0.0, 0.0])[typed[name]] = value
+        elif name == "process_cpu_seconds_total":
+            snap.cpu_seconds = value
+    return snap
+
+
+@dataclass(frozen=True)
+class ServiceEstimate:
+    """A station's measured service time for one request type between two scrapes."""
+
+    station: str
+    request: str
+    n: int  # visits served
+    mean: float  # seconds: the demand per visit, D = busy / n
+    cv: float
+    utilization: float  # of the whole station by this request type: busy / (servers x elapsed)
+
+    def as_distribution(self, configured: dict[str, Any] | None) -> dict[str, Any]:
+        """The overlay's distribution: the configured family where it has a spread, with the measured mean and cv."""
+        family = (configured or {}).get("dist", "gamma")
+        if self.cv < 0.05:
+            return {"dist": "constant", "value": _round(self.mean)}
+        if family not in ("gamma", "lognormal"):
+            family = "gamma"  # exponential's cv is fixed at 1; constant and others have none to set
+        return {"dist": family, "mean": _round(self.mean), "cv": round(self.cv, 3)}
+
+
+def _round(seconds: float) -> str:
+    return f"{seconds * 1000:.4g}ms"
+
+
+def service_estimates(before: Snapshot, after: Snapshot) -> dict[tuple[str, str], ServiceEstimate]:
+    """D = U / X for each (station, request type) served at least :data:`MIN_SAMPLES` times between the scrapes."""
+    elapsed = after.at - before.at
+    out: dict[tuple[str, str], ServiceEstimate] = {}
+    for key, (n1, b1, q1) in after.typed.items():
+        n0, b0, q0 = before.typed.get(key, [0.0, 0.0, 0.0])
+        n, busy, sq = n1 - n0, b1 - b0, q1 - q0
+        if n < MIN_SAMPLES or busy <= 0:
+            continue
+        mean = busy / n
+        var = max(0.0, sq / n - mean * mean)
+        servers = after.servers.get(key[0], 1.0) or 1.0
+        util = busy / (servers * elapsed) if elapsed > 0 else math.nan
+        out[key] = ServiceEstimate(key[0], key[1], int(n), mean, math.sqrt(var) / mean, util)
+    return out
+
+
+def overheads(scenario: Scenario, measured: RunResult, estimates: dict[tuple[str, str], ServiceEstimate]) -> dict[str, float]:
+    """Per request type: mean measured latency minus the sum of its stations' demands (never below 0).
+
+    Only request types whose every station has an estimate are included: the
+    rest cannot be split into stations and overhead.
+    """
+    out: dict[str, float] = {}
+    for step in scenario.journey:
+        rt = step.request_type
+        if rt in out or rt not in measured.requests:
+            continue
+        hist = measured.requests[rt].total_latency
+        if hist.count < MIN_SAMPLES:
+            continue
+        demands = [estimates.get((st, rt)) for st in step.stations]
+        if any(d is None for d in demands):
+            continue
+        out[rt] = max(0.0, hist.mean - sum(d.mean for d in demands if d is not None))
+    return out
+
+
+def calibration_overlay(scenario: Scenario, estimates: dict[tuple[str, str], ServiceEstimate], overhead: dict[str, float]) -> dict[str, Any]:
+    """A scenario overlay (YAML-ready) with the measured service times, registry latency and overheads."""
+    system: dict[str, Any] = {}
+    for (station, rt), est in sorted(estimates.items()):
+        if station == REGISTRY:
+            reg = scenario.system.registry
+            if reg is not None:
+                system.setdefault("registry", {})["latency"] = est.as_distribution(reg.latency.model_dump(by_alias=True))
+            continue
+        st = scenario.system.stations.get(station)
+        if st is None or rt not in scenario.request_types:
+            continue
+        configured = st.service_for(rt)
+        dist = est.as_distribution(configured.model_dump(by_alias=True) if configured is not None else None)
+        system.setdefault("stations", {}).setdefault(station, {}).setdefault("service", {})[rt] = dist
+    if overhead:
+        system["overhead"] = {rt: {"dist": "constant", "value": _round(v)} for rt, v in overhead.items()}
+    return {"system": system} if system else {}
+
+
+def station_series(snaps: list[Snapshot], start: float, interval: float, n: int) -> dict[str, StationSeries]:
+    """Per-interval station series from scrapes taken about every ``interval`` from monotonic ``start``.
+
+    Busy and capacity server-seconds come from counter differences between
+    consecutive scrapes, attributed to the interval where the later scrape
+    fell; the queue is the length seen at each scrape.  Arrivals are the
+    requests served plus those shed.
+    """
+    out: dict[str, StationSeries] = {}
+    seen: dict[tuple[str, int], int] = {}  # scrapes per (station, interval), for the queue's mean
+    for prev, cur in zip(snaps, snaps[1:]):
+        k = int((cur.at - start - 1e-6) // interval)
+        if not 0 <= k < n:
+            continue
+        dt = cur.at - prev.at
+        for name, servers in cur.servers.items():
+            s = out.setdefault(name, StationSeries.empty(n))
+            s.busy[k] += cur.busy_seconds(name) - prev.busy_seconds(name)
+            s.capacity[k] += servers * dt
+            served = cur.served(name) - prev.served(name)
+            shed = cur.shed.get(name, 0.0) - prev.shed.get(name, 0.0)
+            s.arrivals[k] += int(served + shed)
+            s.shed[k] += int(shed)
+            q = cur.queue.get(name, 0.0)
+            m = seen[(name, k)] = seen.get((name, k), 0) + 1
+            s.queue_mean[k] += (q - s.queue_mean[k]) / m
+            s.queue_max[k] = max(s.queue_max[k], int(q))
+    return out
