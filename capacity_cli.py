@@ -266,6 +266,138 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
+
+
+def _cpus() -> tuple[int | None, int | None]:
+    """CPUs for the server and the load generator: apart when the machine has two or more."""
+    import os
+
+    return (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
+
+
+def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> tuple[Scenario, object, object, object]:
+    """One steady load level against ``host`` (or a fresh, pinned reference server).
+
+    Returns the level's scenario, the measured RunResult, and the station
+    metrics scraped just before and just after the run (None when the target
+    publishes none).
+    """
+    import contextlib
+
+    from locustfiles.launch import LoadRun, run_locust
+    from models.calibrate import snapshot
+    from refserver.serve import scrape, started
+
+    scenario = load_scenario(level_file)
+    duration = scenario.horizon
+    server_cpu, load_cpu = _cpus()
+    with contextlib.ExitStack() as stack:
+        target = host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server", cpu=server_cpu))
+
+        def snap() -> object:
+            try:
+                found = snapshot(scrape(target), time.monotonic())
+            except OSError:
+                return None
+            return found if found.has_stations else None
+
+        before = snap()
+        run = LoadRun(level_file, target, duration, run_dir, _pool_size(scenario, duration), quiet=quiet, metrics=before is not None, cpu=load_cpu)
+        measured, interrupted = run_locust(run)
+        after = snap()
+    if interrupted:
+        raise KeyboardInterrupt
+    return scenario, measured, before, after
+
+
+def _level_file(raw: dict[str, object], name: str, rate: float, duration: float, run_dir: Path) -> Path:
+    import yaml
+
+    from models.calibrate import steady_scenario
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "scenario.yaml"
+    path.write_text(yaml.safe_dump(steady_scenario(raw, name, rate, duration), sort_keys=False))
+    return path
+
+
+def _raw(path: str) -> dict[str, object]:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _duration_arg(text: str | None, default: float, command: str) -> float:
+    if text is None:
+        return default
+    value = parse_duration(text)
+    if not 5 <= value <= 3600:
+        raise UnitError(f"--duration must be between 5s and 1h, got {text!r}")
+    return value
+
+
+def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | None, quiet: bool) -> tuple[dict[str, object], str]:
+    """Measure service demands at low load; return the overlay and a printable table."""
+    import yaml
+
+    from models.bottleneck import saturation
+    from models.calibrate import calibration_overlay, overheads, service_estimates
+    from reports.summary import table
+
+    scenario = load_scenario(scenario_path)
+    knee = saturation(scenario)
+    rate = CALIBRATION_LOAD * knee.rate
+    level_file = _level_file(_raw(scenario_path), f"{scenario.name}-calibration", rate, duration, run_dir)
+    if not quiet:
+        print(f"capacity calibrate: {rate:.4g} arrivals/s ({CALIBRATION_LOAD:.0%} of the configured saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
+    level, measured, before, after = _measure(level_file, run_dir, host, quiet)
+    if before is None or after is None:
+        raise UnitError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; validate with --calibration none to use the scenario's configured service times")
+    estimates = service_estimates(before, after)  # type: ignore[arg-type]
+    overhead = overheads(level, measured, estimates)  # type: ignore[arg-type]
+    overlay = calibration_overlay(scenario, estimates, overhead)
+    header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
+    (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
+    rows = []
+    for (station, rt), est in sorted(estimates.items()):
+        if station == "registry" and scenario.system.registry is not None:
+            configured = scenario.system.registry.latency
+        else:
+            st = scenario.system.stations.get(station)
+            configured = st.service_for(rt) if st is not None else None  # type: ignore[assignment]
+        rows.append([station, rt, f"{est.n}", f"{est.mean * 1000:.2f}ms", f"{est.cv:.2f}",
+                     f"{configured.mean * 1000:.2f}ms" if configured else "-", f"{configured.cv:.2f}" if configured else "-",
+                     f"{(est.mean / configured.mean - 1):+.1%}" if configured and configured.mean > 0 else "-", f"{est.utilization:.1%}"])
+    text = table(["station", "request", "served", "D measured", "cv", "D configured", "cv", "diff", "U"], rows)
+    if overhead:
+        text += "\n\noverhead outside the stations (mean latency at low load minus the station demands):\n"
+        text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
+    return overlay, text
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    if args.host and not _is_loopback(args.host) and not args.allow_remote:
+        print(f"capacity calibrate: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        duration = _duration_arg(args.duration, 60.0, "calibrate")
+    except UnitError as exc:
+        print(f"capacity calibrate: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run_dir = _run_dir(args.out, f"calibrate-{scenario.name}")
+    try:
+        _, text = calibrate(args.scenario, run_dir, duration, args.host, args.quiet)
+    except UnitError as exc:
+        print(f"capacity calibrate: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(text)
+    print(f"\ncalibrated overlay: {run_dir}/calibration.yaml (measured run in {run_dir}/)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -298,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-loadtest-<scenario>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_loadtest)
+    p = sub.add_parser("calibrate", help="measure service demands at low load (D = U / X) and write a scenario overlay")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--host", default=None, help="target URL with surgecap station metrics (default: a fresh reference server)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
+    p.add_argument("--duration", default=None, help="length of the low-load run (default 60s)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-calibrate-<scenario>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

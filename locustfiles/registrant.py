@@ -23,6 +23,7 @@ Interactive use with Locust's web UI: ``locust -f locustfiles/registrant.py --ho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -38,7 +39,7 @@ from locust.runners import MasterRunner
 
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
-from models.arrivals import arrival_times
+from models.arrivals import MISMATCH_SLOT, arrival_times, decision, give_up_slot, proceed_slot
 from models.calibrate import Snapshot, snapshot, station_series
 from models.loader import load_scenario
 from models.results import save
@@ -74,19 +75,38 @@ THINK = [s.think.scaled(1 / SCENARIO.run.compress) if SCENARIO.run.compress != 1
 RUN_SALT = int.from_bytes(os.urandom(4), "big")  # runs against one long-lived server must not collide
 
 
+MISMATCH = SCENARIO.system.registry.mismatch if SCENARIO.system.registry is not None else 0.0
+DECISION_SEED = SEED * 1_000_003  # as the model's replication 0
+
+
+def reference_registry_mismatch(nik: str) -> bool:
+    """Whether the reference registry answers "does not match" for this NIK (it decides by the NIK's hash)."""
+    return int.from_bytes(hashlib.sha256(nik.encode()).digest()[:4], "big") / 2**32 < MISMATCH
+
+
 def person(rng: random.Random, n: int) -> dict[str, str]:
     """A registrant with a unique email and a well-formed NIK that agrees with the birth date.
 
     ``n`` is the arrival's index in the whole trace (unique across workers); the
-    run salt keeps two runs against the same server apart.
+    run salt keeps two runs against the same server apart.  The NIK's serial is
+    chosen so that the reference registry's verdict on it is the one the model
+    draws for this registrant (:data:`~models.arrivals.MISMATCH_SLOT`).
     """
     bits = rng.getrandbits(64) ^ (RUN_SALT << 17)  # one draw, sliced: this runs once per arrival
     year, month, day = 1960 + bits % 45, 1 + (bits >> 8) % 12, 1 + (bits >> 12) % 28
     region = f"{11 + (bits >> 17) % 84:02d}{1 + (bits >> 24) % 99:02d}{1 + (bits >> 31) % 99:02d}"
+    stem = f"{region}{day:02d}{month:02d}{year % 100:02d}"
+    nik = f"{stem}{n % 9999 + 1:04d}"
+    if 0 < MISMATCH < 1:
+        wanted = decision(DECISION_SEED, n, MISMATCH_SLOT) < MISMATCH
+        for j in range(1, 200):
+            if reference_registry_mismatch(nik) == wanted:
+                break
+            nik = f"{stem}{(n + j * 7919) % 9999 + 1:04d}"
     return {
         "name": "Load Test",
         "email": f"r{n}.{RUN_SALT}.{bits >> 38}@example.org",
-        "nik": f"{region}{day:02d}{month:02d}{year % 100:02d}{n % 9999 + 1:04d}",
+        "nik": nik,
         "birth_date": f"{year:04d}-{month:02d}-{day:02d}",
         "phone": f"+628{1_000_000_000 + (bits >> 20) % 9_000_000_000}",
     }
@@ -165,7 +185,7 @@ class Registrant(FastHttpUser):
         rid: str | None = None
         for i, step in enumerate(SCENARIO.journey):
             if i > 0:
-                went_on = rng.random() < step.proceed
+                went_on = decision(DECISION_SEED, index, proceed_slot(i)) < step.proceed
                 if self.now() < DURATION:  # counted within the window, like everything recorded
                     RECORDER.decisions[step.name][0 if went_on else 1] += 1
                 if not went_on:
@@ -192,7 +212,7 @@ class Registrant(FastHttpUser):
                 if reason is None:
                     break
                 retry = step.retry
-                if reason not in retry.retry_on or attempt >= retry.max_attempts or rng.random() < retry.give_up:
+                if reason not in retry.retry_on or attempt >= retry.max_attempts or decision(DECISION_SEED, index, give_up_slot(i, attempt)) < retry.give_up:
                     RECORDER.step(step.name, "failed", self.now())
                     return
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
@@ -210,7 +230,7 @@ class Registrant(FastHttpUser):
                     resp.success()
                     return str(resp.json()["token"])
                 resp.success()  # not delivered yet is an expected answer
-            gevent.sleep(0.2)
+            gevent.sleep(0.1)
         return None
 
     def send(self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None) -> tuple[str | None, dict[str, Any]]:

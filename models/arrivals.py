@@ -181,3 +181,34 @@ def arrival_times(scenario: Scenario, seed: int | None = None, replication: int 
     start, end = scenario.window
     lo, hi = np.searchsorted(times, [start, end], side="left")
     return times[lo:hi]
+
+
+_MASK = (1 << 64) - 1
+
+
+def decision(seed: int, index: int, slot: int) -> float:
+    """A uniform number in [0, 1) owned by one registrant: arrival ``index`` of the trace, decision ``slot``.
+
+    The model and the load generator draw the registrant's own choices (go on
+    to a step, give up after a failure, a NIK the registry will not match) from
+    this counter-based generator (SplitMix64 over seed, index and slot), so with
+    one seed both see the same registrants making the same choices, and their
+    funnel counts differ only where the systems behave differently.
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03 + slot * 0x8CB92BA72F3D8DD7 + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return ((x ^ (x >> 31)) >> 11) * 1.1102230246251565e-16  # / 2**53
+
+
+def proceed_slot(step: int) -> int:
+    """The decision slot of going on to journey step ``step``."""
+    return 1000 * step
+
+
+def give_up_slot(step: int, attempt: int) -> int:
+    """The decision slot of giving up after failed attempt ``attempt`` of step ``step``."""
+    return 1000 * step + attempt
+
+
+MISMATCH_SLOT = 999_999  # the decision slot of the registrant's NIK being one the registry does not match

@@ -195,14 +195,14 @@ def station_series(snaps: list[Snapshot], start: float, interval: float, n: int)
     """Per-interval station series from scrapes taken about every ``interval`` from monotonic ``start``.
 
     Busy and capacity server-seconds come from counter differences between
-    consecutive scrapes, attributed to the interval where the later scrape
-    fell; the queue is the length seen at each scrape.  Arrivals are the
+    consecutive scrapes, attributed to the interval holding the midpoint of the
+    two; the queue is the length seen at each scrape.  Arrivals are the
     requests served plus those shed.
     """
     out: dict[str, StationSeries] = {}
     seen: dict[tuple[str, int], int] = {}  # scrapes per (station, interval), for the queue's mean
     for prev, cur in zip(snaps, snaps[1:]):
-        k = int((cur.at - start - 1e-6) // interval)
+        k = int(((prev.at + cur.at) / 2 - start) // interval)
         if not 0 <= k < n:
             continue
         dt = cur.at - prev.at
@@ -219,3 +219,34 @@ def station_series(snaps: list[Snapshot], start: float, interval: float, n: int)
             s.queue_mean[k] += (q - s.queue_mean[k]) / m
             s.queue_max[k] = max(s.queue_max[k], int(q))
     return out
+
+
+def steady_scenario(raw: dict[str, Any], name: str, rate: float, duration: float, compress: float | None = None) -> dict[str, Any]:
+    """A scenario (as YAML data) for one steady load level: ``rate`` arrivals/s for ``duration`` seconds.
+
+    The journey and system are the scenario's; capacity changes and reported
+    figures are dropped (they belong to the full day).  Think times and
+    backoffs are compressed so that the journey's mean think time is a
+    twentieth of the run, unless ``compress`` is given; results are kept in
+    twelve intervals.
+    """
+    from models.loader import parse_scenario
+
+    base = parse_scenario(_dump(raw), str(raw.get("name", "scenario")))
+    if compress is None:
+        think = sum(step.think.mean for step in base.journey)
+        compress = max(1.0, think / (duration / 20))
+    out = {k: v for k, v in raw.items() if k not in ("reported", "arrivals", "horizon", "run", "name", "description")}
+    out["name"] = name
+    out["description"] = f"{raw.get('name', 'scenario')} at a steady {rate:.4g} arrivals/s for {duration:g}s"
+    out["horizon"] = float(duration)
+    out["arrivals"] = {"shape": "constant", "rate": float(rate)}
+    out["system"] = {k: v for k, v in raw.get("system", {}).items() if k != "changes"}
+    out["run"] = {"compress": float(compress), "interval": float(duration) / 12}
+    return out
+
+
+def _dump(data: dict[str, Any]) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(data, sort_keys=False))

@@ -25,7 +25,7 @@ import numpy as np
 import simpy
 from simpy.events import NORMAL, URGENT, Event
 
-from models.arrivals import arrival_times, stream
+from models.arrivals import MISMATCH_SLOT, arrival_times, decision, proceed_slot, stream
 from models.distributions import Sampler
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import EMAIL, REGISTRY, Scenario, Step
@@ -76,6 +76,8 @@ class _StepPlan:
     waits_for_email: bool
     retry_on: frozenset[str]
     proceed: float
+    proceed_slot: int  # decision slot of going on to this step; + attempt: of giving up after that attempt
+    asks_registry: bool
     repeat: float
     takes_quota: bool
     durations: list[float]
@@ -184,14 +186,15 @@ class _Route:
     triggers ``reply`` itself.  A failure on any leg ends the route with its reason.
     """
 
-    __slots__ = ("model", "visits", "i", "deadline", "reply")
+    __slots__ = ("model", "visits", "i", "deadline", "reply", "u")
 
-    def __init__(self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event):
+    def __init__(self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event, u: float | None = None):
         self.model = model
         self.visits = visits
         self.i = 0
         self.deadline = deadline
         self.reply = reply
+        self.u = u  # the registrant's own draw for the registry's verdict
 
     def next(self, previous: Event | None) -> None:
         reply = self.reply
@@ -206,7 +209,7 @@ class _Route:
         target = reply if last else None
         if service is None:  # the registry
             m = self.model
-            leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, target)  # type: ignore[union-attr]
+            leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, target, self.u)  # type: ignore[union-attr]
         else:
             leg = station.request(service(), self.deadline, ev=target)
         if not last:
@@ -225,6 +228,7 @@ class FunnelModel:
         self.interval = s.run.interval
         self.n_intervals = max(1, math.ceil((self.end - self.counting_from) / self.interval - 1e-9))
         self.arrivals = arrival_times(scenario, seed, replication)
+        self.seed = seed * 1_000_003 + replication  # the registrants' decisions: one stream per replication
         service_rng = stream(seed, "service", replication)
         self.journey_u = _uniform(stream(seed, "journey", replication))
         journey_rng = stream(seed, "journey", replication + 1_000_000)
@@ -286,6 +290,8 @@ class FunnelModel:
                     waits_for_email=step.waits_for == EMAIL,
                     retry_on=frozenset(step.retry.retry_on),
                     proceed=step.proceed if i > 0 else 1.0,
+                    proceed_slot=proceed_slot(i),
+                    asks_registry=REGISTRY in step.stations,
                     repeat=step.repeat,
                     takes_quota=step.quota is not None,
                     durations=[],
@@ -314,34 +320,39 @@ class FunnelModel:
         env = self.env
         registrant = self.registrant
         timeout = env.timeout
-        for t in self.arrivals.tolist():
+        for index, t in enumerate(self.arrivals.tolist()):
             delay = t - env._now
             if delay > 0:
                 yield timeout(delay)
             self.arrived_now += 1
-            _Lean(registrant())
+            _Lean(registrant(index))
 
     def _wake(self, event: Event) -> None:
-        """A registrant deferred between steps starts again at step ``event.value``."""
-        _Lean(self.registrant(event._value))
+        """A registrant deferred between steps starts again: ``event.value`` is (arrival index, step)."""
+        _Lean(self.registrant(*event._value))
 
-    def registrant(self, woken_at: int = -1) -> Generator[Event, Any, None]:
-        """One registrant's journey; ``woken_at`` resumes it at that step after a deferred wait."""
+    def registrant(self, index: int, woken_at: int = -1) -> Generator[Event, Any, None]:
+        """Arrival ``index``'s journey; ``woken_at`` resumes it at that step after a deferred wait.
+
+        The registrant's own choices (go on, give up, a NIK that will not
+        match) come from :func:`~models.arrivals.decision`, as in the load test.
+        """
         env = self.env
         u = self.journey_u
+        seed = self.seed
         calendar = self.calendar
         sleep = calendar.sleep
         delivered = -INF  # when this registrant's verification email arrives
         for plan in self.plans if woken_at < 0 else self.plans[woken_at:]:
             if plan.index != woken_at:
-                if plan.proceed < 1.0 and u() >= plan.proceed:
+                if plan.proceed < 1.0 and decision(seed, index, plan.proceed_slot) >= plan.proceed:
                     plan.dropped += 1
                     return
                 wait = delivered - env._now if plan.waits_for_email else 0.0
                 if plan.think is not None:
                     wait += plan.think()
                 if wait >= calendar.far:  # a long wait: end this process, start again at this step
-                    calendar.defer(wait, plan.index, self.wake)
+                    calendar.defer(wait, (index, plan.index), self.wake)
                     return
                 if wait > 0:
                     yield sleep(wait)
@@ -360,7 +371,7 @@ class FunnelModel:
                     reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
                 else:
                     reply = Event(env)
-                    _Route(self, visits, deadline, reply).next(None)
+                    _Route(self, visits, deadline, reply, decision(seed, index, MISMATCH_SLOT) if plan.asks_registry else None).next(None)
                     reason = yield reply
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())
@@ -378,7 +389,7 @@ class FunnelModel:
                 fails = tally.fails
                 fails[reason] = fails.get(reason, 0) + 1
                 retry = plan.step.retry
-                if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and u() < retry.give_up):
+                if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and decision(seed, index, plan.proceed_slot + attempt) < retry.give_up):
                     plan.failed += 1
                     return
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))

@@ -280,6 +280,27 @@ class RunSlice(_Model):
     interval: PositiveDuration = Field(default=60.0, description="aggregation interval of the results")
 
 
+class Tolerances(_Model):
+    """How close the model must come to a measured run (``capacity validate``)."""
+
+    throughput: Probability = Field(default=0.05, description="relative, per request type and funnel step")
+    p50: Probability = Field(default=0.10, description="relative")
+    p95: Probability = Field(default=0.15, description="relative")
+    p99: Probability | None = Field(default=None, description="relative; unset: p99 is shown, not judged")
+    utilization: Probability = Field(default=0.05, description="absolute, per station")
+    error_rate: Probability = Field(default=0.01, description="absolute (percentage points as a fraction), also shed and abandonment")
+    queue_growth: Probability = Field(default=0.25, description="relative, at overload levels")
+    min_samples: int = Field(default=100, ge=1, description="fewer requests than this: the figure is shown, not judged")
+
+
+class Validation(_Model):
+    """Settings of ``capacity validate`` for this scenario."""
+
+    levels: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.3, 0.6, 0.9], description="fractions of the saturation rate")
+    duration: PositiveDuration = Field(default=60.0, description="measured seconds per level")
+    tolerances: Tolerances = Field(default_factory=Tolerances)
+
+
 class Reported(_Model):
     """Real-world figures to show beside the model (funnel step name → count)."""
 
@@ -302,6 +323,7 @@ class Scenario(_Model):
     costs: Costs = Field(default_factory=Costs)
     run: RunSlice = Field(default_factory=RunSlice)
     reported: Reported | None = None
+    validation: Validation = Field(default_factory=Validation)
     path: str | None = Field(default=None, exclude=True)
 
     @property

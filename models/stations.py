@@ -269,10 +269,12 @@ class Registry(Station):
             self.tokens = min(self._bucket_size(), self.tokens + (now - self._refilled) * self.rate_limit)
         self._refilled = now
 
-    def call(self, latency: float, timeout: float, deadline: float = INF, ev: Event | None = None) -> Event:
+    def call(self, latency: float, timeout: float, deadline: float = INF, ev: Event | None = None, u: float | None = None) -> Event:
         """One NIK check: 429 past the rate limit, quota past the daily quota, else queue and serve.
 
-        A served check answers ``"mismatch"`` with the configured probability.
+        A served check answers ``"mismatch"`` with the configured probability:
+        when ``u`` (the registrant's own uniform draw) is below it, else from the
+        registry's stream.
         """
         env = self.env
         refusal = None
@@ -297,7 +299,7 @@ class Registry(Station):
             ev._value = refusal
             env.schedule(ev)
             return ev
-        value = "mismatch" if self.mismatch > 0 and self.uniform() < self.mismatch else None
+        value = "mismatch" if self.mismatch > 0 and (self.uniform() if u is None else u) < self.mismatch else None
         return self.request(latency, deadline, "abandoned", timeout, ev, value)
 
 

@@ -1,0 +1,76 @@
+"""Bottleneck analysis: where a scenario's system saturates, by the operational laws.
+
+With visit ratio V_i (requests of step i per arriving registrant, from the
+drop-off probabilities; failures and retries ignored) and mean service time
+S_k,r of request type r at station k, the demand of one registrant at station k
+is D_k = sum_i V_i S_k,r(i) server-seconds.  Station k saturates at an arrival
+rate of c_k / D_k (c_k servers); the registry also at its rate limit over its
+visit ratio; the email sender at its send rate over the emails sent per
+registrant.  The smallest is the system's saturation arrival rate, the knee of
+the latency curve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from models.scenario import EMAIL, REGISTRY, Scenario
+
+__all__ = ["visit_ratios", "Limit", "limits", "saturation"]
+
+
+def visit_ratios(scenario: Scenario) -> list[float]:
+    """Expected requests of each journey step per arriving registrant (no failures, no retries, repeats counted)."""
+    out: list[float] = []
+    reach = 1.0
+    for i, step in enumerate(scenario.journey):
+        if i > 0:
+            reach *= step.proceed
+        out.append(reach / (1.0 - step.repeat) if step.repeat < 1 else math.inf)
+    return out
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One resource's saturation arrival rate (registrants/s) and what sets it."""
+
+    resource: str
+    demand: float  # per arriving registrant: server-seconds (stations) or calls/emails
+    capacity: float  # servers, or calls/emails per second
+    rate: float  # arrival rate at which it saturates
+    kind: str  # "servers", "rate limit" or "send rate"
+
+
+def limits(scenario: Scenario) -> list[Limit]:
+    """Every resource's saturation arrival rate at the scenario's initial capacities, smallest first."""
+    visits = visit_ratios(scenario)
+    sysd = scenario.system
+    demand: dict[str, float] = {}
+    for v, step in zip(visits, scenario.journey):
+        for name in step.stations:
+            if name == REGISTRY:
+                assert sysd.registry is not None
+                demand[REGISTRY] = demand.get(REGISTRY, 0.0) + v * sysd.registry.latency.mean
+            else:
+                dist = sysd.stations[name].service_for(step.request_type)
+                demand[name] = demand.get(name, 0.0) + v * (dist.mean if dist is not None else 0.0)
+    out: list[Limit] = []
+    for name, d in demand.items():
+        servers = sysd.registry.concurrency if name == REGISTRY and sysd.registry is not None else sysd.stations[name].servers if name != REGISTRY else 0
+        out.append(Limit(name, d, servers, servers / d if d > 0 else math.inf, "servers"))
+    registry_calls = sum(v for v, step in zip(visits, scenario.journey) if REGISTRY in step.stations)
+    if sysd.registry is not None and sysd.registry.rate_limit is not None and registry_calls > 0:
+        out.append(Limit(f"{REGISTRY} rate limit", registry_calls, sysd.registry.rate_limit, sysd.registry.rate_limit / registry_calls, "rate limit"))
+    emails = sum(visits[i - 1] for i, step in enumerate(scenario.journey) if i > 0 and step.waits_for == EMAIL)
+    if sysd.email is not None and emails > 0:
+        out.append(Limit(EMAIL, emails, sysd.email.rate, sysd.email.rate / emails, "send rate"))
+    return sorted(out, key=lambda lim: lim.rate)
+
+
+def saturation(scenario: Scenario) -> Limit:
+    """The bottleneck: the resource that saturates at the lowest arrival rate."""
+    found = limits(scenario)
+    if not found:
+        raise ValueError("the scenario's journey visits no station with a service time")
+    return found[0]

@@ -1,0 +1,163 @@
+"""Comparing the model with a measured run: one check per metric, with a verdict.
+
+Both sides are :class:`~models.results.RunResult` of the same scenario slice.
+The model side is a list of replications: replication 0 runs the load test's
+own arrival trace and registrants (same seed), so counts, rates and
+utilization are compared with it; latency percentiles pool every replication
+(service times are the model's own random draws), and the spread of the
+replications gives the model's band.
+
+Tolerances (:class:`~models.scenario.Tolerances`): relative for throughput,
+funnel counts, latency percentiles and queue growth; absolute for utilization
+and for error, shed and abandonment rates.  A figure with fewer than
+``min_samples`` requests on either side is shown but not judged (its sampling
+error alone can exceed the tolerance).  At an overload level (above 1.0) the
+latency checks give way to the shed and refusal rates and the queue growth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from models.histogram import Histogram
+from models.results import RunResult
+from models.scenario import Tolerances
+
+__all__ = ["Check", "compare", "queue_growth", "REFUSED"]
+
+REFUSED = ("full", "rate_limited", "quota")  # refused at once by admission control or the registry
+
+
+@dataclass(frozen=True)
+class Check:
+    """One metric of one subject: the model's figure, the measured one, and the verdict."""
+
+    subject: str  # a request type, "step <name>" or "station <name>"
+    metric: str
+    model: float
+    measured: float
+    tolerance: float | None  # None: shown, not judged
+    relative: bool
+    band: tuple[float, float] | None = None  # the model's 95 % band over replications
+    note: str = ""
+
+    @property
+    def error(self) -> float:
+        """Relative (model / measured - 1) or absolute (model - measured) difference."""
+        if self.relative:
+            if self.measured == 0:
+                return 0.0 if self.model == 0 else math.inf
+            return self.model / self.measured - 1.0
+        return self.model - self.measured
+
+    @property
+    def verdict(self) -> str:
+        if self.tolerance is None:
+            return "info"
+        if math.isnan(self.model) or math.isnan(self.measured):
+            return "info"
+        return "pass" if abs(self.error) <= self.tolerance + 1e-12 else "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "error": self.error, "verdict": self.verdict}
+
+
+def _rate(num: int, den: int) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def _failed(r: RunResult, rt: str, reasons: tuple[str, ...] | None = None) -> int:
+    series = r.requests[rt]
+    return sum(sum(c) for reason, c in series.failed.items() if reasons is None or reason in reasons)
+
+
+def _band(values: list[float]) -> tuple[float, float] | None:
+    xs = sorted(v for v in values if not math.isnan(v))
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    from models.simulate import t_quantile
+
+    h = t_quantile(len(xs) - 1) * sd
+    return (m - h, m + h)  # where a single run of the model falls, 95 %
+
+
+def queue_growth(r: RunResult, station: str) -> float:
+    """Requests per second by which a station's queue grew: the slope of its per-interval mean queue."""
+    s = r.stations.get(station)
+    if s is None or len(s.queue_mean) < 2:
+        return math.nan
+    ys = s.queue_mean
+    xs = [(k + 0.5) * r.interval for k in range(len(ys))]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else math.nan
+
+
+def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool = False) -> list[Check]:
+    """Every check of one load level: per request type, per funnel step, per station."""
+    if not models:
+        raise ValueError("no model replications to compare")
+    m0 = models[0]
+    duration = measured.n_intervals * measured.interval
+    checks: list[Check] = []
+    enough = tol.min_samples
+    for rt, series in measured.requests.items():
+        if rt not in m0.requests:
+            continue
+        ms, ss = m0.requests[rt], series
+        n_model, n_meas = sum(ms.started), sum(ss.started)
+        judged = min(n_model, n_meas) >= enough
+        note = "" if judged else f"fewer than {enough} requests"
+        checks.append(
+            Check(rt, "throughput /s", sum(ms.ok) / duration, sum(ss.ok) / duration, tol.throughput if judged else None, True,
+                  _band([sum(m.requests[rt].ok) / duration for m in models]), note)
+        )
+        for metric, reasons, t in (("error rate", None, tol.error_rate), ("shed rate", ("full",), tol.error_rate), ("abandon rate", ("abandoned", "timeout"), tol.error_rate)):
+            checks.append(Check(rt, metric, _rate(_failed(m0, rt, reasons), n_model), _rate(_failed(measured, rt, reasons), n_meas), t if judged else None, False, None, note))
+        if overload:
+            checks.append(Check(rt, "refused rate", _rate(_failed(m0, rt, REFUSED), n_model), _rate(_failed(measured, rt, REFUSED), n_meas), tol.error_rate if judged else None, False, None, note))
+        pooled = Histogram.merged(m.requests[rt].total_latency for m in models)
+        mh = ss.total_latency
+        lat_judged = min(pooled.count / len(models), mh.count) >= enough
+        lat_note = "" if lat_judged else f"fewer than {enough} successful requests"
+        if overload:
+            lat_judged, lat_note = False, "overload level: latency is not judged"
+        for p, t in ((50, tol.p50), (95, tol.p95), (99, tol.p99)):
+            checks.append(
+                Check(rt, f"p{p}", pooled.percentile(p), mh.percentile(p), t if lat_judged else None, True,
+                      _band([m.requests[rt].total_latency.percentile(p) for m in models]), lat_note)
+            )
+    for name, st in measured.steps.items():
+        if name not in m0.steps:
+            continue
+        for what in ("reached", "completed"):
+            a, b = sum(getattr(m0.steps[name], what)), sum(getattr(st, what))
+            judged = min(a, b) >= enough
+            checks.append(Check(f"step {name}", what, float(a), float(b), tol.throughput if judged else None, True,
+                                _band([float(sum(getattr(m.steps[name], what))) for m in models]), "" if judged else f"fewer than {enough}"))
+    for name, st in measured.stations.items():
+        if name not in m0.stations:
+            continue
+        seen = [c > 0 for c in st.capacity]  # intervals the scrapes covered
+        mu = _mean_utilization(m0, name, seen)
+        su = _mean_utilization(measured, name, seen)
+        checks.append(Check(f"station {name}", "utilization", mu, su, tol.utilization, False, _band([_mean_utilization(m, name, seen) for m in models])))
+        if overload:
+            a, b = queue_growth(m0, name), queue_growth(measured, name)
+            judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
+            checks.append(Check(f"station {name}", "queue growth /s", a, b, tol.queue_growth if judged else None, True, None, "" if judged else "no growth on either side"))
+    return checks
+
+
+def _mean_utilization(r: RunResult, station: str, within: list[bool]) -> float:
+    """Busy over available server-seconds, over the intervals marked in ``within``."""
+    s = r.stations.get(station)
+    if s is None:
+        return math.nan
+    busy = sum(b for b, w in zip(s.busy, within) if w)
+    cap = sum(c for c, w in zip(s.capacity, within) if w)
+    return busy / cap if cap > 0 else math.nan
