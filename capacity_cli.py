@@ -266,6 +266,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class CalibrationError(RuntimeError):
+    """Service demands cannot be measured on this target."""
+
+
 CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
 
 
@@ -354,7 +358,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
         print(f"capacity calibrate: {rate:.4g} arrivals/s ({CALIBRATION_LOAD:.0%} of the configured saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
     level, measured, before, after = _measure(level_file, run_dir, host, quiet)
     if before is None or after is None:
-        raise UnitError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; validate with --calibration none to use the scenario's configured service times")
+        raise CalibrationError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")
     estimates = service_estimates(before, after)  # type: ignore[arg-type]
     overhead = overheads(level, measured, estimates)  # type: ignore[arg-type]
     overlay = calibration_overlay(scenario, estimates, overhead)
@@ -390,11 +394,116 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.out, f"calibrate-{scenario.name}")
     try:
         _, text = calibrate(args.scenario, run_dir, duration, args.host, args.quiet)
-    except UnitError as exc:
+    except CalibrationError as exc:
         print(f"capacity calibrate: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(text)
     print(f"\ncalibrated overlay: {run_dir}/calibration.yaml (measured run in {run_dir}/)")
+    return EXIT_OK
+
+
+def _levels_arg(text: str | None, default: list[float]) -> list[float]:
+    if text is None:
+        return list(default)
+    try:
+        levels = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UnitError(f"--levels must be fractions separated by commas, e.g. 0.3,0.6,0.9; got {text!r}") from None
+    if not levels or any(not 0 < x <= 3 for x in levels):
+        raise UnitError(f"--levels must be fractions of the saturation rate in (0, 3], e.g. 0.3,0.6,0.9; got {text!r}")
+    return sorted(levels)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from models.bottleneck import saturation, visit_ratios
+    from models.compare import compare
+    from models.results import save
+    from models.simulate import simulate
+    from reports.validation import Knee, Level, verdict_table, write_report
+
+    scenario = load_scenario(args.scenario)
+    if args.host and not _is_loopback(args.host) and not args.allow_remote:
+        print(f"capacity validate: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        levels = _levels_arg(args.levels, scenario.validation.levels)
+        duration = _duration_arg(args.duration, scenario.validation.duration, "validate")
+    except UnitError as exc:
+        print(f"capacity validate: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.replications < 2:
+        print("capacity validate: error: --replications must be at least 2 (the model's band needs a spread)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run_dir = _run_dir(args.out, f"validate-{scenario.name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay: dict[str, object] = {}
+    calibration = "none: the scenario's configured service times"
+    if args.calibration and args.calibration != "none":
+        loaded = yaml.safe_load(Path(args.calibration).read_text()) if Path(args.calibration).is_file() else None
+        if not isinstance(loaded, dict):
+            print(f"capacity validate: error: --calibration {args.calibration}: expected a calibration overlay (YAML mapping) written by capacity calibrate", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        overlay, calibration = loaded, args.calibration
+    elif args.calibration is None:
+        try:
+            overlay, text = calibrate(args.scenario, run_dir / "calibration", min(duration, 60.0), args.host, args.quiet)
+            calibration = str(run_dir / "calibration" / "calibration.yaml")
+            if not args.quiet:
+                print(text, file=sys.stderr)
+        except CalibrationError as exc:
+            print(f"capacity validate: calibration skipped: {exc}", file=sys.stderr)
+    calibrated = load_scenario(args.scenario, overlay=overlay)
+    knee = saturation(calibrated)
+    raw = _raw(args.scenario)
+    tol = scenario.validation.tolerances
+    done: list[Level] = []
+    for f in levels:
+        rate = f * knee.rate
+        ldir = run_dir / f"level-{f:g}"
+        if not args.quiet:
+            print(f"capacity validate: level {f:g}: {rate:.4g} arrivals/s for {format_duration(duration)}", file=sys.stderr)
+        level_file = _level_file(raw, f"{scenario.name}-level-{f:g}", rate, duration, ldir)
+        level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
+        if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:  # type: ignore[attr-defined]
+            measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)  # type: ignore[attr-defined]
+        model_scenario = load_scenario(level_file, overlay=overlay)
+        models = simulate(model_scenario, replications=args.replications)
+        for r, m in enumerate(models):
+            save(m, ldir / "model" / f"rep-{r:03d}")
+        lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0))
+        done.append(lv)
+        cpu = measured.meta.get("server_cpu_utilization")
+        print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
+        print(verdict_table(lv.checks, judged_only=True))
+    # the knee: the bottleneck's request type at saturation against the highest measured
+    visits = visit_ratios(calibrated)
+    resource = knee.resource.split()[0]
+    shares = [(v * (1 if resource == "registry" else (calibrated.system.stations[resource].service_for(st.request_type).mean if resource in calibrated.system.stations and resource in st.stations else 0)), i)  # type: ignore[union-attr]
+              for i, (v, st) in enumerate(zip(visits, calibrated.journey)) if resource in st.stations or (resource == "email" and st.waits_for == "email")]
+    i_top = max(shares)[1] if shares else 0
+    rt = calibrated.journey[i_top].request_type
+    served = [(sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / duration for lv in done]
+    knee_check = Knee(knee.resource, rt, knee.rate, knee.rate * visits[i_top], max(served), max(levels) >= 1.0, tol.throughput)
+    meta = {
+        "scenario_file": args.scenario,
+        "levels": levels,
+        "duration_per_level": duration,
+        "replications": args.replications,
+        "calibration": calibration,
+        "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
+        "tolerances": tol.model_dump(),
+        "host": args.host or "a fresh reference server per level",
+    }
+    html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta)
+    print(f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} {rt}/s; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}")
+    failed = [lv.fraction for lv in done if not lv.passed]
+    print(f"validation report: {html_path} and {json_path}")
+    if failed or knee_check.verdict == "fail":
+        print(f"capacity validate: FAILED at level(s) {', '.join(f'{x:g}' for x in failed) or '-'}{'; knee check failed' if knee_check.verdict == 'fail' else ''}", file=sys.stderr)
+        return EXIT_FAILED
+    print("capacity validate: every check passed")
     return EXIT_OK
 
 
@@ -438,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-calibrate-<scenario>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("validate", help="check the model against load tests at several load levels (HTML + JSON report)")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--levels", default=None, help="fractions of the saturation rate, e.g. 0.3,0.6,0.9,1.1 (default: the scenario's validation.levels)")
+    p.add_argument("--duration", default=None, help="measured time per level (default: the scenario's validation.duration, 60s)")
+    p.add_argument("--calibration", default=None, help="a calibration overlay to use, or 'none' (default: calibrate first)")
+    p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
+    p.add_argument("--host", default=None, help="validate against this server instead of fresh reference servers")
+    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-validate-<scenario>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -1,0 +1,174 @@
+"""The validation report: model against measured runs, per load level (HTML + JSON + PNG plots)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.compare import Check
+from models.results import RunResult
+from reports.summary import table
+
+__all__ = ["Level", "Knee", "verdict_table", "write_report"]
+
+
+@dataclass
+class Level:
+    """One load level: its fraction of the saturation rate, its runs and its checks."""
+
+    fraction: float
+    rate: float  # arrivals per second
+    models: list[RunResult]
+    measured: RunResult
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.verdict != "fail" for c in self.checks)
+
+
+@dataclass(frozen=True)
+class Knee:
+    """The predicted saturation throughput of the bottleneck's request type against the highest measured."""
+
+    resource: str
+    request: str
+    arrival_rate: float  # registrants/s at saturation
+    predicted: float  # requests/s of ``request`` at saturation
+    measured: float  # highest requests/s measured at any level
+    reached: bool  # a level at or above saturation was run
+    tolerance: float
+
+    @property
+    def verdict(self) -> str:
+        if self.predicted <= 0 or math.isnan(self.measured):
+            return "info"
+        if self.reached:
+            return "pass" if abs(self.measured / self.predicted - 1) <= self.tolerance else "fail"
+        return "pass" if self.measured <= self.predicted * (1 + self.tolerance) else "fail"
+
+
+def _fmt(metric: str, v: float) -> str:
+    if math.isnan(v):
+        return "-"
+    if metric.startswith("p"):
+        return f"{v * 1000:.1f}ms"
+    if "rate" in metric or metric == "utilization":
+        return f"{v:.2%}"
+    return f"{v:.4g}"
+
+
+def verdict_table(checks: Sequence[Check], judged_only: bool = False) -> str:
+    rows = []
+    for c in checks:
+        if judged_only and c.verdict == "info":
+            continue
+        err = f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.2f} pt" if ("rate" in c.metric or c.metric == "utilization") else f"{c.error:+.3g}"
+        if c.relative and math.isinf(c.error):
+            err = "-"
+        tol = "-" if c.tolerance is None else (f"±{c.tolerance:.0%}" if c.relative else f"±{c.tolerance * 100:.0f} pt")
+        rows.append([c.subject, c.metric, _fmt(c.metric, c.model), _fmt(c.metric, c.measured), err, tol, c.verdict + (f" ({c.note})" if c.note else "")])
+    return table(["subject", "metric", "model", "measured", "error", "tolerance", "verdict"], rows)
+
+
+def _plots(levels: list[Level], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+    rts = [rt for rt in levels[0].measured.requests if any(lv.measured.requests[rt].total_latency.count for lv in levels)]
+    if not rts:
+        return names
+    # the hockey stick: latency percentiles against load level, model band and measured points
+    fig, axes = plt.subplots(1, len(rts), figsize=(4 * len(rts), 3.4), squeeze=False)
+    xs = [lv.fraction for lv in levels]
+    for ax, rt in zip(axes[0], rts):
+        for p, colour in ((50, "tab:blue"), (95, "tab:orange"), (99, "tab:red")):
+            by_level = [next((c for c in lv.checks if c.subject == rt and c.metric == f"p{p}"), None) for lv in levels]
+            model = [c.model * 1000 if c else math.nan for c in by_level]
+            lo = [c.band[0] * 1000 if c and c.band else math.nan for c in by_level]
+            hi = [c.band[1] * 1000 if c and c.band else math.nan for c in by_level]
+            meas = [c.measured * 1000 if c else math.nan for c in by_level]
+            ax.plot(xs, model, "-", color=colour, label=f"model p{p}")
+            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            ax.plot(xs, meas, "o", color=colour, label=f"measured p{p}")
+        ax.set_title(rt)
+        ax.set_xlabel("load (fraction of saturation)")
+        ax.set_ylabel("latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency-vs-load.png", dpi=90)
+    plt.close(fig)
+    names.append("latency-vs-load.png")
+    # per-interval series of each level: throughput and p95 of every request type
+    for lv in levels:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        m, r = lv.models[0], lv.measured
+        t_m = [(m.start + (k + 0.5) * m.interval) for k in range(m.n_intervals)]
+        t_r = [(r.start + (k + 0.5) * r.interval) for k in range(r.n_intervals)]
+        for rt in rts:
+            axes[0].plot(t_m, [x / m.interval for x in m.requests[rt].ok], "-", label=f"model {rt}")
+            axes[0].plot(t_r, [x / r.interval for x in r.requests[rt].ok], "o", markersize=3, label=f"measured {rt}")
+            axes[1].plot(t_m, [h.percentile(95) * 1000 if h.count else math.nan for h in m.requests[rt].latency], "-")
+            axes[1].plot(t_r, [h.percentile(95) * 1000 if h.count else math.nan for h in r.requests[rt].latency], "o", markersize=3)
+        axes[0].set_title(f"level {lv.fraction:g}: successful requests/s")
+        axes[1].set_title(f"level {lv.fraction:g}: p95 latency (ms)")
+        for ax in axes:
+            ax.set_xlabel("seconds into the run")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        name = f"series-level-{lv.fraction:g}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write validation.json, validation.html and the plots into ``out``; return the two report paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    passed = all(lv.passed for lv in levels) and knee.verdict != "fail"
+    data = {
+        "scenario": scenario,
+        "passed": passed,
+        "meta": meta,
+        "knee": {**knee.__dict__, "verdict": knee.verdict},
+        "levels": [
+            {"fraction": lv.fraction, "rate": lv.rate, "passed": lv.passed, "checks": [c.to_dict() for c in lv.checks]} for lv in levels
+        ],
+    }
+    json_path = out / "validation.json"
+    json_path.write_text(json.dumps(data, indent=1, default=str))
+    images = _plots(levels, out)
+    parts = [
+        "<!doctype html><html lang=en><meta charset=utf-8>",
+        f"<title>Validation of {html.escape(scenario)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "pre{font-size:12px;background:#f6f6f6;padding:.6em;overflow-x:auto}.pass{color:#080}.fail{color:#b00}</style>",
+        f"<h1>Validation of {html.escape(scenario)}: <span class={'pass' if passed else 'fail'}>{'PASS' if passed else 'FAIL'}</span></h1>",
+        "<p>The SimPy model (calibrated) against Locust runs on the reference deployment, one steady load level at a time. "
+        "Model figures: counts, rates and utilization from the replication that ran the load test's own arrivals and registrants; "
+        "latency percentiles pooled over replications, the shaded band is where one model run falls (95 %).</p>",
+        f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
+        f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b> at {knee.arrival_rate:.4g} arrivals/s, "
+        f"that is {knee.predicted:.4g} {html.escape(knee.request)} requests/s. Highest measured: {knee.measured:.4g}/s "
+        f"({'a level at or past saturation was run' if knee.reached else 'no level reached saturation, so the check is that no measurement exceeds the prediction'}). "
+        f"Verdict: <span class={knee.verdict}>{knee.verdict}</span>.</p>",
+    ]
+    parts += [f'<img src="{name}" alt="{html.escape(name)}" style="max-width:100%">' for name in images]
+    for lv in levels:
+        parts.append(f"<h2>Level {lv.fraction:g} ({lv.rate:.4g} arrivals/s): <span class={'pass' if lv.passed else 'fail'}>{'pass' if lv.passed else 'FAIL'}</span></h2>")
+        parts.append(f"<pre>{html.escape(verdict_table(lv.checks))}</pre>")
+    parts.append("</html>")
+    html_path = out / "validation.html"
+    html_path.write_text("\n".join(parts))
+    return html_path, json_path
