@@ -17,11 +17,15 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from models.loader import ScenarioError, load_scenario
 from models.scenario import Scenario
 from models.units import UnitError, format_duration, parse_duration, parse_fraction
+
+if TYPE_CHECKING:
+    from models.calibrate import Snapshot
+    from models.results import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -246,13 +250,29 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("capacity loadtest: error: --workers must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    role = "master" if args.master else "worker" if args.worker else "local"
+    if args.master and args.worker:
+        print("capacity loadtest: error: --master and --worker exclude each other", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if role == "worker" and (args.master_host is None or not 0 <= args.worker_index < args.workers):
+        print("capacity loadtest: error: --worker needs --master-host HOST, --workers N (all the workers) and --worker-index K (0 <= K < N)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     run_dir = _run_dir(args.out, f"loadtest-{scenario.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     users = args.users or _pool_size(scenario, duration)
+    if role == "worker":  # a worker's share of the pool: the master's -u is split across the workers
+        users = max(1, users // args.workers)
     with contextlib.ExitStack() as stack:
-        host = args.host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server"))
-        print(f"capacity loadtest: {scenario.name} for {format_duration(duration)} against {host} with a pool of {users} users; results in {run_dir}/", file=sys.stderr)
-        run = LoadRun(Path(args.scenario), host, duration, run_dir, users, args.workers, args.seed, args.quiet, metrics=args.host is None)
+        if role == "worker":
+            host = "(from the master)"
+        else:
+            host = args.host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server"))
+        what = {"local": "", "master": f" as master for {args.workers} worker(s) on {args.master_bind_host}:{args.master_port}", "worker": f" as worker {args.worker_index} of {args.workers} of the master at {args.master_host}:{args.master_port}"}[role]
+        print(f"capacity loadtest: {scenario.name} for {format_duration(duration)} against {host}{what} with a pool of {users} users; results in {run_dir}/", file=sys.stderr)
+        run = LoadRun(
+            Path(args.scenario), host, duration, run_dir, users, args.workers, args.seed, args.quiet, metrics=args.host is None and role != "worker",
+            role=role, master_host=args.master_host if role == "worker" else args.master_bind_host, master_port=args.master_port, worker_index=args.worker_index,
+        )
         try:
             result, interrupted = run_locust(run)
         except LoadTestError as exc:
@@ -280,7 +300,7 @@ def _cpus() -> tuple[int | None, int | None]:
     return (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
 
 
-def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> tuple[Scenario, object, object, object]:
+def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> tuple[Scenario, RunResult, Snapshot | None, Snapshot | None]:
     """One steady load level against ``host`` (or a fresh, pinned reference server).
 
     Returns the level's scenario, the measured RunResult, and the station
@@ -297,9 +317,9 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> 
     duration = scenario.horizon
     server_cpu, load_cpu = _cpus()
     with contextlib.ExitStack() as stack:
-        target = host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server", cpu=server_cpu))
+        target = host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server", cpu=server_cpu, registry_cpu=load_cpu))
 
-        def snap() -> object:
+        def snap() -> Snapshot | None:
             try:
                 found = snapshot(scrape(target), time.monotonic())
             except OSError:
@@ -359,8 +379,8 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     level, measured, before, after = _measure(level_file, run_dir, host, quiet)
     if before is None or after is None:
         raise CalibrationError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")
-    estimates = service_estimates(before, after)  # type: ignore[arg-type]
-    overhead = overheads(level, measured, estimates)  # type: ignore[arg-type]
+    estimates = service_estimates(before, after)
+    overhead = overheads(level, measured, estimates)
     overlay = calibration_overlay(scenario, estimates, overhead)
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
@@ -417,7 +437,7 @@ def _levels_arg(text: str | None, default: list[float]) -> list[float]:
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from models.bottleneck import saturation, visit_ratios
+    from models.bottleneck import busiest_step, saturation
     from models.compare import compare
     from models.results import save
     from models.simulate import simulate
@@ -466,8 +486,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"capacity validate: level {f:g}: {rate:.4g} arrivals/s for {format_duration(duration)}", file=sys.stderr)
         level_file = _level_file(raw, f"{scenario.name}-level-{f:g}", rate, duration, ldir)
         level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
-        if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:  # type: ignore[attr-defined]
-            measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)  # type: ignore[attr-defined]
+        if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:
+            measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)
         model_scenario = load_scenario(level_file, overlay=overlay)
         models = simulate(model_scenario, replications=args.replications)
         for r, m in enumerate(models):
@@ -478,14 +498,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
         print(verdict_table(lv.checks, judged_only=True))
     # the knee: the bottleneck's request type at saturation against the highest measured
-    visits = visit_ratios(calibrated)
-    resource = knee.resource.split()[0]
-    shares = [(v * (1 if resource == "registry" else (calibrated.system.stations[resource].service_for(st.request_type).mean if resource in calibrated.system.stations and resource in st.stations else 0)), i)  # type: ignore[union-attr]
-              for i, (v, st) in enumerate(zip(visits, calibrated.journey)) if resource in st.stations or (resource == "email" and st.waits_for == "email")]
-    i_top = max(shares)[1] if shares else 0
+    i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
     served = [(sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / duration for lv in done]
-    knee_check = Knee(knee.resource, rt, knee.rate, knee.rate * visits[i_top], max(served), max(levels) >= 1.0, tol.throughput)
+    knee_check = Knee(knee.resource, rt, knee.rate, knee.rate * visits_top, max(served), max(levels) >= 1.0, tol.throughput)
     meta = {
         "scenario_file": args.scenario,
         "levels": levels,
@@ -534,7 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
     p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
     p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
-    p.add_argument("--workers", type=int, default=1, help="Locust worker processes on this machine (distributed mode: one master, N workers)")
+    p.add_argument("--workers", type=int, default=1, help="Locust worker processes on this machine (distributed mode: one master, N workers); with --master or --worker: the number of workers in all")
+    p.add_argument("--master", action="store_true", help="run only the master and wait for --workers workers started elsewhere (capacity loadtest ... --worker)")
+    p.add_argument("--master-bind-host", default="127.0.0.1", help="with --master: the address workers connect to (default loopback; give the machine's address for remote workers)")
+    p.add_argument("--master-port", type=int, default=5557, help="the master's port (default 5557)")
+    p.add_argument("--worker", action="store_true", help="run one worker for a master started with --master (on this or another machine)")
+    p.add_argument("--master-host", default=None, help="with --worker: the master's address")
+    p.add_argument("--worker-index", type=int, default=0, help="with --worker: this worker's index K in 0..N-1; worker K takes every arrival whose index is K mod N")
     p.add_argument("--seed", type=int, default=None, help="arrival seed (default: the scenario's)")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-loadtest-<scenario>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")

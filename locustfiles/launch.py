@@ -16,12 +16,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.results import RunResult, load, merge, save
+from models.results import RunResult, load
 
 __all__ = ["LoadRun", "LoadTestError", "run_locust", "LOCUSTFILE", "GRACE"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "registrant.py"
 GRACE = 5.0  # seconds after the window for journeys in flight to finish
+RESULT_WAIT_S = 90  # seconds Locust gets to stop and write its result after Ctrl-C
 
 
 class LoadTestError(RuntimeError):
@@ -30,7 +31,14 @@ class LoadTestError(RuntimeError):
 
 @dataclass
 class LoadRun:
-    """What to run: a scenario file against ``host`` for ``duration`` seconds, results into ``run_dir``."""
+    """What to run: a scenario file against ``host`` for ``duration`` seconds, results into ``run_dir``.
+
+    ``role`` is ``"local"`` (one process, or a master with ``workers`` local
+    worker processes when ``workers`` > 1), ``"master"`` (a master that waits
+    for ``workers`` workers started elsewhere, e.g. on other machines) or
+    ``"worker"`` (worker ``worker_index`` of ``workers``, connecting to
+    ``master_host``:``master_port``).
+    """
 
     scenario: Path
     host: str
@@ -42,6 +50,13 @@ class LoadRun:
     quiet: bool = False
     metrics: bool = False  # scrape the target's /metrics for station series
     cpu: int | None = None  # pin the Locust processes to this CPU
+    role: str = "local"
+    master_host: str = "127.0.0.1"  # the master's address (a worker connects to it; a master binds it)
+    master_port: int | None = None
+    worker_index: int = 0
+
+
+MASTER_WAIT = 300  # seconds a master waits for its workers to connect
 
 
 def _env(run: LoadRun) -> dict[str, str]:
@@ -52,6 +67,8 @@ def _env(run: LoadRun) -> dict[str, str]:
         "SURGECAP_OUT": str(run.run_dir),
         "SURGECAP_PROGRESS": "0" if run.quiet else "1",
         "SURGECAP_METRICS": "1" if run.metrics else "0",
+        "SURGECAP_WORKERS": str(run.workers),
+        "SURGECAP_WORKER_INDEX": str(run.worker_index),
     }
     if run.seed is not None:
         env["SURGECAP_SEED"] = str(run.seed)
@@ -62,16 +79,23 @@ def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
 
 
+def _worker_cmd(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host, "--master-port", str(port), "--loglevel", "WARNING"]
+
+
 def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
     """Run the load test; return its result (merged over workers) and whether it was interrupted.
 
     Every process is started in its own session and killed if it overstays
-    the window by a minute; Ctrl-C stops Locust cleanly and keeps what it has.
+    its deadline; Ctrl-C stops Locust cleanly and keeps what it has.  In
+    distributed runs each worker sends its result to the master, which merges
+    them (each worker also keeps its own in ``run_dir/worker-K`` when local).
     """
     from refserver.serve import free_port
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
     env = _env(run)
+    deadline = run.duration + GRACE + 60
     cmd = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", run.host,
         "-u", str(run.users), "-r", str(run.users), "--run-time", f"{int(run.duration + GRACE)}s", "--stop-timeout", "5",
@@ -80,18 +104,25 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
     interrupted = False
     workers: list[subprocess.Popen[bytes]] = []
     with open(run.run_dir / "locust.log", "w") as log:  # Locust's own logging; progress lines stay on stdout
-        if run.workers > 1:
-            master_port = free_port()
-            cmd += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port), "--expect-workers", str(run.workers)]
-            for k in range(run.workers):
-                wenv = {**env, "SURGECAP_OUT": str(run.run_dir / f"worker-{k}"), "SURGECAP_WORKERS": str(run.workers), "SURGECAP_WORKER_INDEX": str(k)}
-                wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
-                wcmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port), "--loglevel", "WARNING"]
-                workers.append(subprocess.Popen(_pinned(wcmd, run.cpu), env=wenv, stderr=log, start_new_session=True))
-            env = {k: v for k, v in env.items() if k != "SURGECAP_OUT"}
+        if run.role == "worker":
+            cmd = _worker_cmd(run.master_host, run.master_port or 5557)
+            deadline += MASTER_WAIT
+        elif run.role == "master" or run.workers > 1:
+            port = run.master_port or free_port()
+            bind = run.master_host if run.role == "master" else "127.0.0.1"
+            cmd += ["--master", "--master-bind-host", bind, "--master-bind-port", str(port), "--expect-workers", str(run.workers)]
+            if run.role == "master":
+                cmd += ["--expect-workers-max-wait", str(MASTER_WAIT)]
+                deadline += MASTER_WAIT
+            else:
+                for k in range(run.workers):
+                    wenv = {**env, "SURGECAP_OUT": str(run.run_dir / f"worker-{k}"), "SURGECAP_WORKER_INDEX": str(k)}
+                    wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
+                    wenv["SURGECAP_METRICS"] = env["SURGECAP_METRICS"] if k == 0 else "0"
+                    workers.append(subprocess.Popen(_pinned(_worker_cmd("127.0.0.1", port), run.cpu), env=wenv, stderr=log, start_new_session=True))
         locust = subprocess.Popen(_pinned(cmd, run.cpu), env=env, stderr=log, start_new_session=True)
         try:
-            locust.wait(timeout=run.duration + GRACE + 60)
+            locust.wait(timeout=deadline)
         except subprocess.TimeoutExpired:
             os.killpg(locust.pid, signal.SIGKILL)
             locust.wait()
@@ -99,7 +130,7 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
         except KeyboardInterrupt:
             interrupted = True
             os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
-            locust.wait(timeout=30)
+            locust.wait(timeout=RESULT_WAIT_S)
         finally:
             for w in workers:
                 try:
@@ -107,12 +138,11 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
                 except subprocess.TimeoutExpired:
                     os.killpg(w.pid, signal.SIGKILL)
                     w.wait()
-    if workers:
-        parts = [run.run_dir / f"worker-{k}" for k in range(run.workers)]
-        missing = [str(p) for p in parts if not (p / "result.json").exists()]
-        if missing:
-            raise LoadTestError(f"workers wrote no result in {', '.join(missing)}; see {run.run_dir}/locust.log")
-        save(merge([load(p) for p in parts]), run.run_dir)
     if not (run.run_dir / "result.json").exists():
         raise LoadTestError(f"the load test wrote no result; see {run.run_dir}/locust.log")
-    return load(run.run_dir), interrupted
+    result = load(run.run_dir)
+    reported = result.meta.get("workers_reported")
+    if reported is not None and len(reported) < run.workers:
+        missing = sorted(set(range(run.workers)) - set(reported))
+        raise LoadTestError(f"workers {missing} sent no result; the merged result in {run.run_dir} lacks their arrivals; see {run.run_dir}/locust.log")
+    return result, interrupted

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,14 @@ import gevent
 from gevent.queue import Queue
 from locust import FastHttpUser, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision, give_up_slot, proceed_slot
 from models.calibrate import Snapshot, snapshot, station_series
 from models.loader import load_scenario
-from models.results import save
+from models.results import RunResult, merge, save
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = load_scenario(os.environ.get("SURGECAP_SCENARIO", str(ROOT / "scenarios" / "smoke.yaml")))
@@ -293,7 +294,6 @@ SNAPS: list[Snapshot] = []
 
 def _progress() -> None:
     """A line every 2 s on stdout: elapsed/total, arrivals, requests/s, p95, errors, late arrivals."""
-    import sys
 
     last_n, last_t = 0, time.monotonic()
     while True:
@@ -327,8 +327,51 @@ def _start(environment: Environment, **_: Any) -> None:
         CLOCK["scraper"] = gevent.spawn(_scrape, environment.host)  # type: ignore[assignment]
 
 
+# Distributed runs: when the master stops, it asks every worker to stop and send
+# its result; the master merges them, so no shared disk is needed between machines.
+STOP_MESSAGE, RESULT_MESSAGE = "surgecap_stop", "surgecap_result"
+PARTS: dict[int, dict[str, Any]] = {}  # on the master: worker index -> its result
+RESULT_WAIT = 60.0  # seconds the master waits for the workers' results
+
+
+@events.init.add_listener
+def _init(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message(RESULT_MESSAGE, lambda environment, msg, **_: PARTS.__setitem__(int(msg.data["worker"]), msg.data["result"]))
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: gevent.spawn(runner.stop))
+
+
+@events.test_stopping.add_listener
+def _stopping(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.send_message(STOP_MESSAGE)
+
+
+def _collect(expected: int) -> None:
+    """On the master: wait for the workers' results, merge them and save the run."""
+    deadline = time.monotonic() + RESULT_WAIT
+    while len(PARTS) < expected and time.monotonic() < deadline:
+        gevent.sleep(0.2)
+    if not PARTS:
+        sys.stderr.write("locustfile: no worker sent its result\n")
+        return
+    merged = merge([RunResult.from_dict(PARTS[k]) for k in sorted(PARTS)])
+    merged.meta.update({"workers": expected, "workers_reported": sorted(PARTS), "worker": None})
+    if OUT:
+        save(merged, OUT)
+        Path(OUT, "lateness.json").write_text(json.dumps(merged.meta, indent=1, default=str))
+
+
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
+    if CLOCK.get("stopped"):
+        return  # a worker is stopped by our message and again by Locust's quit
+    CLOCK["stopped"] = True
+    if isinstance(environment.runner, MasterRunner):
+        _collect(WORKERS)
+        return
     for name in ("progress", "dispatcher", "scraper"):
         if name in CLOCK:
             CLOCK.pop(name).kill()
@@ -351,9 +394,11 @@ def _stop(environment: Environment, **_: Any) -> None:
     }
     stations = station_series(SNAPS, CLOCK["start"], RECORDER.interval, RECORDER.n) if SNAPS and "start" in CLOCK else None
     result = RECORDER.finish(meta, stations)
-    if OUT and not isinstance(environment.runner, MasterRunner):  # the master runs no users
+    if OUT:
         save(result, OUT)
         Path(OUT, "lateness.json").write_text(json.dumps(meta, indent=1))
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.send_message(RESULT_MESSAGE, {"worker": WORKER_INDEX, "result": result.to_dict()})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from models.scenario import EMAIL, REGISTRY, Scenario
 
-__all__ = ["visit_ratios", "Limit", "limits", "saturation"]
+__all__ = ["visit_ratios", "Limit", "limits", "saturation", "busiest_step"]
 
 
 def visit_ratios(scenario: Scenario) -> list[float]:
@@ -74,3 +74,27 @@ def saturation(scenario: Scenario) -> Limit:
     if not found:
         raise ValueError("the scenario's journey visits no station with a service time")
     return found[0]
+
+
+def busiest_step(scenario: Scenario, limit: Limit) -> tuple[int, float]:
+    """The journey step that puts the most load on ``limit``'s resource: (step index, its visit ratio).
+
+    Its request type's throughput at the saturation rate is what the knee
+    check compares: ``limit.rate`` x the visit ratio.
+    """
+    resource = REGISTRY if limit.resource.startswith(REGISTRY) else limit.resource
+    visits = visit_ratios(scenario)
+    best, best_load = 0, -1.0
+    for i, (v, step) in enumerate(zip(visits, scenario.journey)):
+        if resource == EMAIL:
+            load = v if step.waits_for == EMAIL else 0.0
+        elif resource not in step.stations:
+            load = 0.0
+        elif resource == REGISTRY:
+            load = v
+        else:
+            dist = scenario.system.stations[resource].service_for(step.request_type)
+            load = v * (dist.mean if dist is not None else 0.0)
+        if load > best_load:
+            best, best_load = i, load
+    return best, visits[best]

@@ -73,7 +73,7 @@ class Snapshot:
     busy_now: dict[str, float] = field(default_factory=dict)
     queue: dict[str, float] = field(default_factory=dict)
     shed: dict[str, float] = field(default_factory=dict)
-    typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, busy s, busy s²]
+    typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, Σt, Σt², Σln t, Σ(ln t)²]
     cpu_seconds: float | None = None
 
     @property
@@ -96,13 +96,19 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_station_queue_length": snap.queue,
         "surgecap_station_shed_total": snap.shed,
     }
-    typed = {"surgecap_station_served_total": 0, "surgecap_station_busy_seconds_total": 1, "surgecap_station_busy_seconds_squared_total": 2}
+    typed = {
+        "surgecap_station_served_total": 0,
+        "surgecap_station_busy_seconds_total": 1,
+        "surgecap_station_busy_seconds_squared_total": 2,
+        "surgecap_station_busy_log_seconds_total": 3,
+        "surgecap_station_busy_log_seconds_squared_total": 4,
+    }
     for name, labels, value in parse_prometheus(text):
         station = labels.get("station")
         if name in simple and station is not None:
             simple[name][station] = value
         elif name in typed and station is not None and "request" in labels:
-            snap.typed.setdefault((station, labels["request"]), [0.0, 0.0, 0.0])[typed[name]] = value
+            snap.typed.setdefault((station, labels["request"]), [0.0, 0.0, 0.0, math.nan, math.nan])[typed[name]] = value
         elif name == "process_cpu_seconds_total":
             snap.cpu_seconds = value
     return snap
@@ -116,17 +122,36 @@ class ServiceEstimate:
     request: str
     n: int  # visits served
     mean: float  # seconds: the demand per visit, D = busy / n
-    cv: float
+    cv: float  # from the second moment
     utilization: float  # of the whole station by this request type: busy / (servers x elapsed)
+    log_mean: float = math.nan  # mean of ln t, when the server publishes it
+    log_var: float = math.nan  # variance of ln t
 
     def as_distribution(self, configured: dict[str, Any] | None) -> dict[str, Any]:
-        """The overlay's distribution: the configured family where it has a spread, with the measured mean and cv."""
+        """The overlay's distribution: the configured family, fitted to the measurements.
+
+        Lognormal and gamma are fitted by maximum likelihood from the sums of
+        ln t where the server publishes them (moments of heavy-tailed samples
+        are too noisy: the sample variance of a lognormal with cv 1 needs tens of
+        thousands of visits); otherwise by the mean and cv.  Exponential becomes
+        gamma (its cv is fixed at 1); a spread under 5 % becomes a constant.
+        """
         family = (configured or {}).get("dist", "gamma")
         if self.cv < 0.05:
             return {"dist": "constant", "value": _round(self.mean)}
         if family not in ("gamma", "lognormal"):
-            family = "gamma"  # exponential's cv is fixed at 1; constant and others have none to set
-        return {"dist": family, "mean": _round(self.mean), "cv": round(self.cv, 3)}
+            family = "gamma"
+        mean, cv = self.mean, self.cv
+        if not math.isnan(self.log_mean) and self.log_var > 0:
+            if family == "lognormal":
+                mean = math.exp(self.log_mean + self.log_var / 2)
+                cv = math.sqrt(math.expm1(self.log_var))
+            else:  # gamma: the shape's maximum-likelihood estimate (Minka's closed form), the mean as measured
+                s = math.log(self.mean) - self.log_mean
+                if s > 0:
+                    shape = (3 - s + math.sqrt((s - 3) ** 2 + 24 * s)) / (12 * s)
+                    cv = 1 / math.sqrt(shape)
+        return {"dist": family, "mean": _round(mean), "cv": round(cv, 3)}
 
 
 def _round(seconds: float) -> str:
@@ -137,16 +162,18 @@ def service_estimates(before: Snapshot, after: Snapshot) -> dict[tuple[str, str]
     """D = U / X for each (station, request type) served at least :data:`MIN_SAMPLES` times between the scrapes."""
     elapsed = after.at - before.at
     out: dict[tuple[str, str], ServiceEstimate] = {}
-    for key, (n1, b1, q1) in after.typed.items():
-        n0, b0, q0 = before.typed.get(key, [0.0, 0.0, 0.0])
+    for key, (n1, b1, q1, l1, ll1) in after.typed.items():
+        n0, b0, q0, l0, ll0 = before.typed.get(key, [0.0, 0.0, 0.0, 0.0, 0.0])
         n, busy, sq = n1 - n0, b1 - b0, q1 - q0
         if n < MIN_SAMPLES or busy <= 0:
             continue
         mean = busy / n
         var = max(0.0, sq / n - mean * mean)
+        log_mean = (l1 - l0) / n
+        log_var = max(0.0, (ll1 - ll0) / n - log_mean * log_mean)
         servers = after.servers.get(key[0], 1.0) or 1.0
         util = busy / (servers * elapsed) if elapsed > 0 else math.nan
-        out[key] = ServiceEstimate(key[0], key[1], int(n), mean, math.sqrt(var) / mean, util)
+        out[key] = ServiceEstimate(key[0], key[1], int(n), mean, math.sqrt(var) / mean, util, log_mean, log_var)
     return out
 
 

@@ -126,16 +126,17 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         lat_note = "" if lat_judged else f"fewer than {enough} successful requests"
         if overload:
             lat_judged, lat_note = False, "overload level: latency is not judged"
-        for p, t in ((50, tol.p50), (95, tol.p95), (99, tol.p99)):
+        pcts: tuple[tuple[int, float | None], ...] = ((50, tol.p50), (95, tol.p95), (99, tol.p99))
+        for p, limit in pcts:
             checks.append(
-                Check(rt, f"p{p}", pooled.percentile(p), mh.percentile(p), t if lat_judged else None, True,
+                Check(rt, f"p{p}", pooled.percentile(p), mh.percentile(p), limit if lat_judged else None, True,
                       _band([m.requests[rt].total_latency.percentile(p) for m in models]), lat_note)
             )
-    for name, st in measured.steps.items():
+    for name, step in measured.steps.items():
         if name not in m0.steps:
             continue
         for what in ("reached", "completed"):
-            a, b = sum(getattr(m0.steps[name], what)), sum(getattr(st, what))
+            a, b = sum(getattr(m0.steps[name], what)), sum(getattr(step, what))
             judged = min(a, b) >= enough
             checks.append(Check(f"step {name}", what, float(a), float(b), tol.throughput if judged else None, True,
                                 _band([float(sum(getattr(m.steps[name], what))) for m in models]), "" if judged else f"fewer than {enough}"))

@@ -57,7 +57,8 @@ def station_lines(stations: dict[str, Station], typed: bool = True, more: list[s
 
     ``surgecap_station_busy_seconds_total{station, request}`` over
     ``surgecap_station_served_total{station, request}`` is the mean service time
-    (the service demand per visit); the sum of squares gives its spread.
+    (the service demand per visit); the sum of squares gives its spread, the
+    sums of ln t and (ln t)^2 the maximum-likelihood fits of lognormal and gamma.
     """
     out: list[str] = []
     others: dict[str, list[str]] = {}
@@ -78,6 +79,8 @@ def station_lines(stations: dict[str, Station], typed: bool = True, more: list[s
         ("surgecap_station_served_total", 0, "{:.0f}"),
         ("surgecap_station_busy_seconds_total", 1, "{:.6f}"),
         ("surgecap_station_busy_seconds_squared_total", 2, "{:.9f}"),
+        ("surgecap_station_busy_log_seconds_total", 3, "{:.6f}"),
+        ("surgecap_station_busy_log_seconds_squared_total", 4, "{:.6f}"),
     ):
         if typed:
             out.append(f"# TYPE {metric} counter")

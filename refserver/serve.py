@@ -55,16 +55,19 @@ def wait_ready(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | 
 
 
 @contextlib.contextmanager
-def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None) -> Iterator[str]:
+def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, registry_cpu: int | None = None) -> Iterator[str]:
     """Run a fresh server (and registry) with ``config`` in ``data_dir``; yield its URL; always stop it.
 
-    ``cpu`` pins the server's processes to one CPU (Linux), so that it does not
-    compete with the load generator.
+    ``cpu`` pins the server to one CPU (Linux), so that it does not compete with
+    the load generator; ``registry_cpu`` puts the registry service, which plays
+    a system outside the deployment, on another.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "server.json").write_text(json.dumps(config, indent=1))
     port = free_port()
     cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", str(port), "--data-dir", str(data_dir)]
+    if registry_cpu is not None:
+        cmd += ["--registry-cpu", str(registry_cpu)]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry-port", type=int, default=0, help="0: any free port")
     ap.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
     ap.add_argument("--data-dir", default="refserver-data")
+    ap.add_argument("--registry-cpu", type=int, default=None, help="pin the registry service to this CPU (Linux)")
     ap.add_argument("--registry-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.registry_only:
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
+    if args.registry_cpu is not None:  # the registry plays an outside system: keep it off the server's CPU
+        os.sched_setaffinity(registry.pid, {args.registry_cpu})
     # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python-level
     # handler that re-raise ends in SystemExit, so the registry below is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -3,14 +3,16 @@
 ``async with station.slot(rt):`` waits for one of ``servers`` slots; when all
 are busy and ``queue`` requests already wait, :class:`Overloaded` is raised at
 once (the handler answers 503 with Retry-After: admission control).  Busy time
-is accumulated per request type (with its square, for the spread), so that
-utilization U and the service demand D = U / X of each request type can be read
-from ``/metrics``.
+is accumulated per request type (with its square, and the sums of its logarithm
+and squared logarithm, for the spread and for maximum-likelihood fits of heavy
+tails), so that utilization U and the service demand D = U / X of each request
+type can be read from ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +40,7 @@ class Station:
         self.busy_seconds = 0.0
         self.served = 0
         self.shed = 0
-        self.by_type: dict[str, list[float]] = {}  # request type -> [served, busy seconds, busy seconds squared]
+        self.by_type: dict[str, list[float]] = {}  # request type -> [served, sum t, sum t^2, sum ln t, sum (ln t)^2]
 
     @asynccontextmanager
     async def slot(self, rt: str = "other") -> AsyncIterator[None]:
@@ -59,10 +61,13 @@ class Station:
             self.busy_seconds += held
             acc = self.by_type.get(rt)
             if acc is None:
-                acc = self.by_type[rt] = [0, 0.0, 0.0]
+                acc = self.by_type[rt] = [0, 0.0, 0.0, 0.0, 0.0]
+            log = math.log(max(held, 1e-9))
             acc[0] += 1
             acc[1] += held
             acc[2] += held * held
+            acc[3] += log
+            acc[4] += log * log
             self.busy -= 1
             self.served += 1
             self._sem.release()

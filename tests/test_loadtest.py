@@ -13,7 +13,7 @@ from models.loader import load_scenario
 from models.results import load
 from models.simulate import figures
 
-from .conftest import SCENARIOS
+from .conftest import SCENARIOS, TEST_SCENARIOS
 
 SMOKE = SCENARIOS / "smoke.yaml"
 DURATION = 20.0
@@ -107,14 +107,15 @@ def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path) ->
     assert left == [], f"stray processes: {left}"
 
 
-def test_distributed_workers_split_the_trace_and_merge(tmp_path: Path) -> None:
+def check_merged(merged_dir: Path, part_dirs: list[Path]) -> None:
+    """The master's merged result is the sum of the workers' and covers the arrival trace exactly once."""
     import numpy as np
 
     from models.arrivals import arrival_times
 
-    assert main(["loadtest", str(SMOKE), "--duration", "10s", "--workers", "2", "--out", str(tmp_path), "--quiet"]) == 0
-    parts = [load(tmp_path / f"worker-{k}") for k in range(2)]
-    merged = load(tmp_path)
+    parts = [load(d) for d in part_dirs]
+    merged = load(merged_dir)
+    assert merged.meta["workers_reported"] == list(range(len(parts)))
     # the merged totals are the sum of the workers'
     assert merged.meta["arrivals_planned"] == sum(p.meta["arrivals_planned"] for p in parts)
     assert sum(merged.arrivals) == sum(sum(p.arrivals) for p in parts)
@@ -127,3 +128,68 @@ def test_distributed_workers_split_the_trace_and_merge(tmp_path: Path) -> None:
     assert abs(parts[0].meta["arrivals_planned"] - parts[1].meta["arrivals_planned"]) <= 1
     # distinct registrants: no worker repeated another's people
     assert sum(sum(c) for c in merged.requests["register"].failed.values()) == 0
+
+
+def test_distributed_workers_split_the_trace_and_merge(tmp_path: Path) -> None:
+    assert main(["loadtest", str(SMOKE), "--duration", "10s", "--workers", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    check_merged(tmp_path, [tmp_path / f"worker-{k}" for k in range(2)])
+
+
+def test_master_and_workers_started_apart_merge_over_the_wire(tmp_path: Path) -> None:
+    """What several machines do, here on loopback: one master, two workers as separate commands; no shared result files."""
+    import subprocess
+    import sys
+
+    from refserver.serve import free_port
+
+    port = str(free_port())
+    base = [sys.executable, "-m", "capacity_cli", "loadtest", str(SMOKE), "--duration", "10s", "--workers", "2", "--master-port", port, "--quiet"]
+    master = subprocess.Popen([*base, "--master", "--out", str(tmp_path / "master")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = [
+        subprocess.Popen([*base, "--worker", "--master-host", "127.0.0.1", "--worker-index", str(k), "--out", str(tmp_path / f"w{k}")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for k in range(2)
+    ]
+    try:
+        _, err = master.communicate(timeout=180)
+        assert master.returncode == 0, err
+        for w in workers:
+            _, werr = w.communicate(timeout=60)
+            assert w.returncode == 0, werr
+    finally:
+        for proc in (master, *workers):
+            if proc.poll() is None:
+                proc.kill()
+    check_merged(tmp_path / "master", [tmp_path / f"w{k}" for k in range(2)])
+
+
+def test_a_success_status_with_the_wrong_body_fails_the_journey(tmp_path: Path) -> None:
+    """A stand-in server answers every registration 201 but without the registrant's id."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class WrongBody(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = b'{"status": "registered"}'
+            self.send_response(201)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WrongBody)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_address[1]}"
+        out = tmp_path / "wrong-body"
+        assert main(["loadtest", str(TEST_SCENARIOS / "register-only.yaml"), "--host", host, "--duration", "5s", "--out", str(out), "--quiet"]) == 0
+    finally:
+        server.shutdown()
+    result = load(out)
+    reg = result.requests["register"].totals()
+    assert reg["started"] > 20
+    assert reg["ok"] == 0 and reg["failed_error"] == reg["started"]  # each answer was a 201, none a success
+    assert sum(result.steps["register"].failed) == reg["started"]

@@ -1,0 +1,134 @@
+"""Calibration (D = U / X from station metrics) and the end-to-end validation on the reference server."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from capacity_cli import main
+from models.arrivals import decision
+from models.calibrate import parse_prometheus, service_estimates, snapshot, station_series
+from models.units import parse_duration
+
+from .conftest import TEST_SCENARIOS
+
+SMALL = TEST_SCENARIOS / "validate-small.yaml"
+
+
+def metrics_text(served: float, busy: float, sq: float, shed: float = 0, queue: float = 0) -> str:
+    return f"""# TYPE surgecap_station_servers gauge
+surgecap_station_servers{{station="web"}} 4
+surgecap_station_queue_length{{station="web"}} {queue}
+surgecap_station_shed_total{{station="web"}} {shed}
+surgecap_station_served_total{{station="web",request="register"}} {served}
+surgecap_station_busy_seconds_total{{station="web",request="register"}} {busy}
+surgecap_station_busy_seconds_squared_total{{station="web",request="register"}} {sq}
+process_cpu_seconds_total 1.5
+"""
+
+
+def test_prometheus_text_is_read_with_labels() -> None:
+    samples = parse_prometheus(metrics_text(10, 0.5, 0.03) + 'odd{a="x\\"y"} 2\nnot a sample\n')
+    assert ("surgecap_station_served_total", {"station": "web", "request": "register"}, 10.0) in samples
+    assert ("odd", {"a": 'x\\"y'}, 2.0) in samples
+
+
+def test_service_demand_law_between_two_scrapes() -> None:
+    # 400 visits in 10 s, 8 busy seconds: D = 8 / 400 = 20 ms; U = 8 / (4 servers x 10 s) = 20 %;
+    # squares 0.2 s^2: variance 0.2/400 - 0.02^2 = 1e-4, so cv = 0.01 / 0.02 = 0.5
+    before = snapshot(metrics_text(100, 2.0, 0.05), at=0.0)
+    after = snapshot(metrics_text(500, 10.0, 0.25), at=10.0)
+    est = service_estimates(before, after)[("web", "register")]
+    assert est.n == 400
+    assert est.mean == pytest.approx(0.020)
+    assert est.cv == pytest.approx(0.5)
+    assert est.utilization == pytest.approx(0.20)
+    assert est.as_distribution({"dist": "exponential", "mean": 0.02})["dist"] == "gamma"  # exponential cannot carry cv 0.5
+    too_few = service_estimates(before, snapshot(metrics_text(110, 2.2, 0.055), at=10.0))
+    assert too_few == {}
+
+
+def test_scrapes_become_per_interval_station_series() -> None:
+    snaps = [snapshot(metrics_text(100 * k, 2.0 * k, 0.0, shed=k, queue=k), at=5.0 * k) for k in range(5)]
+    series = station_series(snaps, start=0.0, interval=10.0, n=2)["web"]
+    assert series.busy == pytest.approx([4.0, 4.0])  # 2 busy seconds per 5 s scrape, two scrapes per interval
+    assert series.capacity == pytest.approx([40.0, 40.0])  # 4 servers x 10 s
+    assert series.arrivals == [202, 202] and series.shed == [2, 2]
+    assert series.utilization() == pytest.approx([0.1, 0.1])
+
+
+def test_registrant_decisions_are_uniform_and_independent() -> None:
+    # mean of U(0,1) is 1/2 with standard error sqrt(1/12/n); slots must not correlate (|r| < 3/sqrt(n))
+    n = 20_000
+    a = np.array([decision(11, i, 1000) for i in range(n)])
+    b = np.array([decision(11, i, 2000) for i in range(n)])
+    c = np.array([decision(12, i, 1000) for i in range(n)])
+    se = math.sqrt(1 / 12 / n)
+    for xs in (a, b, c):
+        assert abs(xs.mean() - 0.5) < 4 * se
+        assert xs.min() >= 0 and xs.max() < 1
+        counts, _ = np.histogram(xs, bins=10, range=(0, 1))
+        assert ((counts - n / 10) ** 2 / (n / 10)).sum() < 27.9  # chi-square, 9 d.o.f., p = 0.001
+    for x, y in ((a, b), (a, c)):
+        assert abs(np.corrcoef(x, y)[0, 1]) < 3 / math.sqrt(n)
+    assert decision(11, 5, 1000) == decision(11, 5, 1000)  # a pure function: both engines get the same value
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, float]:
+    out = tmp_path_factory.mktemp("validate")
+    started = time.monotonic()
+    code = main(["validate", str(SMALL), "--levels", "0.3,0.6", "--out", str(out), "--quiet"])
+    return out, code, time.monotonic() - started
+
+
+def test_calibration_recovers_the_configured_service_demand(validated: tuple[Path, int, float]) -> None:
+    # the web station sleeps a gamma(mean 40 ms, cv 0.5) per request: its measured mean must be within 10 %
+    out, _, _ = validated
+    overlay = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
+    web = overlay["system"]["stations"]["web"]["service"]
+    for rt in ("register", "verify_email"):
+        mean = parse_duration(web[rt]["mean"])
+        assert mean == pytest.approx(0.040, rel=0.10), rt
+        assert web[rt]["cv"] == pytest.approx(0.5, abs=0.15)
+    assert set(overlay["system"]["overhead"]) == {"register", "verify_email"}
+
+
+def test_short_validation_passes_and_writes_its_report(validated: tuple[Path, int, float]) -> None:
+    out, code, _ = validated
+    report = json.loads((out / "validation.json").read_text())
+    failed = [(lv["fraction"], c["subject"], c["metric"], c["error"]) for lv in report["levels"] for c in lv["checks"] if c["verdict"] == "fail"]
+    assert code == 0, failed
+    assert report["passed"] and [lv["fraction"] for lv in report["levels"]] == [0.3, 0.6]
+    judged = {(c["subject"], c["metric"]) for lv in report["levels"] for c in lv["checks"] if c["verdict"] == "pass"}
+    assert {("register", "p50"), ("register", "p95"), ("register", "throughput /s"), ("station web", "utilization"), ("step verify-email", "completed")} <= judged
+    assert (out / "validation.html").exists() and (out / "latency-vs-load.png").exists()
+    assert report["knee"]["resource"] == "web"
+
+
+@pytest.mark.parametrize("family", ["lognormal", "gamma"])
+def test_heavy_tailed_service_times_are_fitted_by_maximum_likelihood(family: str) -> None:
+    # 600 visits with mean 150 ms and cv 1.0 (as a calibration run sees the photo store): the fit from the
+    # sums of ln t must give the mean within 10 % and the cv within 0.2 in at least 9 replications of 10
+    from models.calibrate import ServiceEstimate
+
+    hits = 0
+    for rep in range(10):
+        rng = np.random.default_rng(100 + rep)
+        if family == "lognormal":
+            sigma2 = math.log(2.0)  # cv 1
+            xs = rng.lognormal(math.log(0.150) - sigma2 / 2, math.sqrt(sigma2), 600)
+        else:
+            xs = rng.gamma(1.0, 0.150, 600)
+        logs = np.log(xs)
+        est = ServiceEstimate("storage", "upload_photo", len(xs), float(xs.mean()), float(xs.std() / xs.mean()), 0.1, float(logs.mean()), float(logs.var()))
+        fit = est.as_distribution({"dist": family})
+        assert fit["dist"] == family
+        hits += abs(parse_duration(fit["mean"]) / 0.150 - 1) < 0.10 and abs(fit["cv"] - 1.0) < 0.2
+    assert hits >= 9

@@ -1,0 +1,91 @@
+"""The comparison of model and measured runs, on synthetic results with known differences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.compare import Check, compare
+from models.results import RequestSeries, RunResult, StationSeries, StepSeries
+from models.scenario import Tolerances
+from reports.validation import Knee
+
+N_REQ = 20_000  # per side: sampling error of p95 well under 1 %, so only the built-in difference decides
+
+
+def run(source: str, scale95: float = 1.0, seed: int = 0, refused: int = 0, queue_slope: float = 0.0) -> RunResult:
+    """A one-type run: lognormal latencies, then every latency above the median stretched so p95 moves by ``scale95``."""
+    rng = np.random.default_rng(seed)
+    lat = rng.lognormal(math.log(0.05), 0.5, N_REQ)
+    med, q95 = float(np.median(lat)), float(np.quantile(lat, 0.95))
+    lat = np.where(lat > med, med + (lat - med) * (q95 * scale95 - med) / (q95 - med), lat)
+    n = 4
+    rs = RequestSeries.empty(n)
+    for k, chunk in enumerate(np.array_split(lat, n)):
+        rs.ok[k] = len(chunk)
+        rs.started[k] = len(chunk)
+        rs.latency[k].record_many(chunk)
+    if refused:
+        rs.fail_counts("full")[0] = refused
+        rs.started[0] += refused
+    st = StationSeries.empty(n)
+    st.busy = [30.0] * n
+    st.capacity = [100.0] * n
+    st.queue_mean = [queue_slope * (k + 0.5) * 10 for k in range(n)]
+    steps = {"register": StepSeries([N_REQ // n] * n, [N_REQ // n] * n, [0] * n, [0] * n)}
+    return RunResult(source, "synthetic", 0.0, 10.0, [N_REQ // n] * n, {"register": rs}, {"web": st}, steps)
+
+
+def verdict(checks: list[Check], metric: str) -> str:
+    return next(c.verdict for c in checks if c.subject == "register" and c.metric == metric)
+
+
+def test_a_20_percent_p95_difference_fails_and_5_percent_passes() -> None:
+    tol = Tolerances()  # p95 ±15 %
+    measured = run("measured", seed=1)
+    far = compare([run("model", 1.20, seed=2), run("model", 1.20, seed=3)], measured, tol)
+    near = compare([run("model", 1.05, seed=2), run("model", 1.05, seed=3)], measured, tol)
+    p95_far = next(c for c in far if c.metric == "p95")
+    assert p95_far.error == pytest.approx(0.20, abs=0.02)
+    assert verdict(far, "p95") == "fail"
+    assert verdict(near, "p95") == "pass"
+    assert verdict(far, "p50") == "pass"  # the median was left alone
+    assert verdict(near, "throughput /s") == "pass" and verdict(near, "error rate") == "pass"
+
+
+def test_figures_with_too_few_requests_are_shown_not_judged() -> None:
+    small = Tolerances(min_samples=N_REQ * 10)
+    checks = compare([run("model", 1.5, seed=2)], run("measured", seed=1), small)
+    assert verdict(checks, "p95") == "info" and verdict(checks, "throughput /s") == "info"
+
+
+def test_utilization_is_judged_in_absolute_points() -> None:
+    model, measured = run("model", seed=2), run("measured", seed=1)
+    measured.stations["web"].busy = [36.0] * 4  # 36 % measured against 30 % in the model: 6 points
+    c = next(c for c in compare([model], measured, Tolerances()) if c.metric == "utilization")
+    assert c.error == pytest.approx(-0.06) and c.verdict == "fail"
+    c = next(c for c in compare([model], measured, Tolerances(utilization=0.07)) if c.metric == "utilization")
+    assert c.verdict == "pass"
+
+
+def test_overload_compares_shedding_and_queue_growth_instead_of_latency() -> None:
+    tol = Tolerances()
+    measured = run("measured", seed=1, refused=2000, queue_slope=5.0)
+    same = compare([run("model", 1.5, seed=2, refused=2000, queue_slope=5.4)], measured, tol, overload=True)
+    assert verdict(same, "p95") == "info"  # latency is not judged past saturation, however far off
+    assert verdict(same, "refused rate") == "pass" and verdict(same, "shed rate") == "pass"
+    growth = next(c for c in same if c.metric == "queue growth /s")
+    assert growth.measured == pytest.approx(5.0) and growth.verdict == "pass"
+    less = compare([run("model", 1.0, seed=2, refused=200, queue_slope=2.0)], measured, tol, overload=True)
+    assert verdict(less, "refused rate") == "fail"
+    assert next(c for c in less if c.metric == "queue growth /s").verdict == "fail"
+
+
+def test_the_knee_check() -> None:
+    below = Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05)
+    assert below.verdict == "pass"
+    assert Knee("web", "register", 100.0, 100.0, 120.0, reached=False, tolerance=0.05).verdict == "fail"  # measured past the predicted ceiling
+    assert Knee("web", "register", 100.0, 100.0, 97.0, reached=True, tolerance=0.05).verdict == "pass"
+    assert Knee("web", "register", 100.0, 100.0, 80.0, reached=True, tolerance=0.05).verdict == "fail"  # saturated lower than predicted
