@@ -23,7 +23,9 @@ def test_full_funnel_and_status(tmp_path: Path) -> None:
         assert status["stage"] == "joined" and status["batch_id"] == "wave-1"
         metrics = client.get("/metrics").text
         assert 'surgecap_requests_total{endpoint="register",status="201"} 1' in metrics
-        assert 'surgecap_station_busy_seconds_total{station="db"}' in metrics
+        assert 'surgecap_station_served_total{station="db",request="register"} 1' in metrics
+        assert 'surgecap_station_busy_seconds_total{station="db",request="register"}' in metrics
+        assert 'surgecap_station_busy_log_seconds_total{station="web",request="join_batch"}' in metrics
         assert client.get("/openapi.json").json()["openapi"].startswith("3.")
     # personal data is not stored in clear
     dump = "\n".join(str(r) for r in rows(tmp_path, "SELECT * FROM registrants"))
