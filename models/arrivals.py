@@ -186,6 +186,9 @@ def arrival_times(scenario: Scenario, seed: int | None = None, replication: int 
 _MASK = (1 << 64) - 1
 
 
+_C_SEED, _C_INDEX, _C_SLOT, _C_ADD = 0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0x8CB92BA72F3D8DD7, 0x9E3779B97F4A7C15
+
+
 def decision(seed: int, index: int, slot: int) -> float:
     """A uniform number in [0, 1) owned by one registrant: arrival ``index`` of the trace, decision ``slot``.
 
@@ -195,10 +198,30 @@ def decision(seed: int, index: int, slot: int) -> float:
     one seed both see the same registrants making the same choices, and their
     funnel counts differ only where the systems behave differently.
     """
-    x = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03 + slot * 0x8CB92BA72F3D8DD7 + 0x9E3779B97F4A7C15) & _MASK
+    return decision_at(decision_base(seed, slot), index)
+
+
+def decision_base(seed: int, slot: int) -> int:
+    """The part of :func:`decision` that does not depend on the registrant (precomputed by the model)."""
+    return seed * _C_SEED + slot * _C_SLOT + _C_ADD
+
+
+def decision_at(base: int, index: int) -> float:
+    """``decision(seed, index, slot)`` from ``base = decision_base(seed, slot)``."""
+    x = (base + index * _C_INDEX) & _MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
     return ((x ^ (x >> 31)) >> 11) * 1.1102230246251565e-16  # / 2**53
+
+
+def decisions_at(base: int, count: int) -> np.ndarray:
+    """``decision_at(base, i)`` for i = 0 .. count-1 at once (uint64 arithmetic wraps as the masks do)."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(base & _MASK) + np.arange(count, dtype=np.uint64) * np.uint64(_C_INDEX)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 1.1102230246251565e-16
 
 
 def proceed_slot(step: int) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import simpy
 from simpy.events import NORMAL, URGENT, Event
 
-from models.arrivals import MISMATCH_SLOT, arrival_times, decision, proceed_slot, stream
+from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_base, decisions_at, give_up_slot, proceed_slot, stream
 from models.distributions import Sampler
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import EMAIL, REGISTRY, Scenario, Step
@@ -76,7 +76,8 @@ class _StepPlan:
     waits_for_email: bool
     retry_on: frozenset[str]
     proceed: float
-    proceed_slot: int  # decision slot of going on to this step; + attempt: of giving up after that attempt
+    goes_on: bytes  # per arrival index: 1 if the registrant goes on to this step (their own decision, drawn up front)
+    give_up_bases: list[int]  # decision_base of giving up after attempt 1, 2, ...
     asks_registry: bool
     repeat: float
     takes_quota: bool
@@ -229,6 +230,8 @@ class FunnelModel:
         self.n_intervals = max(1, math.ceil((self.end - self.counting_from) / self.interval - 1e-9))
         self.arrivals = arrival_times(scenario, seed, replication)
         self.seed = seed * 1_000_003 + replication  # the registrants' decisions: one stream per replication
+        mismatch = scenario.system.registry.mismatch if scenario.system.registry is not None else 0.0
+        self.mismatched = self._choices(MISMATCH_SLOT, mismatch)  # 1: the registry will not match this registrant's NIK
         service_rng = stream(seed, "service", replication)
         self.journey_u = _uniform(stream(seed, "journey", replication))
         journey_rng = stream(seed, "journey", replication + 1_000_000)
@@ -290,13 +293,15 @@ class FunnelModel:
                     waits_for_email=step.waits_for == EMAIL,
                     retry_on=frozenset(step.retry.retry_on),
                     proceed=step.proceed if i > 0 else 1.0,
-                    proceed_slot=proceed_slot(i),
+                    goes_on=self._choices(proceed_slot(i), step.proceed) if i > 0 and step.proceed < 1.0 else b"",
+                    give_up_bases=[decision_base(self.seed, give_up_slot(i, a)) for a in range(step.retry.max_attempts + 1)],
                     asks_registry=REGISTRY in step.stations,
                     repeat=step.repeat,
                     takes_quota=step.quota is not None,
                     durations=[],
                 )
             )
+        self.n_steps = len(self.plans)
         self.calendar = _Calendar(env)
         self.wake = self._wake  # one bound method for every deferred registrant
         self.station_names = list(self.stations) + ([EMAIL] if self.sender is not None else [])
@@ -315,6 +320,10 @@ class FunnelModel:
         )
         self.step_hist = [self.result.steps[p.step.name].duration for p in self.plans]
 
+    def _choices(self, slot: int, p: float) -> bytes:
+        """One byte per arrival: 1 where the registrant's own draw for ``slot`` falls below ``p``."""
+        return ((decisions_at(decision_base(self.seed, slot), len(self.arrivals)) < p).astype(np.uint8)).tobytes()
+
     # -- processes -----------------------------------------------------------
     def source(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -328,8 +337,9 @@ class FunnelModel:
             _Lean(registrant(index))
 
     def _wake(self, event: Event) -> None:
-        """A registrant deferred between steps starts again: ``event.value`` is (arrival index, step)."""
-        _Lean(self.registrant(*event._value))
+        """A registrant deferred between steps starts again: ``event.value`` is arrival index x steps + step."""
+        index, step = divmod(event._value, self.n_steps)
+        _Lean(self.registrant(index, step))
 
     def registrant(self, index: int, woken_at: int = -1) -> Generator[Event, Any, None]:
         """Arrival ``index``'s journey; ``woken_at`` resumes it at that step after a deferred wait.
@@ -339,20 +349,19 @@ class FunnelModel:
         """
         env = self.env
         u = self.journey_u
-        seed = self.seed
         calendar = self.calendar
         sleep = calendar.sleep
         delivered = -INF  # when this registrant's verification email arrives
         for plan in self.plans if woken_at < 0 else self.plans[woken_at:]:
             if plan.index != woken_at:
-                if plan.proceed < 1.0 and decision(seed, index, plan.proceed_slot) >= plan.proceed:
+                if plan.proceed < 1.0 and not plan.goes_on[index]:
                     plan.dropped += 1
                     return
                 wait = delivered - env._now if plan.waits_for_email else 0.0
                 if plan.think is not None:
                     wait += plan.think()
                 if wait >= calendar.far:  # a long wait: end this process, start again at this step
-                    calendar.defer(wait, (index, plan.index), self.wake)
+                    calendar.defer(wait, index * self.n_steps + plan.index, self.wake)  # one int, not a tuple: a million sleep
                     return
                 if wait > 0:
                     yield sleep(wait)
@@ -371,7 +380,7 @@ class FunnelModel:
                     reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
                 else:
                     reply = Event(env)
-                    _Route(self, visits, deadline, reply, decision(seed, index, MISMATCH_SLOT) if plan.asks_registry else None).next(None)
+                    _Route(self, visits, deadline, reply, (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None).next(None)
                     reason = yield reply
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())
@@ -389,7 +398,7 @@ class FunnelModel:
                 fails = tally.fails
                 fails[reason] = fails.get(reason, 0) + 1
                 retry = plan.step.retry
-                if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and decision(seed, index, plan.proceed_slot + attempt) < retry.give_up):
+                if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and decision_at(plan.give_up_bases[attempt], index) < retry.give_up):
                     plan.failed += 1
                     return
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from capacity_cli import main
-from models.arrivals import decision
+from models.arrivals import decision, decision_base, decisions_at
 from models.calibrate import parse_prometheus, service_estimates, snapshot, station_series
 from models.units import parse_duration
 
@@ -78,6 +78,10 @@ def test_registrant_decisions_are_uniform_and_independent() -> None:
     for x, y in ((a, b), (a, c)):
         assert abs(np.corrcoef(x, y)[0, 1]) < 3 / math.sqrt(n)
     assert decision(11, 5, 1000) == decision(11, 5, 1000)  # a pure function: both engines get the same value
+    # the model draws them all at once with numpy; the load generator one at a time: the very same numbers
+    for seed, slot in ((11, 1000), (20200411 * 1_000_003, 999_999), (2**70 + 3, 4001)):
+        many = decisions_at(decision_base(seed, slot), 5000)
+        assert all(many[i] == decision(seed, i, slot) for i in range(0, 5000, 7))
 
 
 @pytest.fixture(scope="module")
