@@ -335,14 +335,14 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> 
     return scenario, measured, before, after
 
 
-def _level_file(raw: dict[str, object], name: str, rate: float, duration: float, run_dir: Path) -> Path:
+def _level_file(raw: dict[str, object], name: str, rate: float, duration: float, run_dir: Path, everyone: bool = False) -> Path:
     import yaml
 
     from models.calibrate import steady_scenario
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "scenario.yaml"
-    path.write_text(yaml.safe_dump(steady_scenario(raw, name, rate, duration), sort_keys=False))
+    path.write_text(yaml.safe_dump(steady_scenario(raw, name, rate, duration, everyone=everyone), sort_keys=False))
     return path
 
 
@@ -367,15 +367,19 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     import yaml
 
     from models.bottleneck import saturation
-    from models.calibrate import calibration_overlay, overheads, service_estimates
+    from models.calibrate import calibration_overlay, overheads, service_estimates, steady_scenario
+    from models.loader import parse_scenario
     from reports.summary import table
 
     scenario = load_scenario(scenario_path)
-    knee = saturation(scenario)
+    # every registrant walks the whole journey, so that rare request types (a batch join) are measured as often as
+    # registration; the rate is set against this journey's own saturation, so every station stays lightly loaded
+    whole = steady_scenario(_raw(scenario_path), f"{scenario.name}-calibration", 1.0, duration, everyone=True)
+    knee = saturation(parse_scenario(yaml.safe_dump(whole), scenario_path))
     rate = CALIBRATION_LOAD * knee.rate
-    level_file = _level_file(_raw(scenario_path), f"{scenario.name}-calibration", rate, duration, run_dir)
+    level_file = _level_file(_raw(scenario_path), f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
     if not quiet:
-        print(f"capacity calibrate: {rate:.4g} arrivals/s ({CALIBRATION_LOAD:.0%} of the configured saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
+        print(f"capacity calibrate: {rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
     level, measured, before, after = _measure(level_file, run_dir, host, quiet)
     if before is None or after is None:
         raise CalibrationError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")

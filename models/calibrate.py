@@ -248,14 +248,15 @@ def station_series(snaps: list[Snapshot], start: float, interval: float, n: int)
     return out
 
 
-def steady_scenario(raw: dict[str, Any], name: str, rate: float, duration: float, compress: float | None = None) -> dict[str, Any]:
+def steady_scenario(raw: dict[str, Any], name: str, rate: float, duration: float, compress: float | None = None, everyone: bool = False) -> dict[str, Any]:
     """A scenario (as YAML data) for one steady load level: ``rate`` arrivals/s for ``duration`` seconds.
 
     The journey and system are the scenario's; capacity changes and reported
     figures are dropped (they belong to the full day).  Think times and
     backoffs are compressed so that the journey's mean think time is a
     twentieth of the run, unless ``compress`` is given; results are kept in
-    twelve intervals.
+    twelve intervals.  ``everyone`` makes every registrant go on to every step
+    (for calibration: each request type then gets as many samples as the first).
     """
     from models.loader import parse_scenario
 
@@ -270,6 +271,8 @@ def steady_scenario(raw: dict[str, Any], name: str, rate: float, duration: float
     out["arrivals"] = {"shape": "constant", "rate": float(rate)}
     out["system"] = {k: v for k, v in raw.get("system", {}).items() if k != "changes"}
     out["run"] = {"compress": float(compress), "interval": float(duration) / 12}
+    if everyone:
+        out["journey"] = [{**step, "proceed": 1.0} for step in raw.get("journey", [])]
     return out
 
 
