@@ -411,7 +411,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"capacity calibrate: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        duration = _duration_arg(args.duration, 60.0, "calibrate")
+        duration = _duration_arg(args.duration, 120.0, "calibrate")
     except UnitError as exc:
         print(f"capacity calibrate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -472,7 +472,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         overlay, calibration = loaded, args.calibration
     elif args.calibration is None:
         try:
-            overlay, text = calibrate(args.scenario, run_dir / "calibration", min(duration, 60.0), args.host, args.quiet)
+            # twice a level's length: every level's model rests on these estimates, and their noise is the model's
+            overlay, text = calibrate(args.scenario, run_dir / "calibration", min(2 * duration, 300.0), args.host, args.quiet)
             calibration = str(run_dir / "calibration" / "calibration.yaml")
             if not args.quiet:
                 print(text, file=sys.stderr)
@@ -569,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help="scenario YAML file")
     p.add_argument("--host", default=None, help="target URL with surgecap station metrics (default: a fresh reference server)")
     p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
-    p.add_argument("--duration", default=None, help="length of the low-load run (default 60s)")
+    p.add_argument("--duration", default=None, help="length of the low-load run (default 120s)")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-calibrate-<scenario>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_calibrate)
