@@ -22,7 +22,7 @@ __all__ = ["LoadRun", "LoadTestError", "run_locust", "LOCUSTFILE", "GRACE"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "registrant.py"
 GRACE = 5.0  # seconds after the window for journeys in flight to finish
-RESULT_WAIT_S = 90  # seconds Locust gets to stop and write its result after Ctrl-C
+RESULT_WAIT_S = 30  # seconds Locust gets to stop and write its result after Ctrl-C
 
 
 class LoadTestError(RuntimeError):
@@ -130,7 +130,11 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
         except KeyboardInterrupt:
             interrupted = True
             os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
-            locust.wait(timeout=RESULT_WAIT_S)
+            try:
+                locust.wait(timeout=RESULT_WAIT_S)
+            except subprocess.TimeoutExpired:  # interrupted too early (while starting) or stuck: it goes
+                os.killpg(locust.pid, signal.SIGKILL)
+                locust.wait()
         finally:
             for w in workers:
                 try:

@@ -86,18 +86,26 @@ def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path) ->
     from .conftest import ROOT
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "capacity_cli", "loadtest", str(SMOKE), "--duration", "60s", "--out", str(tmp_path), "--quiet"],
+        [sys.executable, "-m", "capacity_cli", "loadtest", str(SMOKE), "--duration", "60s", "--out", str(tmp_path)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "locust.log").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(6)
+    # interrupt once arrivals are flowing: the first progress line says so (however slowly Locust started)
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("loadtest ") or not line:
+            break
+    assert lines[-1].startswith("loadtest "), lines
+    time.sleep(3)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
+    out = "".join(lines) + out
     assert proc.returncode == 130, err
     assert "partial" in err
     result = load(tmp_path)
