@@ -211,6 +211,14 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
+def _remote_refused(command: str, host: str | None, allow_remote: bool) -> bool:
+    """Print the refusal and say so when ``host`` is outside loopback without --allow-remote."""
+    if host and not _is_loopback(host) and not allow_remote:
+        print(f"capacity {command}: error: refusing to send load to {host}: only loopback targets unless --allow-remote is given", file=sys.stderr)
+        return True
+    return False
+
+
 def _pool_size(scenario: Scenario, duration: float) -> int:
     """Users enough for the open model: peak arrival rate x expected journey length, with room."""
     import numpy as np
@@ -232,11 +240,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     from reports.summary import loadtest_text
 
     scenario = load_scenario(args.scenario)
-    if args.host and not _is_loopback(args.host) and not args.allow_remote:
-        print(
-            f"capacity loadtest: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given",
-            file=sys.stderr,
-        )
+    if _remote_refused("loadtest", args.host, args.allow_remote):
         return EXIT_BAD_INPUT
     window = scenario.window[1] - scenario.window[0]
     try:
@@ -353,7 +357,7 @@ def _raw(path: str) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def _duration_arg(text: str | None, default: float, command: str) -> float:
+def _duration_arg(text: str | None, default: float) -> float:
     if text is None:
         return default
     value = parse_duration(text)
@@ -407,11 +411,10 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
-    if args.host and not _is_loopback(args.host) and not args.allow_remote:
-        print(f"capacity calibrate: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given", file=sys.stderr)
+    if _remote_refused("calibrate", args.host, args.allow_remote):
         return EXIT_BAD_INPUT
     try:
-        duration = _duration_arg(args.duration, 120.0, "calibrate")
+        duration = _duration_arg(args.duration, 120.0)
     except UnitError as exc:
         print(f"capacity calibrate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -448,12 +451,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from reports.validation import Knee, Level, verdict_table, write_report
 
     scenario = load_scenario(args.scenario)
-    if args.host and not _is_loopback(args.host) and not args.allow_remote:
-        print(f"capacity validate: error: refusing to send load to {args.host}: only loopback targets unless --allow-remote is given", file=sys.stderr)
+    if _remote_refused("validate", args.host, args.allow_remote):
         return EXIT_BAD_INPUT
     try:
         levels = _levels_arg(args.levels, scenario.validation.levels)
-        duration = _duration_arg(args.duration, scenario.validation.duration, "validate")
+        duration = _duration_arg(args.duration, scenario.validation.duration)
     except UnitError as exc:
         print(f"capacity validate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "free_port", "wait_ready", "started", "scrape"]
+__all__ = ["main", "free_port", "wait_ready", "started", "scrape", "stop"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -76,13 +76,22 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
         wait_ready(f"{url}/healthz", proc=proc)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc, 30.0, group=True)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL (to its whole session with ``group``) if it has not exited within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()
 
 
 def scrape(url: str, timeout: float = 5.0) -> str:
@@ -171,12 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refserver: serving on http://{host}:{args.port} (registry on port {reg_port}, database {db_path})", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
     finally:
-        if registry.poll() is None:
-            registry.send_signal(signal.SIGTERM)
-            try:
-                registry.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                registry.kill()
+        stop(registry, 10.0)
     return 0
 
 

@@ -136,3 +136,22 @@ def test_heavy_tailed_service_times_are_fitted_by_maximum_likelihood(family: str
         assert fit["dist"] == family
         hits += abs(parse_duration(fit["mean"]) / 0.150 - 1) < 0.10 and abs(fit["cv"] - 1.0) < 0.2
     assert hits >= 9
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["validate", str(SMALL), "--host", "http://10.1.2.3:8000"], "only loopback targets"),
+        (["calibrate", str(SMALL), "--host", "http://example.org"], "only loopback targets"),
+        (["validate", str(SMALL), "--levels", "0.3,abc"], "--levels must be fractions"),
+        (["validate", str(SMALL), "--levels", "0,0.5"], "in (0, 3]"),
+        (["validate", str(SMALL), "--duration", "2s"], "--duration must be between 5s and 1h"),
+        (["calibrate", str(SMALL), "--duration", "soon"], "duration"),
+        (["validate", str(SMALL), "--replications", "1"], "at least 2"),
+        (["validate", str(SMALL), "--calibration", "/nonexistent/cal.yaml"], "expected a calibration overlay"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_load(argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "calibration").exists()  # nothing was started

@@ -91,6 +91,8 @@ def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite started in the background inherits SIGINT ignored, and so would the command
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # interrupt once arrivals are flowing: the first progress line says so (however slowly Locust started)
     assert proc.stdout is not None
