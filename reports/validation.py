@@ -114,18 +114,20 @@ def _plots(levels: list[Level], out: Path) -> list[str]:
         m, r = lv.models[0], lv.measured
         t_m = [(m.start + (k + 0.5) * m.interval) for k in range(m.n_intervals)]
         t_r = [(r.start + (k + 0.5) * r.interval) for k in range(r.n_intervals)]
-        for rt in rts:
-            axes[0].plot(t_m, [x / m.interval for x in m.requests[rt].ok], "-", label=f"model {rt}")
-            axes[0].plot(t_r, [x / r.interval for x in r.requests[rt].ok], "o", markersize=3, label=f"measured {rt}")
-            axes[1].plot(t_m, [h.percentile(95) * 1000 if h.count else math.nan for h in m.requests[rt].latency], "-")
-            axes[1].plot(t_r, [h.percentile(95) * 1000 if h.count else math.nan for h in r.requests[rt].latency], "o", markersize=3)
-        axes[0].set_title(f"level {lv.fraction:g}: successful requests/s")
-        axes[1].set_title(f"level {lv.fraction:g}: p95 latency (ms)")
+        for i, rt in enumerate(rts):
+            colour = f"C{i}"  # one colour per request type: line for the model, dots for the measurement
+            axes[0].plot(t_m, [x / m.interval for x in m.requests[rt].ok], "-", color=colour, label=rt)
+            axes[0].plot(t_r, [x / r.interval for x in r.requests[rt].ok], "o", color=colour, markersize=3)
+            axes[1].plot(t_m, [h.percentile(95) * 1000 if h.count else math.nan for h in m.requests[rt].latency], "-", color=colour)
+            axes[1].plot(t_r, [h.percentile(95) * 1000 if h.count else math.nan for h in r.requests[rt].latency], "o", color=colour, markersize=3)
+        axes[1].set_yscale("log")
+        axes[0].set_title(f"level {lv.fraction:g}: successful requests/s (line: model, dots: measured)", fontsize=9)
+        axes[1].set_title(f"level {lv.fraction:g}: p95 latency, ms (line: model, dots: measured)", fontsize=9)
         for ax in axes:
             ax.set_xlabel("seconds into the run")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=6, ncol=2)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(rts), fontsize=8, frameon=False)
         name = f"series-level-{lv.fraction:g}.png"
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
