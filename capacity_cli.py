@@ -530,6 +530,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _target_args(p: argparse.ArgumentParser, host_help: str) -> None:
+    """--host and --allow-remote, as every command that sends load takes them."""
+    p.add_argument("--host", default=None, help=host_help)
+    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
+
+
+def _output_args(p: argparse.ArgumentParser, kind: str) -> None:
+    """--out and --quiet, as every command that writes a run directory takes them."""
+    p.add_argument("--out", default=None, help=f"run directory (default runs/<timestamp>-{kind}-<scenario>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -553,8 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("loadtest", help="replay a scenario's surge with Locust (open-model arrivals)")
     p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument("--host", default=None, help="target URL (default: start the reference server for the scenario)")
-    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
+    _target_args(p, "target URL (default: start the reference server for the scenario)")
     p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
     p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
     p.add_argument("--workers", type=int, default=1, help="Locust worker processes on this machine (distributed mode: one master, N workers); with --master or --worker: the number of workers in all")
@@ -565,16 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-host", default=None, help="with --worker: the master's address")
     p.add_argument("--worker-index", type=int, default=0, help="with --worker: this worker's index K in 0..N-1; worker K takes every arrival whose index is K mod N")
     p.add_argument("--seed", type=int, default=None, help="arrival seed (default: the scenario's)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-loadtest-<scenario>)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    _output_args(p, "loadtest")
     p.set_defaults(func=cmd_loadtest)
     p = sub.add_parser("calibrate", help="measure service demands at low load (D = U / X) and write a scenario overlay")
     p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument("--host", default=None, help="target URL with surgecap station metrics (default: a fresh reference server)")
-    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
+    _target_args(p, "target URL with surgecap station metrics (default: a fresh reference server)")
     p.add_argument("--duration", default=None, help="length of the low-load run (default 120s)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-calibrate-<scenario>)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    _output_args(p, "calibrate")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("validate", help="check the model against load tests at several load levels (HTML + JSON report)")
     p.add_argument("scenario", help="scenario YAML file")
@@ -582,10 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", default=None, help="measured time per level (default: the scenario's validation.duration, 60s)")
     p.add_argument("--calibration", default=None, help="a calibration overlay to use, or 'none' (default: calibrate first)")
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
-    p.add_argument("--host", default=None, help="validate against this server instead of fresh reference servers")
-    p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-validate-<scenario>)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    _target_args(p, "validate against this server instead of fresh reference servers")
+    _output_args(p, "validate")
     p.set_defaults(func=cmd_validate)
     return parser
 

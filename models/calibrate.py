@@ -70,7 +70,6 @@ class Snapshot:
 
     at: float
     servers: dict[str, float] = field(default_factory=dict)
-    busy_now: dict[str, float] = field(default_factory=dict)
     queue: dict[str, float] = field(default_factory=dict)
     shed: dict[str, float] = field(default_factory=dict)
     typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, Σt, Σt², Σln t, Σ(ln t)²]
@@ -92,7 +91,6 @@ def snapshot(text: str, at: float) -> Snapshot:
     snap = Snapshot(at=at)
     simple = {
         "surgecap_station_servers": snap.servers,
-        "surgecap_station_busy": snap.busy_now,
         "surgecap_station_queue_length": snap.queue,
         "surgecap_station_shed_total": snap.shed,
     }

@@ -74,6 +74,8 @@ def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
         except Overloaded:
             return JSONResponse({"error": "registry busy", "reason": "full"}, status_code=503, headers={"Retry-After": "1"})
         state["checks"] += 1
+        # locustfiles/registrant.py (reference_registry_mismatch) mirrors this verdict to pick NIKs that agree
+        # with the model's draw; change both together
         digest = int.from_bytes(hashlib.sha256(nik.encode()).digest()[:4], "big") / 2**32
         return JSONResponse({"match": digest >= cfg.mismatch})
 
