@@ -295,6 +295,7 @@ class CalibrationError(RuntimeError):
 
 
 CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
+CPU_LOAD = 0.5  # the processor is measured at this fraction of the saturation rate (see calibrate)
 
 
 def _cpus() -> tuple[int | None, int | None]:
@@ -367,30 +368,59 @@ def _duration_arg(text: str | None, default: float) -> float:
 
 
 def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | None, quiet: bool) -> tuple[dict[str, object], str]:
-    """Measure service demands at low load; return the overlay and a printable table."""
+    """Measure service demands at low load, then the server's processor at a working load; return the overlay and a printable table.
+
+    The processor is measured apart because its time per request falls as it
+    gets busier (warm caches, wake-ups shared by several requests): on the
+    reference server a registration costs about a third less CPU with the
+    processor half busy than at 9 %.  Demands measured at low load would size
+    the processor for a load it never sees, so its phase runs the scenario's
+    own journey at :data:`CPU_LOAD` of the saturation rate, for half as long.
+    """
     import yaml
 
     from models.bottleneck import saturation
-    from models.calibrate import calibration_overlay, overheads, service_estimates, steady_scenario
+    from models.calibrate import calibration_overlay, cpu_estimates, held_services, overheads, service_estimates, steady_scenario
     from models.loader import parse_scenario
     from reports.summary import table
 
     scenario = load_scenario(scenario_path)
+    raw = _raw(scenario_path)
     # every registrant walks the whole journey, so that rare request types (a batch join) are measured as often as
     # registration; the rate is set against this journey's own saturation, so every station stays lightly loaded
-    whole = steady_scenario(_raw(scenario_path), f"{scenario.name}-calibration", 1.0, duration, everyone=True)
+    whole = steady_scenario(raw, f"{scenario.name}-calibration", 1.0, duration, everyone=True)
     knee = saturation(parse_scenario(yaml.safe_dump(whole), scenario_path))
     rate = CALIBRATION_LOAD * knee.rate
-    level_file = _level_file(_raw(scenario_path), f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
+    level_file = _level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
     if not quiet:
         print(f"capacity calibrate: {rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
     level, measured, before, after = _measure(level_file, run_dir, host, quiet)
     if before is None or after is None:
         raise CalibrationError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")
     estimates = service_estimates(before, after)
-    overhead = overheads(level, measured, estimates)
+    low_cpu = cpu_estimates(before, after, scenario.request_types)
+    threads = {name for name, v in after.threaded.items() if v and name in scenario.system.stations}
+    overhead = overheads(level, measured, estimates, low_cpu)
     overlay = calibration_overlay(scenario, estimates, overhead)
-    header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
+    cpu = {}
+    cpu_rate = 0.0
+    if low_cpu:
+        # the processor at a working load: the scenario's own journey and mix, CPU_LOAD of the stations' saturation
+        cpu_rate = CPU_LOAD * saturation(load_scenario(scenario_path, overlay=overlay)).rate
+        cpu_duration = max(10.0, duration / 2)
+        cpu_file = _level_file(raw, f"{scenario.name}-calibration-cpu", cpu_rate, cpu_duration, run_dir / "cpu")
+        if not quiet:
+            print(f"capacity calibrate: the server's processor at {cpu_rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for {format_duration(cpu_duration)}", file=sys.stderr)
+        _, _, cpu_before, cpu_after = _measure(cpu_file, run_dir / "cpu", host, quiet)
+        cpu_before, cpu_after = _warm(run_dir / "cpu" / "scrapes.json", cpu_duration, cpu_before, cpu_after)
+        if cpu_before is not None and cpu_after is not None:
+            cpu = cpu_estimates(cpu_before, cpu_after, scenario.request_types)
+        if cpu:
+            # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
+            held = held_services(level, estimates, low_cpu, threads)
+            overhead = overheads(level, measured, held, low_cpu)
+            overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
+    header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
     for (station, rt), est in sorted(estimates.items()):
@@ -403,10 +433,38 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
                      f"{configured.mean * 1000:.2f}ms" if configured else "-", f"{configured.cv:.2f}" if configured else "-",
                      f"{(est.mean / configured.mean - 1):+.1%}" if configured and configured.mean > 0 else "-", f"{est.utilization:.1%}"])
     text = table(["station", "request", "served", "D measured", "cv", "D configured", "cv", "diff", "U"], rows)
+    if cpu:
+        low_u = sum(e.utilization for e in low_cpu.values())
+        high_u = sum(e.utilization for e in cpu.values())
+        text += f"\n\nserver processor, CPU per request (own work, and with its share of the work no request owns), at low load ({low_u:.1%} of one core) and at the working load ({high_u:.1%}; the model uses these):\n"
+        text += table(
+            ["request", "own low", "with share low", "requests", "own", "with share", "steps", "step cv"],
+            [[rt, f"{low_cpu[rt].own * 1000:.3f}ms" if rt in low_cpu else "-", f"{low_cpu[rt].demand * 1000:.3f}ms" if rt in low_cpu else "-",
+              f"{e.n}", f"{e.own * 1000:.3f}ms", f"{e.demand * 1000:.3f}ms", f"{e.steps}", f"{e.cv:.2f}"] for rt, e in sorted(cpu.items())],
+        )
+    elif not low_cpu:
+        text += "\n\nthe server publishes no CPU accounting (surgecap_cpu_*): the model keeps no processor station"
     if overhead:
-        text += "\n\noverhead outside the stations (mean latency at low load minus the station demands):\n"
+        text += "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
     return overlay, text
+
+
+CPU_WARMUP = 0.25  # share of the processor phase left out: a fresh server's first requests cost more (imports, caches, connections)
+
+
+def _warm(scrapes: Path, duration: float, before: Snapshot | None, after: Snapshot | None) -> tuple[Snapshot | None, Snapshot | None]:
+    """The processor phase's scrapes from :data:`CPU_WARMUP` of the run to its end, when the run kept them."""
+    from models.calibrate import Snapshot
+
+    try:
+        snaps = [Snapshot.from_dict(d) for d in json.loads(scrapes.read_text())]
+    except (OSError, ValueError, KeyError, TypeError):
+        return before, after
+    warm = [snap for snap in snaps if snap.at >= CPU_WARMUP * duration - 1e-6]
+    if len(warm) < 2 or warm[-1].at - warm[0].at < duration / 2:
+        return before, after
+    return warm[0], warm[-1]
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

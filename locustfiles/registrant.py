@@ -37,7 +37,7 @@ from gevent.queue import Queue
 from geventhttpclient.client import HTTPClientPool
 from locust import FastHttpUser, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
@@ -159,7 +159,10 @@ class Registrant(FastHttpUser):
         get = QUEUE.get
         accept = PACER.accept
         while True:
-            index, intended = get()  # an idle user waits here for the next released arrival
+            item = get()  # an idle user waits here for the next released arrival
+            if item is None:
+                return  # the run is stopping: an idle user leaves at once
+            index, intended = item
             if accept(self.now(), intended):
                 RECORDER.arrival(intended)
                 self.walk(index, intended)
@@ -168,7 +171,12 @@ class Registrant(FastHttpUser):
         """Send one request of type ``rt``, validate and record it: (why it failed or None, JSON body)."""
         sent = self.now()
         t0 = time.perf_counter()
-        with self.client.request(method, path, name=step_name, catch_response=True, **kwargs) as resp:
+        IN_FLIGHT[0] += 1
+        try:
+            resp_cm = self.client.request(method, path, name=step_name, catch_response=True, **kwargs)
+        finally:
+            IN_FLIGHT[0] -= 1
+        with resp_cm as resp:
             latency = time.perf_counter() - t0
             status = resp.status_code or 0
             try:
@@ -236,7 +244,12 @@ class Registrant(FastHttpUser):
         """The registrant reads their email: poll the test mailbox until the token is there."""
         deadline = self.now() + wait
         while self.now() < deadline:
-            with self.client.get(f"/test/mailbox/{rid}", name="mailbox", catch_response=True) as resp:
+            IN_FLIGHT[0] += 1
+            try:
+                polled = self.client.get(f"/test/mailbox/{rid}", name="mailbox", catch_response=True)
+            finally:
+                IN_FLIGHT[0] -= 1
+            with polled as resp:
                 if resp.status_code == 200:
                     resp.success()
                     return str(resp.json()["token"])
@@ -295,11 +308,31 @@ def _scrape(host: str) -> None:
     k = 0
     while True:
         _scrape_once(host)
+        if k >= RECORDER.n:
+            CLOCK["scraped"] = time.monotonic()  # the window's last boundary is in
         k += 1
         gevent.sleep(max(0.0, CLOCK["start"] + k * RECORDER.interval - time.monotonic()))
 
 
 SNAPS: list[Snapshot] = []
+IN_FLIGHT = [0]  # requests sent and not yet answered
+
+
+def _finish_early(environment: Environment) -> None:
+    """End a run once the window is over, every arrival was taken and no request is in flight.
+
+    Without this a run always lasts its window plus the grace.  What a journey
+    would do after the window (its next step after a think time) is not
+    counted, so only the requests already sent are waited for.
+    """
+    gevent.sleep(max(0.0, CLOCK["start"] + DURATION - time.monotonic()))
+    while True:
+        idle = PACER.done and QUEUE.empty() and IN_FLIGHT[0] == 0
+        if idle and ("scraper" not in CLOCK or "scraped" in CLOCK):
+            environment.stop_timeout = 0  # nothing is in flight: journeys between requests are stopped at once
+            gevent.spawn(environment.runner.quit)  # not from this greenlet: stopping kills it
+            return
+        gevent.sleep(0.1)
 
 
 def _progress() -> None:
@@ -335,6 +368,8 @@ def _start(environment: Environment, **_: Any) -> None:
         CLOCK["progress"] = gevent.spawn(_progress)  # type: ignore[assignment]
     if os.environ.get("SURGECAP_METRICS") == "1" and WORKER_INDEX == 0 and environment.host:
         CLOCK["scraper"] = gevent.spawn(_scrape, environment.host)  # type: ignore[assignment]
+    if isinstance(environment.runner, LocalRunner):
+        CLOCK["finisher"] = gevent.spawn(_finish_early, environment)  # type: ignore[assignment]
 
 
 # Distributed runs: when the master stops, it asks every worker to stop and send
@@ -357,6 +392,9 @@ def _init(environment: Environment, **_: Any) -> None:
 def _stopping(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.send_message(STOP_MESSAGE)
+        return
+    for _ in range(environment.runner.user_count):
+        QUEUE.put(None)  # wake every idle user, so that stopping does not wait out the stop timeout
 
 
 def _collect(expected: int) -> None:
@@ -382,7 +420,7 @@ def _stop(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         _collect(WORKERS)
         return
-    for name in ("progress", "dispatcher", "scraper"):
+    for name in ("progress", "dispatcher", "scraper", "finisher"):
         if name in CLOCK:
             CLOCK.pop(name).kill()
     lat = PACER.lateness
@@ -407,6 +445,8 @@ def _stop(environment: Environment, **_: Any) -> None:
     if OUT:
         save(result, OUT)
         Path(OUT, "lateness.json").write_text(json.dumps(meta, indent=1))
+        if SNAPS and "start" in CLOCK:
+            Path(OUT, "scrapes.json").write_text(json.dumps([snap.to_dict(CLOCK["start"]) for snap in SNAPS]))
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.send_message(RESULT_MESSAGE, {"worker": WORKER_INDEX, "result": result.to_dict()})
 

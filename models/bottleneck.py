@@ -6,8 +6,9 @@ S_k,r of request type r at station k, the demand of one registrant at station k
 is D_k = sum_i V_i S_k,r(i) server-seconds.  Station k saturates at an arrival
 rate of c_k / D_k (c_k servers); the registry also at its rate limit over its
 visit ratio; the email sender at its send rate over the emails sent per
-registrant.  The smallest is the system's saturation arrival rate, the knee of
-the latency curve.
+registrant; the server's processor (``system.cpu``) at its cores over the
+CPU seconds per registrant.  The smallest is the system's saturation arrival
+rate, the knee of the latency curve.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models.scenario import EMAIL, REGISTRY, Scenario
+from models.scenario import CPU, EMAIL, REGISTRY, Scenario
 
 __all__ = ["visit_ratios", "Limit", "limits", "saturation", "busiest_step"]
 
@@ -55,8 +56,17 @@ def limits(scenario: Scenario) -> list[Limit]:
             else:
                 dist = sysd.stations[name].service_for(step.request_type)
                 demand[name] = demand.get(name, 0.0) + v * (dist.mean if dist is not None else 0.0)
+    if sysd.cpu is not None:
+        for v, step in zip(visits, scenario.journey):
+            work = sysd.cpu.work_for(step.request_type)
+            if work is not None:
+                demand[CPU] = demand.get(CPU, 0.0) + v * work.steps * work.step.mean
     out: list[Limit] = []
     for name, d in demand.items():
+        if name == CPU:
+            assert sysd.cpu is not None
+            out.append(Limit(CPU, d, sysd.cpu.cores, sysd.cpu.cores / d if d > 0 else math.inf, "servers"))
+            continue
         servers = sysd.registry.concurrency if name == REGISTRY and sysd.registry is not None else sysd.stations[name].servers if name != REGISTRY else 0
         out.append(Limit(name, d, servers, servers / d if d > 0 else math.inf, "servers"))
     registry_calls = sum(v for v, step in zip(visits, scenario.journey) if REGISTRY in step.stations)
@@ -88,6 +98,9 @@ def busiest_step(scenario: Scenario, limit: Limit) -> tuple[int, float]:
     for i, (v, step) in enumerate(zip(visits, scenario.journey)):
         if resource == EMAIL:
             load = v if step.waits_for == EMAIL else 0.0
+        elif resource == CPU:
+            work = scenario.system.cpu.work_for(step.request_type) if scenario.system.cpu is not None else None
+            load = v * work.steps * work.step.mean if work is not None else 0.0
         elif resource not in step.stations:
             load = 0.0
         elif resource == REGISTRY:

@@ -14,6 +14,16 @@ beyond the stations at low load (HTTP, parsing, work outside any station) is the
 request type's *overhead*: mean latency at low load minus the sum of its
 station demands, kept in the model as a pure delay (``system.overhead``).
 
+The server's own processor is measured too (``surgecap_cpu_*``, see
+``refserver/cpu.py``): per request type its event-loop steps, their time and
+the worker threads' CPU time, with ``process_cpu_seconds_total`` for the whole.
+:func:`cpu_estimates` turns them into the model's ``system.cpu``: per request
+type, its own CPU plus an equal share per request of the CPU no request owns
+(HTTP parsing, the email sender, test-only endpoints), taken in its measured
+number of steps (+1 for the shared and thread work), with the spread of the
+measured steps.  The processor's low-load queueing (Pollaczek-Khinchine,
+below) is taken out of the overhead, which the model adds back itself.
+
 :func:`station_series` turns a run's scrapes into the per-interval
 :class:`~models.results.StationSeries` of the one result shape, so measured
 utilization, queue lengths and shedding can be compared with the model's.
@@ -21,13 +31,14 @@ utilization, queue lengths and shedding can be compared with the model's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.results import RunResult, StationSeries
-from models.scenario import REGISTRY, Scenario
+from models.scenario import CPU, REGISTRY, Scenario
 
 __all__ = [
     "parse_prometheus",
@@ -37,6 +48,9 @@ __all__ = [
     "service_estimates",
     "overheads",
     "calibration_overlay",
+    "CpuEstimate",
+    "cpu_estimates",
+    "held_services",
     "station_series",
     "MIN_SAMPLES",
 ]
@@ -73,11 +87,29 @@ class Snapshot:
     queue: dict[str, float] = field(default_factory=dict)
     shed: dict[str, float] = field(default_factory=dict)
     typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, Σt, Σt², Σln t, Σ(ln t)²]
+    threaded: dict[str, float] = field(default_factory=dict)  # station -> 1 when its work runs in a worker thread
     cpu_seconds: float | None = None
+    cpu_typed: dict[str, list[float]] = field(default_factory=dict)  # request -> [requests, steps, loop Σt, loop Σt², thread seconds]
 
     @property
     def has_stations(self) -> bool:
         return bool(self.servers)
+
+    def to_dict(self, start: float = 0.0) -> dict[str, Any]:
+        """JSON-ready, with ``at`` relative to ``start`` (a run's raw scrapes, kept beside its result)."""
+        return {
+            "at": self.at - start, "servers": self.servers, "queue": self.queue, "shed": self.shed,
+            "typed": [[st, rt, *v] for (st, rt), v in self.typed.items()], "cpu_seconds": self.cpu_seconds, "cpu_typed": self.cpu_typed,
+            "threaded": self.threaded,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Snapshot:
+        return cls(
+            at=d["at"], servers=d["servers"], queue=d["queue"], shed=d["shed"],
+            typed={(row[0], row[1]): list(row[2:]) for row in d["typed"]}, cpu_seconds=d["cpu_seconds"], cpu_typed=d["cpu_typed"],
+            threaded=d.get("threaded", {}),
+        )
 
     def served(self, station: str) -> float:
         return sum(v[0] for (st, _), v in self.typed.items() if st == station)
@@ -93,6 +125,7 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_station_servers": snap.servers,
         "surgecap_station_queue_length": snap.queue,
         "surgecap_station_shed_total": snap.shed,
+        "surgecap_station_threaded": snap.threaded,
     }
     typed = {
         "surgecap_station_served_total": 0,
@@ -101,7 +134,17 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_station_busy_log_seconds_total": 3,
         "surgecap_station_busy_log_seconds_squared_total": 4,
     }
+    cpu = {
+        "surgecap_cpu_requests_total": 0,
+        "surgecap_cpu_steps_total": 1,
+        "surgecap_cpu_loop_seconds_total": 2,
+        "surgecap_cpu_loop_seconds_squared_total": 3,
+        "surgecap_cpu_thread_seconds_total": 4,
+    }
     for name, labels, value in parse_prometheus(text):
+        if name in cpu and "request" in labels:
+            snap.cpu_typed.setdefault(labels["request"], [0.0] * 5)[cpu[name]] = value
+            continue
         station = labels.get("station")
         if name in simple and station is not None:
             simple[name][station] = value
@@ -175,11 +218,97 @@ def service_estimates(before: Snapshot, after: Snapshot) -> dict[tuple[str, str]
     return out
 
 
-def overheads(scenario: Scenario, measured: RunResult, estimates: dict[tuple[str, str], ServiceEstimate]) -> dict[str, float]:
+@dataclass(frozen=True)
+class CpuEstimate:
+    """A request type's work on the server's processor between two scrapes."""
+
+    request: str
+    n: int  # requests
+    own: float  # seconds per request: its loop steps and thread work
+    thread: float  # seconds per request of that in worker threads
+    shared: float  # seconds per request: its share of the CPU no request owns
+    steps: int  # steps in the model: the measured loop steps per request, rounded, +1
+    cv: float  # of the step time, from the loop steps' second moment
+    utilization: float  # of one core by this request type (own + shared)
+    wait: float = 0.0  # seconds per step: the processor's queueing at the calibration load
+
+    @property
+    def demand(self) -> float:
+        return self.own + self.shared
+
+    def as_work(self) -> dict[str, Any]:
+        return {"steps": self.steps, "step": {"dist": "gamma", "mean": _round(self.demand / self.steps), "cv": round(self.cv, 3)}}
+
+
+def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -> dict[str, CpuEstimate]:
+    """Per modelled request type (served at least :data:`MIN_SAMPLES` times): its CPU work, see the module text.
+
+    Empty when the server publishes no CPU accounting.
+    """
+    elapsed = after.at - before.at
+    if after.cpu_seconds is None or before.cpu_seconds is None or not after.cpu_typed or elapsed <= 0:
+        return {}
+    total = after.cpu_seconds - before.cpu_seconds
+    delta = {rt: [a - b for a, b in zip(acc, before.cpu_typed.get(rt, [0.0] * 5))] for rt, acc in after.cpu_typed.items()}
+    kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] >= MIN_SAMPLES}
+    if not kept:
+        return {}
+    owned = sum(d[2] + d[4] for d in kept.values())
+    shared = max(0.0, total - owned) / sum(d[0] for d in kept.values())
+    out: dict[str, CpuEstimate] = {}
+    for rt, (n, steps, loop, squares, thread) in kept.items():
+        per_step = loop / steps if steps > 0 else 0.0
+        cv = math.sqrt(max(0.0, squares / steps / per_step**2 - 1)) if per_step > 0 else 1.0
+        own = (loop + thread) / n
+        out[rt] = CpuEstimate(rt, int(n), own, thread / n, shared, max(1, round(steps / n)) + 1, min(max(cv, 0.05), 4.0), n * (own + shared) / elapsed)
+    # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
+    lam = sum(e.n * e.steps for e in out.values()) / elapsed
+    rho = min(sum(e.utilization for e in out.values()), 0.95)
+    second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(1.0, sum(e.n * e.steps for e in out.values()))
+    wait = lam * second / (2 * (1 - rho))
+    return {rt: dataclasses.replace(e, wait=wait) for rt, e in out.items()}
+
+
+def held_services(
+    scenario: Scenario, estimates: dict[tuple[str, str], ServiceEstimate], cpu: dict[str, CpuEstimate], threads: set[str]
+) -> dict[tuple[str, str], ServiceEstimate]:
+    """Station demands for a model with ``system.cpu``: what the processor adds inside a visit taken out.
+
+    A server's measured busy time of a visit includes the wait for the event
+    loop to resume the request (and, in a threaded station, the worker thread's
+    CPU time and its wait for the processor).  The model holds the station for
+    those itself (see ``models.funnel._cpu_legs``), so each is taken off the
+    measured demand at the calibration load: the step's queueing ``wait`` once,
+    and for the first threaded station of a route the thread's CPU time and one
+    more wait.  Times are scaled, keeping the measured spread; never below a
+    tenth of the measurement.
+    """
+    out = dict(estimates)
+    for step in scenario.journey:
+        rt = step.request_type
+        e = cpu.get(rt)
+        if e is None:
+            continue
+        first_thread = next((st for st in step.stations if st in threads), None)
+        for st in step.stations:
+            est = estimates.get((st, rt))
+            if est is None or st == REGISTRY:
+                continue
+            cut = e.wait + (e.thread + e.wait if st == first_thread else 0.0)
+            mean = max(est.mean - cut, est.mean / 10)
+            out[(st, rt)] = dataclasses.replace(est, mean=mean, log_mean=est.log_mean + math.log(mean / est.mean))
+    return out
+
+
+def overheads(
+    scenario: Scenario, measured: RunResult, estimates: dict[tuple[str, str], ServiceEstimate], cpu: dict[str, CpuEstimate] | None = None
+) -> dict[str, float]:
     """Per request type: mean measured latency minus the sum of its stations' demands (never below 0).
 
-    Only request types whose every station has an estimate are included: the
-    rest cannot be split into stations and overhead.
+    With ``cpu`` the request's processor time and its low-load queueing for the
+    processor come off too: the model's ``system.cpu`` adds them back.  Only
+    request types whose every station has an estimate are included: the rest
+    cannot be split into stations and overhead.
     """
     out: dict[str, float] = {}
     for step in scenario.journey:
@@ -192,13 +321,23 @@ def overheads(scenario: Scenario, measured: RunResult, estimates: dict[tuple[str
         demands = [estimates.get((st, rt)) for st in step.stations]
         if any(d is None for d in demands):
             continue
-        out[rt] = max(0.0, hist.mean - sum(d.mean for d in demands if d is not None))
+        processor = cpu.get(rt) if cpu else None
+        on_cpu = processor.demand + processor.steps * processor.wait if processor is not None else 0.0
+        out[rt] = max(0.0, hist.mean - sum(d.mean for d in demands if d is not None) - on_cpu)
     return out
 
 
-def calibration_overlay(scenario: Scenario, estimates: dict[tuple[str, str], ServiceEstimate], overhead: dict[str, float]) -> dict[str, Any]:
-    """A scenario overlay (YAML-ready) with the measured service times, registry latency and overheads."""
+def calibration_overlay(
+    scenario: Scenario,
+    estimates: dict[tuple[str, str], ServiceEstimate],
+    overhead: dict[str, float],
+    cpu: dict[str, CpuEstimate] | None = None,
+    threads: set[str] | None = None,
+) -> dict[str, Any]:
+    """A scenario overlay (YAML-ready) with the measured service times, registry latency, overheads and processor."""
     system: dict[str, Any] = {}
+    if cpu:
+        system["cpu"] = {"cores": 1, "threads": sorted(threads or []), "work": {rt: est.as_work() for rt, est in sorted(cpu.items())}}
     for (station, rt), est in sorted(estimates.items()):
         if station == REGISTRY:
             reg = scenario.system.registry
@@ -243,6 +382,12 @@ def station_series(snaps: list[Snapshot], start: float, interval: float, n: int)
             m = seen[(name, k)] = seen.get((name, k), 0) + 1
             s.queue_mean[k] += (q - s.queue_mean[k]) / m
             s.queue_max[k] = max(s.queue_max[k], int(q))
+        if prev.cpu_seconds is not None and cur.cpu_seconds is not None and cur.cpu_typed:
+            # the server's processor (one core: the event loop), for the model's system.cpu; arrivals: requests timed
+            s = out.setdefault(CPU, StationSeries.empty(n))
+            s.busy[k] += cur.cpu_seconds - prev.cpu_seconds
+            s.capacity[k] += dt
+            s.arrivals[k] += int(sum(v[0] for v in cur.cpu_typed.values()) - sum(v[0] for v in prev.cpu_typed.values()))
     return out
 
 

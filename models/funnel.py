@@ -28,7 +28,7 @@ from simpy.events import NORMAL, URGENT, Event
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_base, decisions_at, give_up_slot, proceed_slot, stream
 from models.distributions import Sampler
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
-from models.scenario import EMAIL, REGISTRY, Scenario, Step
+from models.scenario import CPU, EMAIL, REGISTRY, Scenario, Step
 from models.stations import INF, Registry, Sender, Station
 
 __all__ = ["simulate_once", "Progress"]
@@ -217,6 +217,114 @@ class _Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
+VISIT, HOLD, DELAY, RELEASE = range(4)  # legs of a route through the processor
+
+
+def _cpu_legs(
+    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler, threads: frozenset[str]
+) -> list[tuple[int, Station | None, Sampler | None]]:
+    """A request's route with its ``steps`` on the processor, as the reference server runs it.
+
+    Each station is held for its whole visit: in a threaded station (its work
+    runs in a worker thread) one step first, the thread's work; then the
+    service; then the step in which the event loop resumes the request, which
+    is waited for before the station is let go.  The other steps are spread
+    over the gaps before, between and after the stations, first gaps first.
+    The registry (an outside service) is visited, not held.
+    """
+    held = [j for j, (_, service) in enumerate(visits) if service is not None]
+    thread_at = next((j for j in held if visits[j][0].name in threads), None)
+    left = steps
+    if thread_at is not None and left > 0:
+        left -= 1
+    else:
+        thread_at = None
+    resumes = min(left, len(held))
+    left -= resumes
+    gaps = len(visits) + 1
+    legs: list[tuple[int, Station | None, Sampler | None]] = []
+    for j in range(gaps):
+        legs += [(VISIT, cpu, step)] * (left // gaps + (1 if j < left % gaps else 0))
+        if j == len(visits):
+            break
+        station, service = visits[j]
+        if service is None:
+            legs.append((VISIT, station, None))
+            continue
+        legs.append((HOLD, station, None))
+        if j == thread_at:
+            legs.append((VISIT, cpu, step))
+        legs.append((DELAY, None, service))
+        if resumes > 0:
+            legs.append((VISIT, cpu, step))
+            resumes -= 1
+        legs.append((RELEASE, station, None))
+    return legs
+
+
+class _CpuRoute:
+    """A request's way through its stations and the processor (see :func:`_cpu_legs`), chained by callbacks."""
+
+    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step")
+
+    def __init__(self, model: FunnelModel, legs: list[tuple[int, Any, Any]], deadline: float, reply: Event, u: float | None = None):
+        self.model = model
+        self.legs = legs
+        self.i = 0
+        self.deadline = deadline
+        self.reply = reply
+        self.u = u
+        self.held: Station | None = None
+        self.since = 0.0
+        self.step = 0.0  # CPU time of the latest step: the server lets a station go as its resumption step starts
+
+    def _end(self, value: str | None) -> None:
+        if self.held is not None:
+            self.held.release(self.since)
+            self.held = None
+        reply = self.reply
+        reply._ok = True
+        reply._value = value
+        self.model.env.schedule(reply)
+
+    def next(self, previous: Event | None) -> None:
+        if previous is not None and previous._value is not None:
+            self._end(previous._value)
+            return
+        m = self.model
+        legs = self.legs
+        while True:
+            if self.i == len(legs):
+                self._end(None)
+                return
+            kind, station, sampler = legs[self.i]
+            self.i += 1
+            if kind == RELEASE:
+                station.release(self.since, self.step)
+                self.held = None
+                continue
+            self.step = 0.0
+            if kind == HOLD:
+                leg = station.hold(self.deadline)
+                leg.callbacks.append(self._held)  # type: ignore[union-attr]
+                return
+            if kind == DELAY:
+                leg = m.env.timeout(sampler())
+            elif sampler is None:  # the registry
+                leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)
+            else:  # a step on the processor: server work, never abandoned
+                self.step = sampler()
+                leg = station.request(self.step)
+            leg.callbacks.append(self.next)  # type: ignore[union-attr]
+            return
+
+    def _held(self, event: Event) -> None:
+        if event._value is None:
+            self.held = self.legs[self.i - 1][1]
+            self.since = self.model.env._now
+        self.next(event)
+
+
 class FunnelModel:
     """One replication of a scenario, built on a SimPy environment."""
 
@@ -250,6 +358,16 @@ class FunnelModel:
             self.stations[REGISTRY] = self.registry
             self.registry_latency = r.latency.sampler(registry_rng)
             self.registry_timeout = r.timeout
+        cpu_work: dict[str, tuple[int, Sampler]] = {}  # request type -> (steps, time per step)
+        threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
+        self.route = _CpuRoute if sysd.cpu is not None else _Route
+        if sysd.cpu is not None:
+            self.stations[CPU] = Station(env, CPU, sysd.cpu.cores, None)
+            cpu_rng = stream(seed, "cpu", replication)
+            for rt in s.request_types:
+                work = sysd.cpu.work_for(rt)
+                if work is not None and work.step.mean > 0:
+                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng))
         self.sender: Sender | None = None
         if sysd.email is not None:
             rates = [(-INF, sysd.email.rate)] + sorted((c.at, c.send_rate) for c in sysd.changes if c.send_rate is not None)
@@ -278,6 +396,8 @@ class FunnelModel:
                     assert dist is not None
                     samplers[key] = dist.sampler(service_rng)
                 visits.append((self.stations[name], samplers[key]))
+            if step.request_type in cpu_work:
+                visits = _cpu_legs(visits, self.stations[CPU], *cpu_work[step.request_type], threads)  # type: ignore[assignment]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
             nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
             self.plans.append(
@@ -375,12 +495,12 @@ class FunnelModel:
                 tally.started += 1
                 sent = env._now
                 deadline = sent + plan.patience() if plan.patience is not None else INF
-                if len(visits) == 1 and visits[0][1] is not None:
+                if len(visits) == 1 and visits[0][1] is not None and self.route is _Route:
                     station, service = visits[0]
                     reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
                 else:
                     reply = Event(env)
-                    _Route(self, visits, deadline, reply, (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None).next(None)
+                    self.route(self, visits, deadline, reply, (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None).next(None)
                     reason = yield reply
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())

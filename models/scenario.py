@@ -199,6 +199,33 @@ class Batch(_Model):
     quota: int = Field(ge=0)
 
 
+class CpuWork(_Model):
+    """A request type's work on the server's own processor, one event-loop step at a time."""
+
+    steps: int = Field(ge=1, le=100, description="times a request takes the processor (its event-loop steps and thread work)")
+    step: Distribution = Field(description="processor time per step")
+
+
+class Cpu(_Model):
+    """The server process's processor: every request takes it ``steps`` times, first come first served.
+
+    An event-loop server runs each request's work in steps between its waits;
+    while one step runs, every other ready step waits.  ``capacity calibrate``
+    writes this section from the server's CPU accounting; without it the model
+    treats the processor as never busy.
+    """
+
+    cores: int = Field(default=1, ge=1, description="processors serving the steps (one per event loop)")
+    threads: list[str] = Field(
+        default_factory=list,
+        description="stations whose work runs in a worker thread: a visit holds the station while that work waits for and uses the processor",
+    )
+    work: dict[str, CpuWork] = Field(min_length=1, description="per request type ('default' for any)")
+
+    def work_for(self, request_type: str) -> CpuWork | None:
+        return self.work.get(request_type, self.work.get("default"))
+
+
 class CapacityChange(_Model):
     """A change at time ``at``: a station's servers or queue, the registry's limits, the batch quota."""
 
@@ -220,6 +247,7 @@ class System(_Model):
         description="per request type ('default' for any): time outside every station (network, parsing, "
         "unqueued work), a pure delay; written by calibration",
     )
+    cpu: Cpu | None = None
     registry: Registry | None = None
     email: EmailSender | None = None
     batch: Batch | None = None
@@ -350,6 +378,8 @@ class Scenario(_Model):
     @property
     def station_names(self) -> list[str]:
         names = list(self.system.stations)
+        if self.system.cpu is not None:
+            names.append(CPU)
         if self.system.registry is not None:
             names.append(REGISTRY)
         if self.system.email is not None:
@@ -363,16 +393,17 @@ class Scenario(_Model):
 
 REGISTRY = "registry"
 EMAIL = "email"
+CPU = "cpu"
 
 
 def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     """Cross-field checks that a field-by-field schema cannot express."""
     errors: list[tuple[tuple[object, ...], str]] = []
     stations = s.system.stations
-    for name in (REGISTRY, EMAIL):
+    for name in (REGISTRY, EMAIL, CPU):
         if name in stations:
             errors.append((("system", "stations", name), f"'{name}' is reserved for system.{name}; rename the station"))
-    known = set(s.station_names) - {EMAIL}
+    known = set(s.station_names) - {EMAIL, CPU}  # the processor is visited by every request, never named in a step
     seen_steps: set[str] = set()
     for i, step in enumerate(s.journey):
         where: tuple[object, ...] = ("journey", i)
@@ -402,6 +433,14 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     for rt in s.system.overhead:
         if rt != "default" and rt not in s.request_types:
             errors.append((("system", "overhead", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}"))
+    if s.system.cpu is not None:
+        for j, name in enumerate(s.system.cpu.threads):
+            if name not in stations:
+                errors.append((("system", "cpu", "threads", j), f"unknown station {name!r}; expected one of {', '.join(sorted(stations))}"))
+        for rt in s.system.cpu.work:
+            if rt != "default" and rt not in s.request_types:
+                errors.append((("system", "cpu", "work", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}"))
+    changeable = known | ({CPU} if s.system.cpu is not None else set())
     for k, ch in enumerate(s.system.changes):
         where = ("system", "changes", k)
         if ch.at > s.horizon:
@@ -412,8 +451,8 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
             for field, v in {**station_fields, **registry_fields}.items():
                 if v is not None:
                     errors.append(((*where, field), f"'{field}' needs 'station' to say what it changes"))
-        elif ch.station not in known:
-            errors.append(((*where, "station"), f"unknown station {ch.station!r}; expected one of {', '.join(sorted(known))}"))
+        elif ch.station not in changeable:
+            errors.append(((*where, "station"), f"unknown station {ch.station!r}; expected one of {', '.join(sorted(changeable))}"))
         elif ch.station != REGISTRY:
             for field, v in registry_fields.items():
                 if v is not None:

@@ -34,6 +34,7 @@ from models.histogram import Histogram
 __all__ = ["Station", "Registry", "Sender"]
 
 INF = math.inf
+HOLD = -1.0  # a service time meaning "until released"
 
 
 class _Job:
@@ -142,7 +143,12 @@ class Station:
         if ev is None:
             ev = Event(env)
         if self.busy < self.servers:
-            if service <= timeout:  # the common case, inlined: a free server, no timeout to fear
+            if service < 0:  # a hold: the server is the caller's until release()
+                self.busy += 1
+                ev._ok = True
+                ev._value = value
+                env.schedule(ev)
+            elif service <= timeout:  # the common case, inlined: a free server, no timeout to fear
                 self.busy += 1
                 self.busy_area += service
                 ev._ok = True
@@ -183,14 +189,37 @@ class Station:
         ev._value = job.reason
         self.env.schedule(ev)
 
+    def hold(self, deadline: float = INF, ev: Event | None = None) -> Event:
+        """Wait for a server and keep it until :meth:`release`: the event's value is None once held, else why not.
+
+        For a visit whose length is not known up front (the server's work waits
+        for the processor in between); busy time is counted at the release.
+        """
+        return self.request(HOLD, deadline, ev=ev)
+
+    def release(self, held_since: float, unbusy: float = 0.0) -> None:
+        """Give back a server held since ``held_since`` (the time the hold started).
+
+        ``unbusy`` seconds at the end of the hold are not counted as busy time
+        (the server's own accounting stopped there, e.g. as the step that let it go began).
+        """
+        self.busy_area += self.env._now - held_since - unbusy
+        self.busy -= 1
+        if self.qlen:
+            self._dispatch()
+
     def _start(self, ev: Event, service: float, arrived: float, now: float, timeout: float, value: str | None) -> None:
         self.busy += 1
-        self.busy_area += service
         if now > arrived:
             self.waits.append(now - arrived)
             self.queue_area += now - arrived
         env = self.env
         ev._ok = True
+        if service < 0:  # a hold
+            ev._value = value
+            env.schedule(ev)
+            return
+        self.busy_area += service
         if (now - arrived) + service > timeout:
             # the caller gives up at its timeout; the server works on to the end
             ev._value = "timeout"

@@ -30,11 +30,14 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from refserver.config import ServerConfig, sampler
+from refserver.cpu import CpuClock
 from refserver.db import Database
 from refserver.metrics import Metrics
 from refserver.openapi import OPENAPI
@@ -96,7 +99,8 @@ def create_app(
 ) -> Starlette:
     """The server's ASGI app.  ``registry_transport`` lets tests reach an in-process registry."""
     rng = random.Random(cfg.seed)
-    stations = {name: Station(name, s.servers, s.queue) for name, s in cfg.stations.items()}
+    # the database write runs in the writer thread inside the db station, the photo write in a worker thread inside storage
+    stations = {name: Station(name, s.servers, s.queue, threaded=name in ("db", "storage")) for name, s in cfg.stations.items()}
     services: dict[tuple[str, str], Callable[[], float]] = {}
     for name, s in cfg.stations.items():
         for rt in cfg.routes:
@@ -105,7 +109,18 @@ def create_app(
     photos = Path(data_dir) / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
+    clock = CpuClock()
     state: dict[str, Any] = {}
+
+    def stored(rt: str, store: Callable[[], None]) -> Callable[[], None]:
+        def timed() -> None:
+            started = time.thread_time()
+            try:
+                store()
+            finally:
+                clock.thread(rt, time.thread_time() - started)
+
+        return timed
 
     def db() -> Database:
         return state["db"]  # type: ignore[no-any-return]
@@ -119,18 +134,18 @@ def create_app(
         for name in route:
             async with stations[name].slot(rt):
                 if name == "db" and work is not None:
-                    result = await db().write(work)
+                    result = await db().write(work, rt)
                     work = None
                 elif name == "storage" and store is not None:
-                    await asyncio.to_thread(store)
+                    await asyncio.to_thread(stored(rt, store))
                     store = None
                 pause = services[(name, rt)]()
                 if pause > 0:
                     await asyncio.sleep(pause)
         if store is not None:
-            await asyncio.to_thread(store)
+            await asyncio.to_thread(stored(rt, store))
         if work is not None:
-            result = await db().write(work)
+            result = await db().write(work, rt)
         return result
 
     def registrant(rid: str) -> tuple[Any, ...]:
@@ -291,7 +306,7 @@ def create_app(
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE registrants SET nik_verified = ? WHERE id = ? AND nik_verified IS NULL", (time.time(), row[0]))
 
-        await db().write(work)
+        await db().write(work, "verify_nik")
         return JSONResponse({"id": row[0], "status": "verified"})
 
     async def join_batch(request: Request) -> Response:
@@ -338,7 +353,7 @@ def create_app(
                 more = [line for line in reply.text.splitlines() if line.startswith("surgecap_station_")]
         except httpx.HTTPError:
             pass  # the registry's figures are missing from this scrape; the server's own are complete
-        return PlainTextResponse(metrics.render(stations, extra, more), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(stations, extra, more, clock.lines()), media_type="text/plain; version=0.0.4")
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -366,7 +381,7 @@ def create_app(
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             conn.execute("UPDATE batches SET joined = 0")
 
-        await db().write(work)
+        await db().write(work, "reset")
         return JSONResponse({"status": "reset"})
 
     # -- email sender --------------------------------------------------------------
@@ -391,7 +406,7 @@ def create_app(
             def work(conn: sqlite3.Connection, ids: list[int] = ids) -> None:
                 conn.executemany("UPDATE outbox SET sent = ? WHERE id = ?", [(time.time(), i) for i in ids])
 
-            await db().write(work)
+            await db().write(work, "email_sender")
 
     # -- plumbing ------------------------------------------------------------------
     def endpoint(name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -413,7 +428,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        database = Database(db_path)
+        database = Database(db_path, on_cpu=clock.thread)
         state["db"] = database
 
         def ensure_batch(conn: sqlite3.Connection) -> None:
@@ -434,21 +449,44 @@ def create_app(
             await state["http"].aclose()
             database.close()
 
-    routes = [
-        Route("/", endpoint("landing", landing)),
-        Route("/api/register", endpoint("register", register), methods=["POST"]),
-        Route("/api/verify-email", endpoint("verify_email", verify_email), methods=["POST"]),
-        Route("/api/photo", endpoint("upload_photo", photo), methods=["POST"]),
-        Route("/api/verify-nik", endpoint("verify_nik", verify_nik), methods=["POST"]),
-        Route("/api/join-batch", endpoint("join_batch", join_batch), methods=["POST"]),
-        Route("/api/registrants/{rid}", endpoint("status", status)),
-        Route("/healthz", endpoint("healthz", healthz)),
-        Route("/metrics", endpoint("metrics", metrics_endpoint)),
-        Route("/openapi.json", endpoint("openapi", openapi)),
+    table: list[tuple[str, str, Callable[[Request], Awaitable[Response]], list[str] | None]] = [
+        ("/", "landing", landing, None),
+        ("/api/register", "register", register, ["POST"]),
+        ("/api/verify-email", "verify_email", verify_email, ["POST"]),
+        ("/api/photo", "upload_photo", photo, ["POST"]),
+        ("/api/verify-nik", "verify_nik", verify_nik, ["POST"]),
+        ("/api/join-batch", "join_batch", join_batch, ["POST"]),
+        ("/api/registrants/{rid}", "status", status, None),
+        ("/healthz", "healthz", healthz, None),
+        ("/metrics", "metrics", metrics_endpoint, None),
+        ("/openapi.json", "openapi", openapi, None),
     ]
     if cfg.test_mode:
-        routes += [
-            Route("/test/mailbox/{rid}", endpoint("mailbox", mailbox)),
-            Route("/test/reset", endpoint("reset", reset), methods=["POST"]),
-        ]
-    return Starlette(routes=routes, lifespan=lifespan)
+        table += [("/test/mailbox/{rid}", "mailbox", mailbox, None), ("/test/reset", "reset", reset, ["POST"])]
+    routes = [Route(path, endpoint(name, handler), methods=methods) for path, name, handler, methods in table]
+    fixed = {path: name for path, name, _, _ in table if "{" not in path}
+    prefixes = [(path.split("{", 1)[0], name) for path, name, _, _ in table if "{" in path]
+
+    def kind(path: str) -> str:
+        """The request type a path's CPU time is accounted to."""
+        name = fixed.get(path)
+        if name is None:
+            name = next((n for prefix, n in prefixes if path.startswith(prefix)), "other")
+        return name
+
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_CpuTimed, clock=clock, kind=kind)])
+
+
+class _CpuTimed:
+    """ASGI middleware: each HTTP request's steps on the event loop are timed by request type."""
+
+    def __init__(self, app: ASGIApp, clock: CpuClock, kind: Callable[[str], str]):
+        self.app = app
+        self.clock = clock
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.clock.timed(self.kind(scope["path"]), self.app(scope, receive, send))

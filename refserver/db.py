@@ -5,7 +5,9 @@ queued by request handlers are taken in batches; each runs in its own SAVEPOINT
 inside one transaction, so a failing write (a duplicate email, a full batch)
 rolls back alone and nothing half-written stays; the batch then commits with one
 fsync and only then are the handlers answered.  Reads use a second connection
-(WAL readers never block the writer).
+(WAL readers never block the writer).  The writer's CPU time is handed to
+``on_cpu(request_type, seconds)`` per write (its statements plus an equal
+share of the batch's BEGIN/COMMIT), so the server's CPU can be accounted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,8 +65,9 @@ _STOP = object()
 
 
 class Database:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, on_cpu: Callable[[str, float], None] | None = None):
         self.path = str(path)
+        self.on_cpu = on_cpu
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         init = sqlite3.connect(self.path)
         init.execute("PRAGMA journal_mode=WAL")
@@ -101,9 +105,13 @@ class Database:
                     break
                 batch.append(item)
             outcomes: list[tuple[bool, Any]] = []
+            own: list[float] = []
+            clock = time.thread_time
+            batch_started = clock()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for fn, _, _ in batch:
+                for fn, _, _, _ in batch:
+                    started = clock()
                     conn.execute("SAVEPOINT w")
                     try:
                         outcomes.append((True, fn(conn)))
@@ -112,6 +120,7 @@ class Database:
                         conn.execute("ROLLBACK TO w")
                         conn.execute("RELEASE w")
                         outcomes.append((False, exc))
+                    own.append(clock() - started)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -119,15 +128,23 @@ class Database:
                 outcomes = [(False, exc)] * len(batch)
             self.commits += 1
             self.writes += len(batch)
-            for (_, loop, fut), (ok, value) in zip(batch, outcomes):
+            if self.on_cpu is not None:
+                total = clock() - batch_started
+                share = max(total - sum(own), 0.0) / len(batch)
+                for i, (_, _, _, kind) in enumerate(batch):
+                    self.on_cpu(kind, (own[i] if i < len(own) else 0.0) + share)
+            for (_, loop, fut, _), (ok, value) in zip(batch, outcomes):
                 loop.call_soon_threadsafe(_settle, fut, ok, value)
         conn.close()
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` in the next committed batch; its result once on disk."""
+    async def write(self, fn: Callable[[sqlite3.Connection], T], kind: str = "other") -> T:
+        """Run ``fn(connection)`` in the next committed batch; its result once on disk.
+
+        ``kind`` (a request type) is what the writer's CPU time is accounted to.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, loop, fut))
+        self._queue.put((fn, loop, fut, kind))
         return await fut
 
     # -- reading -------------------------------------------------------------

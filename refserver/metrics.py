@@ -25,8 +25,9 @@ class Metrics:
         self.hist[endpoint][bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sums[endpoint] += seconds
 
-    def render(self, stations: dict[str, Station], extra: dict[str, float], more: list[str] | None = None) -> str:
-        """The text exposition; ``more`` are station lines from elsewhere (the registry), put in their families."""
+    def render(self, stations: dict[str, Station], extra: dict[str, float], more: list[str] | None = None, tail: list[str] | None = None) -> str:
+        """The text exposition; ``more`` are station lines from elsewhere (the registry), put in their
+        families; ``tail`` are complete families of other lines (the CPU accounting)."""
         out = [
             "# HELP surgecap_requests_total Requests by endpoint and status.",
             "# TYPE surgecap_requests_total counter",
@@ -46,6 +47,7 @@ class Metrics:
         out += ["# TYPE surgecap_in_flight gauge", f"surgecap_in_flight {self.in_flight}"]
         out += ["# TYPE process_cpu_seconds_total counter", f"process_cpu_seconds_total {time.process_time():.6f}"]
         out += station_lines(stations, more=more)
+        out += tail or []
         for name, value in extra.items():
             out.append(f"# TYPE surgecap_{name} gauge")
             out.append(f"surgecap_{name} {value}")
@@ -69,11 +71,12 @@ def station_lines(stations: dict[str, Station], typed: bool = True, more: list[s
         ("surgecap_station_busy", "gauge", "busy"),
         ("surgecap_station_queue_length", "gauge", "waiting"),
         ("surgecap_station_shed_total", "counter", "shed"),
+        ("surgecap_station_threaded", "gauge", "threaded"),
     ):
         if typed:
             out.append(f"# TYPE {metric} {kind}")
         for name, st in stations.items():
-            out.append(f'{metric}{{station="{name}"}} {getattr(st, attr)}')
+            out.append(f'{metric}{{station="{name}"}} {int(getattr(st, attr))}')
         out += others.get(metric, [])
     for metric, i, fmt in (
         ("surgecap_station_served_total", 0, "{:.0f}"),

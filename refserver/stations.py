@@ -30,8 +30,9 @@ class Overloaded(Exception):
 
 
 class Station:
-    def __init__(self, name: str, servers: int, queue: int | None):
+    def __init__(self, name: str, servers: int, queue: int | None, threaded: bool = False):
         self.name = name
+        self.threaded = threaded  # its work runs in a worker thread (published, for the model's system.cpu.threads)
         self.servers = servers
         self.queue_limit = queue
         self._sem = asyncio.Semaphore(servers)

@@ -13,7 +13,8 @@ import yaml
 
 from capacity_cli import main
 from models.arrivals import decision, decision_base, decisions_at
-from models.calibrate import parse_prometheus, service_estimates, snapshot, station_series
+from models.calibrate import calibration_overlay, cpu_estimates, parse_prometheus, service_estimates, snapshot, station_series
+from models.loader import load_scenario
 from models.units import parse_duration
 
 from .conftest import TEST_SCENARIOS
@@ -61,6 +62,39 @@ def test_scrapes_become_per_interval_station_series() -> None:
     assert series.capacity == pytest.approx([40.0, 40.0])  # 4 servers x 10 s
     assert series.arrivals == [202, 202] and series.shed == [2, 2]
     assert series.utilization() == pytest.approx([0.1, 0.1])
+
+
+def cpu_text(process: float, typed: dict[str, tuple[float, float, float, float, float]]) -> str:
+    lines = [f"process_cpu_seconds_total {process}"]
+    for i, metric in enumerate(("requests", "steps", "loop_seconds", "loop_seconds_squared", "thread_seconds")):
+        lines += [f'surgecap_cpu_{metric}_total{{request="{rt}"}} {v[i]}' for rt, v in typed.items()]
+    return metrics_text(0, 0, 0) .replace("process_cpu_seconds_total 1.5\n", "") + "\n".join(lines) + "\n"
+
+
+def test_processor_demand_per_request_type() -> None:
+    # 10 s: register 100 requests in 400 loop steps (0.04 s, E[S^2] = 2 x (0.1 ms)^2, so cv 1) and 0.02 s in threads;
+    # verify_email 100 requests, 200 steps, 0.02 s; the test mailbox (not a modelled request) 0.01 s; the process 0.10 s.
+    # Unowned: 0.10 - (0.06 + 0.02) = 0.02 s over 200 modelled requests = 0.1 ms each.
+    before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
+    after = snapshot(
+        cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0), "mailbox": (50, 50, 0.01, 50 * 4e-8, 0.0)}),
+        at=10.0,
+    )
+    cpu = cpu_estimates(before, after, ["register", "verify_email"])
+    assert set(cpu) == {"register", "verify_email"}
+    reg = cpu["register"]
+    assert reg.own == pytest.approx(0.0006) and reg.shared == pytest.approx(0.0001) and reg.demand == pytest.approx(0.0007)
+    assert reg.steps == 5  # 4 loop steps per request, +1 for the thread and shared work
+    assert reg.cv == pytest.approx(1.0)
+    assert reg.utilization == pytest.approx(100 * 0.0007 / 10)
+    assert cpu["verify_email"].cv == pytest.approx(0.05)  # every step alike: no spread (floored)
+    # the processor's low-load queueing per step, Pollaczek-Khinchine over both types' steps
+    lam = (100 * 5 + 100 * 3) / 10
+    second = (500 * 2 * (0.0007 / 5) ** 2 + 300 * (1 + 0.05**2) * (0.0003 / 3) ** 2) / 800
+    assert reg.wait == pytest.approx(lam * second / (2 * (1 - 0.01)))
+    overlay = calibration_overlay(load_scenario(SMALL), {}, {}, cpu)
+    assert overlay["system"]["cpu"]["work"]["register"] == {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}
+    assert cpu_estimates(before, snapshot(metrics_text(0, 0, 0), at=10.0), ["register"]) == {}  # no accounting published
 
 
 def test_registrant_decisions_are_uniform_and_independent() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from models.calibrate import parse_prometheus
+
 from .refserver_helpers import JPEG_BYTES, PNG_BYTES, RESET_TOKEN, advance, config, make_client, nik_for, person, rows, token_of
 
 
@@ -26,6 +28,13 @@ def test_full_funnel_and_status(tmp_path: Path) -> None:
         assert 'surgecap_station_served_total{station="db",request="register"} 1' in metrics
         assert 'surgecap_station_busy_seconds_total{station="db",request="register"}' in metrics
         assert 'surgecap_station_busy_log_seconds_total{station="web",request="join_batch"}' in metrics
+        # the processor's accounting: each request type's event-loop steps and its worker-thread CPU time
+        cpu = {(n, lab["request"]): v for n, lab, v in parse_prometheus(metrics) if n.startswith("surgecap_cpu_")}
+        assert cpu[("surgecap_cpu_requests_total", "register")] == 1
+        assert cpu[("surgecap_cpu_steps_total", "register")] >= 2  # it waits at least for its body and its commit
+        assert cpu[("surgecap_cpu_loop_seconds_total", "register")] > 0
+        assert cpu[("surgecap_cpu_thread_seconds_total", "register")] > 0  # the database writer's statements
+        assert cpu[("surgecap_cpu_thread_seconds_total", "upload_photo")] > 0  # the photo file write
         assert client.get("/openapi.json").json()["openapi"].startswith("3.")
     # personal data is not stored in clear
     dump = "\n".join(str(r) for r in rows(tmp_path, "SELECT * FROM registrants"))

@@ -96,3 +96,49 @@ def test_registry_rate_limit_quota_and_timeout() -> None:
     env.process(caller(0.1, 10.0))  # quota of 3 a day is used up
     env.run(until=4)
     assert answers[-1] == "quota"
+
+
+def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
+    # one server: A holds it from t=0 to its release at t=3; B asks at t=1 and is given it at t=3
+    env = simpy.Environment()
+    station = Station(env, "db", 1, None)
+    log: list[tuple[str, float]] = []
+
+    def a():
+        got = yield station.hold()
+        assert got is None
+        log.append(("a", env.now))
+        yield env.timeout(3)
+        station.release(0.0)
+
+    def b():
+        yield env.timeout(1)
+        got = yield station.hold()
+        log.append(("b", env.now))
+        yield env.timeout(2)
+        station.release(3.0)
+
+    env.process(a())
+    env.process(b())
+    env.run()
+    assert log == [("a", 0.0), ("b", 3.0)]
+    arrivals, _, _, waited, busy, _, _, _, waits = station.flush()
+    assert (arrivals, waited, busy) == (2, 1, pytest.approx(5.0))
+    assert waits == [pytest.approx(2.0)]
+
+
+def test_processor_steps_sit_inside_the_station_visits() -> None:
+    # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
+    # thread's step and its resumption; the 2 steps left go to the gaps before web and between web and db (first gaps first)
+    from models.funnel import DELAY, HOLD, RELEASE, VISIT, _cpu_legs
+
+    env = simpy.Environment()
+    cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
+    legs = _cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
+    kinds = [(k, st.name if st is not None else None) for k, st, _ in legs]
+    assert kinds == [
+        (VISIT, "cpu"),
+        (HOLD, "web"), (DELAY, None), (VISIT, "cpu"), (RELEASE, "web"),
+        (VISIT, "cpu"),
+        (HOLD, "db"), (VISIT, "cpu"), (DELAY, None), (VISIT, "cpu"), (RELEASE, "db"),
+    ]

@@ -79,3 +79,12 @@ def test_jackson_network_with_feedback() -> None:
     # the visits per customer follow from the routing: 1 / (1 - 0.25)
     visits = est["station.a.arrivals"].mean / est["arrivals"].mean
     assert visits == pytest.approx(exact.visits[0], rel=0.02)
+
+
+def test_mg1_processor_pollaczek_khinchine() -> None:
+    # M/G/1 (the server's processor, system.cpu): Wq = lam E[S^2] / (2 (1 - rho)), E[S^2] = (1 + cv^2) m^2
+    est = run("mg1-cpu")
+    lam, m, cv = 100.0, 0.006, 1.5
+    exact = lam * (1 + cv**2) * m * m / (2 * (1 - lam * m))
+    check(est["station.cpu.mean_wait"], exact)
+    check(est["station.cpu.utilization"], lam * m)

@@ -1,0 +1,112 @@
+"""The server's own CPU time, by request type.
+
+The reference server runs one event loop on one core; every request's Python
+work (parsing its body, checking it, building the answer) runs on that loop one
+step at a time, between the awaits.  When the loop is busy with one request's
+step, every other ready step waits: at high load this queueing for the CPU is a
+real part of the latency, so the model has a ``system.cpu`` station and
+``capacity calibrate`` needs its demand per request type.
+
+:class:`CpuClock` measures it without touching the event loop's internals (so
+it works under uvloop as well as asyncio):
+
+- :meth:`CpuClock.timed` wraps a request's coroutine and times each of its
+  steps (each ``send`` into it), so the loop time of a request type and the
+  size of its steps are known;
+- :meth:`CpuClock.thread` adds CPU time spent for a request type in a worker
+  thread (the photo file write, the database writer's statements).
+
+``process_cpu_seconds_total`` minus the sum of both is the work no request
+owns (HTTP parsing in the protocol, the email sender, the loop itself).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any, TypeVar
+
+__all__ = ["CpuClock"]
+
+T = TypeVar("T")
+
+# per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds]
+REQUESTS, STEPS, SUM, SQUARES, THREAD = range(5)
+
+
+class _Timed(Awaitable[T]):
+    __slots__ = ("coro", "acc")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], acc: list[float]):
+        self.coro = coro
+        self.acc = acc
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, acc = self.coro, self.acc
+        clock = time.thread_time  # CPU time of the loop thread: a step preempted by a worker thread is not charged for it
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            started = clock()
+            try:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                _step(acc, clock() - started)
+                return stop.value  # type: ignore[no-any-return]
+            except BaseException:
+                _step(acc, clock() - started)
+                raise
+            _step(acc, clock() - started)
+            try:
+                value = yield yielded
+                error = None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed on to the wrapped coroutine (cancellation too)
+                value, error = None, exc
+
+
+def _step(acc: list[float], seconds: float) -> None:
+    acc[STEPS] += 1
+    acc[SUM] += seconds
+    acc[SQUARES] += seconds * seconds
+
+
+class CpuClock:
+    def __init__(self) -> None:
+        self.by_type: dict[str, list[float]] = {}
+        self._lock = threading.Lock()  # worker threads add concurrently
+
+    def _acc(self, rt: str) -> list[float]:
+        acc = self.by_type.get(rt)
+        if acc is None:
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0]
+        return acc
+
+    def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """``await clock.timed(rt, coro)``: run ``coro``, timing each of its steps as ``rt``."""
+        acc = self._acc(rt)
+        acc[REQUESTS] += 1
+        return _Timed(coro, acc)
+
+    def thread(self, rt: str, seconds: float) -> None:
+        """Add CPU seconds spent for ``rt`` outside the loop (measure with ``time.thread_time``)."""
+        with self._lock:
+            self._acc(rt)[THREAD] += seconds
+
+    def lines(self) -> list[str]:
+        """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds."""
+        out: list[str] = []
+        for metric, i, fmt, help_ in (
+            ("surgecap_cpu_requests_total", REQUESTS, "{:.0f}", "Requests whose loop steps were timed."),
+            ("surgecap_cpu_steps_total", STEPS, "{:.0f}", "Event-loop steps of requests."),
+            ("surgecap_cpu_loop_seconds_total", SUM, "{:.6f}", "Event-loop time of requests' steps."),
+            ("surgecap_cpu_loop_seconds_squared_total", SQUARES, "{:.9f}", "Sum of squared step times."),
+            ("surgecap_cpu_thread_seconds_total", THREAD, "{:.6f}", "CPU time of worker threads for requests."),
+        ):
+            out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
+            for rt, acc in sorted(self.by_type.items()):
+                out.append(f'{metric}{{request="{rt}"}} {fmt.format(acc[i])}')
+        return out
