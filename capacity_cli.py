@@ -380,7 +380,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     import yaml
 
     from models.bottleneck import saturation
-    from models.calibrate import calibration_overlay, cpu_estimates, held_services, overheads, service_estimates, steady_scenario
+    from models.calibrate import calibration_overlay, cpu_estimates, cpu_speedup, held_services, overheads, service_estimates, steady_scenario
     from models.loader import parse_scenario
     from reports.summary import table
 
@@ -420,6 +420,8 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             held = held_services(level, estimates, low_cpu, threads)
             overhead = overheads(level, measured, held, low_cpu)
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
+            speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
+            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "speedup": round(speedup, 3)})  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -434,9 +436,10 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
                      f"{(est.mean / configured.mean - 1):+.1%}" if configured and configured.mean > 0 else "-", f"{est.utilization:.1%}"])
     text = table(["station", "request", "served", "D measured", "cv", "D configured", "cv", "diff", "U"], rows)
     if cpu:
-        low_u = sum(e.utilization for e in low_cpu.values())
-        high_u = sum(e.utilization for e in cpu.values())
-        text += f"\n\nserver processor, CPU per request (own work, and with its share of the work no request owns), at low load ({low_u:.1%} of one core) and at the working load ({high_u:.1%}; the model uses these):\n"
+        text += (
+            f"\n\nserver processor, CPU per request (own work, and with its share of the work no request owns), at low load ({u_low:.1%} of one core) "
+            f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at processor utilization U):\n"
+        )
         text += table(
             ["request", "own low", "with share low", "requests", "own", "with share", "steps", "step cv"],
             [[rt, f"{low_cpu[rt].own * 1000:.3f}ms" if rt in low_cpu else "-", f"{low_cpu[rt].demand * 1000:.3f}ms" if rt in low_cpu else "-",

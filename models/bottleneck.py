@@ -60,7 +60,7 @@ def limits(scenario: Scenario) -> list[Limit]:
         for v, step in zip(visits, scenario.journey):
             work = sysd.cpu.work_for(step.request_type)
             if work is not None:
-                demand[CPU] = demand.get(CPU, 0.0) + v * work.steps * work.step.mean
+                demand[CPU] = demand.get(CPU, 0.0) + v * work.steps * work.step.mean * sysd.cpu.factor(1.0)  # at saturation
     out: list[Limit] = []
     for name, d in demand.items():
         if name == CPU:

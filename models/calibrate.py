@@ -51,6 +51,7 @@ __all__ = [
     "CpuEstimate",
     "cpu_estimates",
     "held_services",
+    "cpu_speedup",
     "station_series",
     "MIN_SAMPLES",
 ]
@@ -267,6 +268,31 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -
     second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(1.0, sum(e.n * e.steps for e in out.values()))
     wait = lam * second / (2 * (1 - rho))
     return {rt: dataclasses.replace(e, wait=wait) for rt, e in out.items()}
+
+
+def cpu_speedup(
+    low: dict[str, CpuEstimate], work: dict[str, CpuEstimate], low_before: Snapshot, low_after: Snapshot, work_before: Snapshot, work_after: Snapshot
+) -> tuple[float, float, float]:
+    """How much cheaper a request's CPU work gets as the processor gets busier: (speedup, U low, U working).
+
+    The processor's utilization U of each phase is the process's CPU seconds
+    over the elapsed time.  With c the CPU time per request (the working
+    phase's mix, priced at each phase's per-type costs), the model's law
+    c(U) = c(U_work) (1 - speedup (U - U_work)) through both points gives
+    speedup = (c_low / c_work - 1) / (U_work - U_low), clamped to [0, 3];
+    0 when the phases are less than 5 points of utilization apart.
+    """
+
+    def busy(a: Snapshot, b: Snapshot) -> float:
+        return ((b.cpu_seconds or 0.0) - (a.cpu_seconds or 0.0)) / max(b.at - a.at, 1e-9)
+
+    u_low, u_work = busy(low_before, low_after), busy(work_before, work_after)
+    both = [rt for rt in work if rt in low]
+    c_work = sum(work[rt].n * work[rt].demand for rt in both)
+    c_low = sum(work[rt].n * low[rt].demand for rt in both)
+    if c_work <= 0 or u_work - u_low < 0.05:
+        return 0.0, u_low, u_work
+    return min(3.0, max(0.0, (c_low / c_work - 1) / (u_work - u_low))), u_low, u_work
 
 
 def held_services(

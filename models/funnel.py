@@ -29,7 +29,7 @@ from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_
 from models.distributions import Sampler
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import CPU, EMAIL, REGISTRY, Scenario, Step
-from models.stations import INF, Registry, Sender, Station
+from models.stations import INF, Processor, Registry, Sender, Station
 
 __all__ = ["simulate_once", "Progress"]
 
@@ -313,7 +313,7 @@ class _CpuRoute:
             elif sampler is None:  # the registry
                 leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)
             else:  # a step on the processor: server work, never abandoned
-                self.step = sampler()
+                self.step = sampler() * station.factor()
                 leg = station.request(self.step)
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
             return
@@ -362,7 +362,7 @@ class FunnelModel:
         threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
         self.route = _CpuRoute if sysd.cpu is not None else _Route
         if sysd.cpu is not None:
-            self.stations[CPU] = Station(env, CPU, sysd.cpu.cores, None)
+            self.stations[CPU] = Processor(env, CPU, sysd.cpu.cores, sysd.cpu.factor, sysd.cpu.measured_at)
             cpu_rng = stream(seed, "cpu", replication)
             for rt in s.request_types:
                 work = sysd.cpu.work_for(rt)

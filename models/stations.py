@@ -31,7 +31,7 @@ from simpy.events import NORMAL, Event
 
 from models.histogram import Histogram
 
-__all__ = ["Station", "Registry", "Sender"]
+__all__ = ["Station", "Processor", "Registry", "Sender"]
 
 INF = math.inf
 HOLD = -1.0  # a service time meaning "until released"
@@ -255,6 +255,36 @@ class Station:
 
     def set_limit(self, limit: int | None) -> None:
         self.limit = limit if limit is not None else 1 << 62
+
+
+class Processor(Station):
+    """The server's processor: a station whose step times depend on how busy it has been lately.
+
+    ``factor(u)`` scales a step's time by the utilization ``u`` over the last
+    ``window`` seconds (the scenario's ``system.cpu.speedup``); until a first
+    window is complete, ``u`` is ``start_u``.
+    """
+
+    def __init__(self, env: simpy.Environment, name: str, servers: int, factor: Callable[[float], float], start_u: float, window: float = 1.0):
+        super().__init__(env, name, servers, None)
+        self.scale = factor
+        self.u = start_u
+        self.window = window
+        self.work = 0.0  # server-seconds started, cumulative
+        self._mark = (env.now, 0.0)
+
+    def factor(self) -> float:
+        now = self.env._now
+        since, work = self._mark
+        if now - since >= self.window:
+            self.u = min(1.0, (self.work - work) / (self.servers * (now - since)))
+            self._mark = (now, self.work)
+        return self.scale(self.u)
+
+    def request(self, service: float, *args, **kwargs) -> Event:  # type: ignore[no-untyped-def, override]
+        if service > 0:
+            self.work += service
+        return super().request(service, *args, **kwargs)
 
 
 class Registry(Station):

@@ -13,7 +13,7 @@ import yaml
 
 from capacity_cli import main
 from models.arrivals import decision, decision_base, decisions_at
-from models.calibrate import calibration_overlay, cpu_estimates, parse_prometheus, service_estimates, snapshot, station_series
+from models.calibrate import Snapshot, calibration_overlay, cpu_estimates, parse_prometheus, service_estimates, snapshot, station_series
 from models.loader import load_scenario
 from models.units import parse_duration
 
@@ -95,6 +95,20 @@ def test_processor_demand_per_request_type() -> None:
     overlay = calibration_overlay(load_scenario(SMALL), {}, {}, cpu)
     assert overlay["system"]["cpu"]["work"]["register"] == {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}
     assert cpu_estimates(before, snapshot(metrics_text(0, 0, 0), at=10.0), ["register"]) == {}  # no accounting published
+
+
+def test_processor_speedup_from_the_two_calibration_phases() -> None:
+    # register costs 2.6 ms of CPU at U = 10 % and 2.0 ms at U = 40 %: c_low / c_work = 1.3, speedup = 0.3 / 0.3 = 1
+    from models.calibrate import CpuEstimate, cpu_speedup
+
+    low["register"] = CpuEstimate("register", 100, 1.6e-3, 0.4e-3, 1.0e-3, 5, 1.0, 0.1)
+    work = {"register": CpuEstimate("register", 400, 1.2e-3, 0.3e-3, 0.8e-3, 5, 1.0, 0.4)}
+    idle, busy_low, busy_work = Snapshot(at=0.0, cpu_seconds=0.0), Snapshot(at=10.0, cpu_seconds=1.0), Snapshot(at=10.0, cpu_seconds=4.0)
+    speedup, u_low, u_work = cpu_speedup(low, work, idle, busy_low, idle, busy_work)
+    assert (u_low, u_work) == (pytest.approx(0.1), pytest.approx(0.4))
+    assert speedup == pytest.approx(1.0)
+    # phases too close in utilization say nothing about the slope
+    assert cpu_speedup(low, work, idle, busy_low, idle, Snapshot(at=10.0, cpu_seconds=1.2))[0] == 0.0
 
 
 def test_registrant_decisions_are_uniform_and_independent() -> None:

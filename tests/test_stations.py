@@ -142,3 +142,27 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
         (VISIT, "cpu"),
         (HOLD, "db"), (VISIT, "cpu"), (DELAY, None), (VISIT, "cpu"), (RELEASE, "db"),
     ]
+
+
+def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:
+    # system.cpu.speedup: step times scale by 1 - speedup x (U - measured_at), U over the last window (1 s)
+    from models.scenario import Cpu
+    from models.stations import Processor
+
+    cpu = Cpu(cores=1, work={"default": {"steps": 1, "step": "1ms"}}, measured_at=0.2, speedup=1.0)
+    assert cpu.factor(0.2) == pytest.approx(1.0) and cpu.factor(0.6) == pytest.approx(0.6) and cpu.factor(5.0) == 0.2
+    env = simpy.Environment()
+    proc = Processor(env, "cpu", 1, cpu.factor, start_u=0.2)
+    seen: list[float] = []
+
+    def work():
+        for _ in range(6):  # 0.1 s of work every 0.1 s for 0.6 s: busy 100 %, then idle
+            seen.append(proc.factor())
+            yield proc.request(0.1)
+        yield env.timeout(1.0)
+        seen.append(proc.factor())
+
+    env.process(work())
+    env.run()
+    assert seen[0] == pytest.approx(1.0)  # no window complete yet: the measured point
+    assert seen[-1] == pytest.approx(cpu.factor(0.6 / 1.6))  # 0.6 s of work in the 1.6 s since the start
