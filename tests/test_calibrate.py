@@ -101,7 +101,7 @@ def test_processor_speedup_from_the_two_calibration_phases() -> None:
     # register costs 2.6 ms of CPU at U = 10 % and 2.0 ms at U = 40 %: c_low / c_work = 1.3, speedup = 0.3 / 0.3 = 1
     from models.calibrate import CpuEstimate, cpu_speedup
 
-    low["register"] = CpuEstimate("register", 100, 1.6e-3, 0.4e-3, 1.0e-3, 5, 1.0, 0.1)
+    low = {"register": CpuEstimate("register", 100, 1.6e-3, 0.4e-3, 1.0e-3, 5, 1.0, 0.1)}
     work = {"register": CpuEstimate("register", 400, 1.2e-3, 0.3e-3, 0.8e-3, 5, 1.0, 0.4)}
     idle, busy_low, busy_work = Snapshot(at=0.0, cpu_seconds=0.0), Snapshot(at=10.0, cpu_seconds=1.0), Snapshot(at=10.0, cpu_seconds=4.0)
     speedup, u_low, u_work = cpu_speedup(low, work, idle, busy_low, idle, busy_work)
