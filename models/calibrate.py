@@ -90,7 +90,7 @@ class Snapshot:
     typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, Σt, Σt², Σln t, Σ(ln t)²]
     threaded: dict[str, float] = field(default_factory=dict)  # station -> 1 when its work runs in a worker thread
     cpu_seconds: float | None = None
-    cpu_typed: dict[str, list[float]] = field(default_factory=dict)  # request -> [requests, steps, loop Σt, loop Σt², thread seconds]
+    cpu_typed: dict[str, list[float]] = field(default_factory=dict)  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls]
 
     @property
     def has_stations(self) -> bool:
@@ -141,10 +141,11 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_loop_seconds_total": 2,
         "surgecap_cpu_loop_seconds_squared_total": 3,
         "surgecap_cpu_thread_seconds_total": 4,
+        "surgecap_cpu_thread_calls_total": 5,
     }
     for name, labels, value in parse_prometheus(text):
         if name in cpu and "request" in labels:
-            snap.cpu_typed.setdefault(labels["request"], [0.0] * 5)[cpu[name]] = value
+            snap.cpu_typed.setdefault(labels["request"], [0.0] * 6)[cpu[name]] = value
             continue
         station = labels.get("station")
         if name in simple and station is not None:
@@ -232,13 +233,18 @@ class CpuEstimate:
     cv: float  # of the step time, from the loop steps' second moment
     utilization: float  # of one core by this request type (own + shared)
     wait: float = 0.0  # seconds per step: the processor's queueing at the calibration load
+    locks: float = 0.0  # per request: worker-thread calls that give up the interpreter lock and take it back
+    rho: float = 0.0  # the processor's utilization by all request types at the calibration load
 
     @property
     def demand(self) -> float:
         return self.own + self.shared
 
     def as_work(self) -> dict[str, Any]:
-        return {"steps": self.steps, "step": {"dist": "gamma", "mean": _round(self.demand / self.steps), "cv": round(self.cv, 3)}}
+        work: dict[str, Any] = {"steps": self.steps, "step": {"dist": "gamma", "mean": _round(self.demand / self.steps), "cv": round(self.cv, 3)}}
+        if self.locks > 0:
+            work["locks"] = round(self.locks, 2)
+        return work
 
 
 def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -> dict[str, CpuEstimate]:
@@ -250,24 +256,24 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -
     if after.cpu_seconds is None or before.cpu_seconds is None or not after.cpu_typed or elapsed <= 0:
         return {}
     total = after.cpu_seconds - before.cpu_seconds
-    delta = {rt: [a - b for a, b in zip(acc, before.cpu_typed.get(rt, [0.0] * 5))] for rt, acc in after.cpu_typed.items()}
+    delta = {rt: [a - b for a, b in zip([*acc, 0.0][:6], [*before.cpu_typed.get(rt, []), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0][:6])] for rt, acc in after.cpu_typed.items()}
     kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] >= MIN_SAMPLES}
     if not kept:
         return {}
     owned = sum(d[2] + d[4] for d in kept.values())
     shared = max(0.0, total - owned) / sum(d[0] for d in kept.values())
     out: dict[str, CpuEstimate] = {}
-    for rt, (n, steps, loop, squares, thread) in kept.items():
+    for rt, (n, steps, loop, squares, thread, calls) in kept.items():
         per_step = loop / steps if steps > 0 else 0.0
         cv = math.sqrt(max(0.0, squares / steps / per_step**2 - 1)) if per_step > 0 else 1.0
         own = (loop + thread) / n
-        out[rt] = CpuEstimate(rt, int(n), own, thread / n, shared, max(1, round(steps / n)) + 1, min(max(cv, 0.05), 4.0), n * (own + shared) / elapsed)
+        out[rt] = CpuEstimate(rt, int(n), own, thread / n, shared, max(1, round(steps / n)) + 1, min(max(cv, 0.05), 4.0), n * (own + shared) / elapsed, locks=calls / n)
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
     lam = sum(e.n * e.steps for e in out.values()) / elapsed
     rho = min(sum(e.utilization for e in out.values()), 0.95)
     second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(1.0, sum(e.n * e.steps for e in out.values()))
     wait = lam * second / (2 * (1 - rho))
-    return {rt: dataclasses.replace(e, wait=wait) for rt, e in out.items()}
+    return {rt: dataclasses.replace(e, wait=wait, rho=rho) for rt, e in out.items()}
 
 
 def cpu_speedup(
@@ -305,8 +311,10 @@ def held_services(
     CPU time and its wait for the processor).  The model holds the station for
     those itself (see ``models.funnel._cpu_legs``), so each is taken off the
     measured demand at the calibration load: the step's queueing ``wait`` once,
-    and for the first threaded station of a route the thread's CPU time and one
-    more wait.  Times are scaled, keeping the measured spread; never below a
+    and for the first threaded station of a route the thread's CPU time, one
+    more wait and its interpreter-lock takes (each waits for the step in
+    service to end: on average rho x its residual, ``wait x (1 - rho)`` by
+    Pollaczek-Khinchine).  Times are scaled, keeping the measured spread; never below a
     tenth of the measurement.
     """
     out = dict(estimates)
@@ -320,7 +328,7 @@ def held_services(
             est = estimates.get((st, rt))
             if est is None or st == REGISTRY:
                 continue
-            cut = e.wait + (e.thread + e.wait if st == first_thread else 0.0)
+            cut = e.wait + (e.thread + e.wait + round(e.locks) * e.wait * (1 - e.rho) if st == first_thread else 0.0)
             mean = max(est.mean - cut, est.mean / 10)
             out[(st, rt)] = dataclasses.replace(est, mean=mean, log_mean=est.log_mean + math.log(mean / est.mean))
     return out

@@ -217,18 +217,20 @@ class _Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE = range(4)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK = range(5)  # legs of a route through the processor
 
 
 def _cpu_legs(
-    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler, threads: frozenset[str]
+    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler, threads: frozenset[str], locks: int = 0
 ) -> list[tuple[int, Station | None, Sampler | None]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
     Each station is held for its whole visit: in a threaded station (its work
     runs in a worker thread) one step first, the thread's work; then the
     service; then the step in which the event loop resumes the request, which
-    is waited for before the station is let go.  The other steps are spread
+    is waited for before the station is let go.  The thread's ``locks`` (its
+    calls that give up the interpreter lock) each wait for the processor's
+    current step to end, before the thread's step.  The other steps are spread
     over the gaps before, between and after the stations, first gaps first.
     The registry (an outside service) is visited, not held.
     """
@@ -253,6 +255,7 @@ def _cpu_legs(
             continue
         legs.append((HOLD, station, None))
         if j == thread_at:
+            legs += [(LOCK, cpu, None)] * locks
             legs.append((VISIT, cpu, step))
         legs.append((DELAY, None, service))
         if resumes > 0:
@@ -308,6 +311,10 @@ class _CpuRoute:
                 leg = station.hold(self.deadline)
                 leg.callbacks.append(self._held)  # type: ignore[union-attr]
                 return
+            if kind == LOCK:
+                leg = station.boundary()
+                leg.callbacks.append(self.next)  # type: ignore[union-attr]
+                return
             if kind == DELAY:
                 leg = m.env.timeout(sampler())
             elif sampler is None:  # the registry
@@ -358,7 +365,7 @@ class FunnelModel:
             self.stations[REGISTRY] = self.registry
             self.registry_latency = r.latency.sampler(registry_rng)
             self.registry_timeout = r.timeout
-        cpu_work: dict[str, tuple[int, Sampler]] = {}  # request type -> (steps, time per step)
+        cpu_work: dict[str, tuple[int, Sampler, int]] = {}  # request type -> (steps, time per step, interpreter-lock takes)
         threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
         self.route = _CpuRoute if sysd.cpu is not None else _Route
         if sysd.cpu is not None:
@@ -367,7 +374,7 @@ class FunnelModel:
             for rt in s.request_types:
                 work = sysd.cpu.work_for(rt)
                 if work is not None and work.step.mean > 0:
-                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng))
+                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), round(work.locks))
         self.sender: Sender | None = None
         if sysd.email is not None:
             rates = [(-INF, sysd.email.rate)] + sorted((c.at, c.send_rate) for c in sysd.changes if c.send_rate is not None)
@@ -397,7 +404,8 @@ class FunnelModel:
                     samplers[key] = dist.sampler(service_rng)
                 visits.append((self.stations[name], samplers[key]))
             if step.request_type in cpu_work:
-                visits = _cpu_legs(visits, self.stations[CPU], *cpu_work[step.request_type], threads)  # type: ignore[assignment]
+                n_steps, sampler, locks = cpu_work[step.request_type]
+                visits = _cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks)  # type: ignore[assignment]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
             nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
             self.plans.append(

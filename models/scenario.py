@@ -204,6 +204,13 @@ class CpuWork(_Model):
 
     steps: int = Field(ge=1, le=100, description="times a request takes the processor (its event-loop steps and thread work)")
     step: Distribution = Field(description="processor time per step")
+    locks: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="times its worker-thread work (in a threaded station) takes back the interpreter lock; "
+        "each waits for the processor's current step to end",
+    )
 
 
 class Cpu(_Model):

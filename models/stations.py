@@ -271,6 +271,7 @@ class Processor(Station):
         self.u = start_u
         self.window = window
         self.work = 0.0  # server-seconds started, cumulative
+        self._boundary: list[Event] = []
         self._mark = (env.now, 0.0)
 
     def factor(self) -> float:
@@ -285,6 +286,24 @@ class Processor(Station):
         if service > 0:
             self.work += service
         return super().request(service, *args, **kwargs)
+
+    def boundary(self) -> Event:
+        """An event at the end of the step now running (at once when idle): a worker thread taking the
+        interpreter lock back waits for the event loop to let go of it, at its next step boundary."""
+        if self.busy == 0:
+            return _fire(self.env, None)
+        ev = Event(self.env)
+        self._boundary.append(ev)
+        return ev
+
+    def _release(self, event: Event) -> None:
+        if self._boundary:
+            for ev in self._boundary:
+                ev._ok = True
+                ev._value = None
+                self.env.schedule(ev)
+            self._boundary = []
+        super()._release(event)
 
 
 class Registry(Station):

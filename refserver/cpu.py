@@ -31,8 +31,8 @@ __all__ = ["CpuClock"]
 
 T = TypeVar("T")
 
-# per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds]
-REQUESTS, STEPS, SUM, SQUARES, THREAD = range(5)
+# per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds, thread calls]
+REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS = range(6)
 
 
 class _Timed(Awaitable[T]):
@@ -82,7 +82,7 @@ class CpuClock:
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
         if acc is None:
-            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0]
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0]
         return acc
 
     def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
@@ -91,10 +91,13 @@ class CpuClock:
         acc[REQUESTS] += 1
         return _Timed(coro, acc)
 
-    def thread(self, rt: str, seconds: float) -> None:
-        """Add CPU seconds spent for ``rt`` outside the loop (measure with ``time.thread_time``)."""
+    def thread(self, rt: str, seconds: float, calls: float = 0.0) -> None:
+        """Add CPU seconds spent for ``rt`` in a worker thread (measure with ``time.thread_time``), and the
+        thread's calls that let go of the interpreter lock and take it back (each waits for the event loop to let go)."""
         with self._lock:
-            self._acc(rt)[THREAD] += seconds
+            acc = self._acc(rt)
+            acc[THREAD] += seconds
+            acc[CALLS] += calls
 
     def lines(self) -> list[str]:
         """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds."""
@@ -105,6 +108,7 @@ class CpuClock:
             ("surgecap_cpu_loop_seconds_total", SUM, "{:.6f}", "Event-loop time of requests' steps."),
             ("surgecap_cpu_loop_seconds_squared_total", SQUARES, "{:.9f}", "Sum of squared step times."),
             ("surgecap_cpu_thread_seconds_total", THREAD, "{:.6f}", "CPU time of worker threads for requests."),
+            ("surgecap_cpu_thread_calls_total", CALLS, "{:.2f}", "Worker-thread calls that give up the interpreter lock and take it back."),
         ):
             out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
             for rt, acc in sorted(self.by_type.items()):

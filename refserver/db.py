@@ -6,8 +6,10 @@ inside one transaction, so a failing write (a duplicate email, a full batch)
 rolls back alone and nothing half-written stays; the batch then commits with one
 fsync and only then are the handlers answered.  Reads use a second connection
 (WAL readers never block the writer).  The writer's CPU time is handed to
-``on_cpu(request_type, seconds)`` per write (its statements plus an equal
-share of the batch's BEGIN/COMMIT), so the server's CPU can be accounted.
+``on_cpu(request_type, seconds, calls)`` per write (its statements plus an equal
+share of the batch's BEGIN/COMMIT), so the server's CPU can be accounted;
+``calls`` are its statements (each lets go of the interpreter lock while SQLite
+works and must take it back), with the same share of the batch's own.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ _STOP = object()
 
 
 class Database:
-    def __init__(self, path: str | Path, on_cpu: Callable[[str, float], None] | None = None):
+    def __init__(self, path: str | Path, on_cpu: Callable[[str, float, float], None] | None = None):
         self.path = str(path)
         self.on_cpu = on_cpu
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,7 @@ class Database:
                 batch.append(item)
             outcomes: list[tuple[bool, Any]] = []
             own: list[float] = []
+            calls: list[float] = []
             clock = time.thread_time
             batch_started = clock()
             try:
@@ -113,14 +116,16 @@ class Database:
                 for fn, _, _, _ in batch:
                     started = clock()
                     conn.execute("SAVEPOINT w")
+                    counted = _Counted(conn)
                     try:
-                        outcomes.append((True, fn(conn)))
+                        outcomes.append((True, fn(counted)))  # type: ignore[arg-type]
                         conn.execute("RELEASE w")
                     except Exception as exc:  # noqa: BLE001 - handed to the waiting handler
                         conn.execute("ROLLBACK TO w")
                         conn.execute("RELEASE w")
                         outcomes.append((False, exc))
                     own.append(clock() - started)
+                    calls.append(counted.calls + 2)  # with its SAVEPOINT and RELEASE
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -132,7 +137,7 @@ class Database:
                 total = clock() - batch_started
                 share = max(total - sum(own), 0.0) / len(batch)
                 for i, (_, _, _, kind) in enumerate(batch):
-                    self.on_cpu(kind, (own[i] if i < len(own) else 0.0) + share)
+                    self.on_cpu(kind, (own[i] if i < len(own) else 0.0) + share, (calls[i] if i < len(calls) else 0.0) + 2 / len(batch))  # BEGIN, COMMIT
             for (_, loop, fut, _), (ok, value) in zip(batch, outcomes):
                 loop.call_soon_threadsafe(_settle, fut, ok, value)
         conn.close()
@@ -160,6 +165,24 @@ class Database:
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
         self._reader.close()
+
+
+class _Counted:
+    """The writer's connection as a write function sees it, counting the statements it runs."""
+
+    __slots__ = ("conn", "calls")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.calls = 0
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self.calls += 1
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        self.calls += 1
+        return self.conn.executemany(sql, rows)
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

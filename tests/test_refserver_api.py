@@ -35,6 +35,9 @@ def test_full_funnel_and_status(tmp_path: Path) -> None:
         assert cpu[("surgecap_cpu_loop_seconds_total", "register")] > 0
         assert cpu[("surgecap_cpu_thread_seconds_total", "register")] > 0  # the database writer's statements
         assert cpu[("surgecap_cpu_thread_seconds_total", "upload_photo")] > 0  # the photo file write
+        # the writer's statements give up the interpreter lock: 3 inserts, SAVEPOINT and RELEASE, a share of BEGIN and COMMIT
+        assert 5 < cpu[("surgecap_cpu_thread_calls_total", "register")] <= 7
+        assert cpu[("surgecap_cpu_thread_calls_total", "upload_photo")] >= 6  # open, write, flush, fsync, close, replace
         assert client.get("/openapi.json").json()["openapi"].startswith("3.")
     # personal data is not stored in clear
     dump = "\n".join(str(r) for r in rows(tmp_path, "SELECT * FROM registrants"))
