@@ -296,6 +296,7 @@ class CalibrationError(RuntimeError):
 
 CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
 CPU_LOAD = 0.5  # the processor is measured at this fraction of the saturation rate (see calibrate)
+IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
 
 
 def _cpus() -> tuple[int | None, int | None]:
@@ -305,12 +306,13 @@ def _cpus() -> tuple[int | None, int | None]:
     return (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
 
 
-def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> tuple[Scenario, RunResult, Snapshot | None, Snapshot | None]:
+def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idle: float = 0.0) -> tuple[Scenario, RunResult, Snapshot | None, Snapshot | None]:
     """One steady load level against ``host`` (or a fresh, pinned reference server).
 
     Returns the level's scenario, the measured RunResult, and the station
     metrics scraped just before and just after the run (None when the target
-    publishes none).
+    publishes none).  With ``idle`` seconds, the server is first watched idle
+    for that long: ``before.idle_cpu`` is its CPU use with no load.
     """
     import contextlib
 
@@ -332,6 +334,12 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool) -> 
             return found if found.has_stations else None
 
         before = snap()
+        if idle > 0 and before is not None and before.cpu_seconds is not None:
+            time.sleep(idle)
+            quiet_end = snap()
+            if quiet_end is not None and quiet_end.cpu_seconds is not None:
+                quiet_end.idle_cpu = max(0.0, (quiet_end.cpu_seconds - before.cpu_seconds) / (quiet_end.at - before.at))
+                before = quiet_end
         run = LoadRun(level_file, target, duration, run_dir, _pool_size(scenario, duration), quiet=quiet, metrics=before is not None, cpu=load_cpu)
         measured, interrupted = run_locust(run)
         after = snap()
@@ -394,11 +402,12 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     level_file = _level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
     if not quiet:
         print(f"capacity calibrate: {rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
-    level, measured, before, after = _measure(level_file, run_dir, host, quiet)
+    level, measured, before, after = _measure(level_file, run_dir, host, quiet, idle=IDLE_WATCH)
     if before is None or after is None:
         raise CalibrationError(f"{host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")
     estimates = service_estimates(before, after)
-    low_cpu = cpu_estimates(before, after, scenario.request_types)
+    background = before.idle_cpu or 0.0
+    low_cpu = cpu_estimates(before, after, scenario.request_types, background)
     threads = {name for name, v in after.threaded.items() if v and name in scenario.system.stations}
     overhead = overheads(level, measured, estimates, low_cpu)
     overlay = calibration_overlay(scenario, estimates, overhead)
@@ -414,14 +423,14 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
         _, _, cpu_before, cpu_after = _measure(cpu_file, run_dir / "cpu", host, quiet)
         cpu_before, cpu_after = _warm(run_dir / "cpu" / "scrapes.json", cpu_duration, cpu_before, cpu_after)
         if cpu_before is not None and cpu_after is not None:
-            cpu = cpu_estimates(cpu_before, cpu_after, scenario.request_types)
+            cpu = cpu_estimates(cpu_before, cpu_after, scenario.request_types, background)
         if cpu:
             # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
             held = held_services(level, estimates, low_cpu, threads)
             overhead = overheads(level, measured, held, low_cpu)
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
-            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "speedup": round(speedup, 3)})  # type: ignore[index]
+            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []

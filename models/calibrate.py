@@ -91,6 +91,7 @@ class Snapshot:
     threaded: dict[str, float] = field(default_factory=dict)  # station -> 1 when its work runs in a worker thread
     cpu_seconds: float | None = None
     cpu_typed: dict[str, list[float]] = field(default_factory=dict)  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls]
+    idle_cpu: float | None = None  # the server's CPU use with no load (CPU seconds per second), when it was watched idle
 
     @property
     def has_stations(self) -> bool:
@@ -247,10 +248,12 @@ class CpuEstimate:
         return work
 
 
-def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -> dict[str, CpuEstimate]:
+def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], background: float = 0.0) -> dict[str, CpuEstimate]:
     """Per modelled request type (served at least :data:`MIN_SAMPLES` times): its CPU work, see the module text.
 
-    Empty when the server publishes no CPU accounting.
+    ``background`` (CPU seconds per second the server uses with no load) is
+    not shared out over the requests: the model keeps it apart.  Empty when
+    the server publishes no CPU accounting.
     """
     elapsed = after.at - before.at
     if after.cpu_seconds is None or before.cpu_seconds is None or not after.cpu_typed or elapsed <= 0:
@@ -261,7 +264,7 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -
     if not kept:
         return {}
     owned = sum(d[2] + d[4] for d in kept.values())
-    shared = max(0.0, total - owned) / sum(d[0] for d in kept.values())
+    shared = max(0.0, total - owned - background * elapsed) / sum(d[0] for d in kept.values())
     out: dict[str, CpuEstimate] = {}
     for rt, (n, steps, loop, squares, thread, calls) in kept.items():
         per_step = loop / steps if steps > 0 else 0.0
@@ -270,7 +273,7 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str]) -
         out[rt] = CpuEstimate(rt, int(n), own, thread / n, shared, max(1, round(steps / n)) + 1, min(max(cv, 0.05), 4.0), n * (own + shared) / elapsed, locks=calls / n)
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
     lam = sum(e.n * e.steps for e in out.values()) / elapsed
-    rho = min(sum(e.utilization for e in out.values()), 0.95)
+    rho = min(background + sum(e.utilization for e in out.values()), 0.95)
     second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(1.0, sum(e.n * e.steps for e in out.values()))
     wait = lam * second / (2 * (1 - rho))
     return {rt: dataclasses.replace(e, wait=wait, rho=rho) for rt, e in out.items()}
@@ -285,7 +288,7 @@ def cpu_speedup(
     over the elapsed time.  With c the CPU time per request (the working
     phase's mix, priced at each phase's per-type costs), the model's law
     c(U) = c(U_work) (1 - speedup (U - U_work)) through both points gives
-    speedup = (c_low / c_work - 1) / (U_work - U_low), clamped to [0, 3];
+    speedup = (c_low / c_work - 1) / (U_work - U_low), clamped to [0, 1.5];
     0 when the phases are less than 5 points of utilization apart.
     """
 
@@ -298,7 +301,7 @@ def cpu_speedup(
     c_low = sum(work[rt].n * low[rt].demand for rt in both)
     if c_work <= 0 or u_work - u_low < 0.05:
         return 0.0, u_low, u_work
-    return min(3.0, max(0.0, (c_low / c_work - 1) / (u_work - u_low))), u_low, u_work
+    return min(1.5, max(0.0, (c_low / c_work - 1) / (u_work - u_low))), u_low, u_work
 
 
 def held_services(

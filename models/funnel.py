@@ -565,6 +565,14 @@ class FunnelModel:
         if ch.batch_quota is not None:
             self.batch_quota = ch.batch_quota
 
+    def background(self, share: float, tick: float = 0.05) -> Generator[simpy.Event, Any, None]:
+        """The server's own work with no load (timers, the email sender's polling): a step of ``share x tick`` every ``tick``."""
+        cpu = self.stations[CPU]
+        timeout = self.env.timeout
+        while self.env._now + tick < self.end:
+            cpu.request(share * tick)
+            yield timeout(tick)
+
     def monitor(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         if self.counting_from > env._now:
@@ -622,6 +630,8 @@ class FunnelModel:
         env = self.env
         env.process(self.source())
         env.process(self.monitor())
+        if self.scenario.system.cpu is not None and self.scenario.system.cpu.background > 0:
+            env.process(self.background(self.scenario.system.cpu.background))
         if self.scenario.system.changes:
             for ch in self.scenario.system.changes:
                 if ch.at <= self.start:

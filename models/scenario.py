@@ -229,17 +229,18 @@ class Cpu(_Model):
     )
     work: dict[str, CpuWork] = Field(min_length=1, description="per request type ('default' for any)")
     measured_at: Probability = Field(default=0.0, description="the processor's utilization when the step times were measured")
+    background: Probability = Field(default=0.0, le=0.5, description="share of the processor the server uses with no load (timers, pollers)")
     speedup: float = Field(
         default=0.0,
         ge=0.0,
-        le=3.0,
+        le=1.5,
         description="step times scale by 1 - speedup x (U - measured_at), U the processor's recent utilization "
-        "(warm caches and shared wake-ups make work cheaper on a busy processor); at least 0.2",
+        "(warm caches and shared wake-ups make work cheaper on a busy processor); at least 0.5",
     )
 
     def factor(self, utilization: float) -> float:
         """Step times at this processor utilization, relative to the measured ones."""
-        return max(0.2, 1.0 - self.speedup * (utilization - self.measured_at))
+        return max(0.5, 1.0 - self.speedup * (utilization - self.measured_at))
 
     def work_for(self, request_type: str) -> CpuWork | None:
         return self.work.get(request_type, self.work.get("default"))

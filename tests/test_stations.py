@@ -150,7 +150,7 @@ def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:
     from models.stations import Processor
 
     cpu = Cpu(cores=1, work={"default": {"steps": 1, "step": "1ms"}}, measured_at=0.2, speedup=1.0)
-    assert cpu.factor(0.2) == pytest.approx(1.0) and cpu.factor(0.6) == pytest.approx(0.6) and cpu.factor(5.0) == 0.2
+    assert cpu.factor(0.2) == pytest.approx(1.0) and cpu.factor(0.6) == pytest.approx(0.6) and cpu.factor(5.0) == 0.5
     env = simpy.Environment()
     proc = Processor(env, "cpu", 1, cpu.factor, start_u=0.2)
     seen: list[float] = []
