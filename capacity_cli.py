@@ -430,7 +430,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             overhead = overheads(level, measured, held, low_cpu)
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
-            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
+            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -447,7 +447,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     if cpu:
         text += (
             f"\n\nserver processor, CPU per request (own work, and with its share of the work no request owns), at low load ({u_low:.1%} of one core) "
-            f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at processor utilization U):\n"
+            f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at processor utilization U between {u_low:.3f} and {u_work:.3f}):\n"
         )
         text += table(
             ["request", "own low", "with share low", "requests", "own", "with share", "steps", "step cv"],

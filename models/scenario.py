@@ -234,13 +234,22 @@ class Cpu(_Model):
         default=0.0,
         ge=0.0,
         le=1.5,
-        description="step times scale by 1 - speedup x (U - measured_at), U the processor's recent utilization "
+        description="step times scale by 1 - speedup x (U - measured_at), U the processor's recent utilization (kept between low_at and measured_at) "
         "(warm caches and shared wake-ups make work cheaper on a busy processor); at least 0.5",
     )
 
+    low_at: Probability = Field(default=0.0, description="the lower utilization the speedup was measured from")
+
     def factor(self, utilization: float) -> float:
-        """Step times at this processor utilization, relative to the measured ones."""
-        return max(0.5, 1.0 - self.speedup * (utilization - self.measured_at))
+        """Step times at this processor utilization, relative to the measured ones.
+
+        Interpolated between the two measured utilizations (``low_at`` and
+        ``measured_at``), never extrapolated: outside them the nearest measured
+        cost holds (on the reference server the cost per request kept falling
+        beyond the working load in some runs and not in others).
+        """
+        u = min(max(utilization, self.low_at), self.measured_at)
+        return max(0.5, 1.0 - self.speedup * (u - self.measured_at))
 
     def work_for(self, request_type: str) -> CpuWork | None:
         return self.work.get(request_type, self.work.get("default"))

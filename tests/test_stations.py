@@ -149,10 +149,14 @@ def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:
     from models.scenario import Cpu
     from models.stations import Processor
 
-    cpu = Cpu(cores=1, work={"default": {"steps": 1, "step": "1ms"}}, measured_at=0.2, speedup=1.0)
-    assert cpu.factor(0.2) == pytest.approx(1.0) and cpu.factor(0.6) == pytest.approx(0.6) and cpu.factor(5.0) == 0.5
+    # between the two measured utilizations (here 0 and 0.8), never beyond them
+    cpu = Cpu(cores=1, work={"default": {"steps": 1, "step": "1ms"}}, low_at=0.0, measured_at=0.8, speedup=1.0)
+    assert cpu.factor(0.8) == pytest.approx(1.0) and cpu.factor(0.4) == pytest.approx(1.4) and cpu.factor(0.95) == pytest.approx(1.0)
+    cpu = Cpu(cores=1, work={"default": {"steps": 1, "step": "1ms"}}, low_at=0.1, measured_at=0.2, speedup=1.0)
+    assert cpu.factor(0.2) == pytest.approx(1.0) and cpu.factor(0.0) == pytest.approx(1.1)
     env = simpy.Environment()
-    proc = Processor(env, "cpu", 1, cpu.factor, start_u=0.2)
+    cpu = Cpu(cores=1, work={"default": {"steps": 1, "step": "1ms"}}, low_at=0.0, measured_at=0.8, speedup=1.0)
+    proc = Processor(env, "cpu", 1, cpu.factor, start_u=0.8)
     seen: list[float] = []
 
     def work():
