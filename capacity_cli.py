@@ -409,7 +409,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     background = before.idle_cpu or 0.0
     low_cpu = cpu_estimates(before, after, scenario.request_types, background)
     threads = {name for name, v in after.threaded.items() if v and name in scenario.system.stations}
-    overhead = overheads(level, measured, estimates, low_cpu)
+    overhead = overheads(level, measured, estimates)  # without a processor phase the model has none to add CPU time back
     overlay = calibration_overlay(scenario, estimates, overhead)
     cpu = {}
     cpu_rate = 0.0

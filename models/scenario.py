@@ -463,6 +463,8 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
         if rt != "default" and rt not in s.request_types:
             errors.append((("system", "overhead", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}"))
     if s.system.cpu is not None:
+        if s.system.cpu.low_at > s.system.cpu.measured_at:
+            errors.append((("system", "cpu", "low_at"), f"low_at ({s.system.cpu.low_at:g}) must not exceed measured_at ({s.system.cpu.measured_at:g})"))
         for j, name in enumerate(s.system.cpu.threads):
             if name not in stations:
                 errors.append((("system", "cpu", "threads", j), f"unknown station {name!r}; expected one of {', '.join(sorted(stations))}"))

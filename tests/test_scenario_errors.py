@@ -46,6 +46,9 @@ CASES = [
     ("unknown-distribution", _replace("{dist: exponential, mean: 3s}", "{dist: weibull, mean: 3s}"), ["journey[4].think", "unknown dist 'weibull'", "lognormal"]),
     ("service-missing-for-request", _replace("service: {upload_photo: {dist: lognormal, mean: 100ms, cv: 1.0}}", "service: {register: 1ms}"), ["journey[2].stations[1]", "no service time for request 'upload_photo'"]),
     ("surge-total-unreachable", _replace("decay: 20s", "total: 99999999"), ["arrivals", "cannot be reached"]),
+    ("cpu-unknown-thread-station", _replace("system:\n", "system:\n  cpu: {threads: [dbb], work: {default: {steps: 2, step: 1ms}}}\n"), ["system.cpu.threads[0]", "unknown station 'dbb'"]),
+    ("cpu-low-above-measured", _replace("system:\n", "system:\n  cpu: {low_at: 0.5, measured_at: 0.2, work: {default: {steps: 2, step: 1ms}}}\n"), ["system.cpu.low_at", "must not exceed measured_at"]),
+    ("cpu-unknown-request", _replace("system:\n", "system:\n  cpu: {work: {regster: {steps: 2, step: 1ms}}}\n"), ["system.cpu.work.regster", "unknown request type 'regster'"]),
 ]
 
 
