@@ -4,7 +4,8 @@ The reference server runs pinned to CPU 0, Locust (one process) to CPU 1.
 
 1. Cost per request of the generator: Locust's CPU seconds per request, for the
    registrant user replaying a constant 1,000 registrations/s and for a bare
-   FastHttpUser GET loop at about the same rate.  Requests/s per process at
+   FastHttpUser GET loop at about the same rate, alternated over --rounds rounds.
+   Requests/s per process at
    saturation is 1 / (CPU seconds per request), so the ratio of the two costs is
    the ratio of the two users' capacities (target: registrant >= 80 % of bare).
 2. The reported peak at 1:1 (scenarios/peak-register.yaml): 1,333 registrations/s
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from capacity_cli import server_config  # noqa: E402
+from capacity_cli import _pool_size, server_config  # noqa: E402
 from models.loader import load_scenario  # noqa: E402
 from models.results import load  # noqa: E402
 from refserver.serve import free_port, wait_ready  # noqa: E402
@@ -77,7 +78,8 @@ def run_locust(locustfile: Path, host: str, users: int, seconds: float, env: dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=120.0, help="length of the peak replay")
-    ap.add_argument("--cost-seconds", type=float, default=20.0, help="length of each cost measurement")
+    ap.add_argument("--cost-seconds", type=float, default=10.0, help="length of each cost measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="bare and registrant cost runs, alternated")
     args = ap.parse_args()
     scenario = load_scenario(PEAK)
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,21 +95,30 @@ def main() -> None:
         host = f"http://127.0.0.1:{port}"
         try:
             wait_ready(f"{host}/healthz", proc=server)
-            # 1. cost per request: bare GET loop (100 users x 10/s) and the registrant at 1,000 arrivals/s
-            bare_cpu, bare_n = run_locust(ROOT / "benchmarks" / "bare_locustfile.py", host, 100, args.cost_seconds, {}, Path(tmp) / "bare")
+            # 1. cost per request: bare GET loop (100 users x 10/s) and the registrant at 1,000 arrivals/s,
+            #    alternated over several rounds so that a drift in the machine's speed hits both alike
             cost_scn = Path(tmp) / "cost.yaml"
             cost_scn.write_text(PEAK.read_text().replace("rate: 80000/min", "rate: 1000/s"))
-            out1 = Path(tmp) / "cost-run"
-            env = {"SURGECAP_SCENARIO": str(cost_scn), "SURGECAP_DURATION": str(args.cost_seconds), "SURGECAP_OUT": str(out1), "SURGECAP_PROGRESS": "0"}
-            reg_cpu, reg_n = run_locust(ROOT / "locustfiles" / "registrant.py", host, 300, args.cost_seconds + 2, env, Path(tmp) / "reg")
+            bare_cpu = bare_n = reg_cpu = reg_n = 0.0
+            for k in range(args.rounds):
+                cpu, n = run_locust(ROOT / "benchmarks" / "bare_locustfile.py", host, 100, args.cost_seconds, {}, Path(tmp) / f"bare{k}")
+                bare_cpu, bare_n = bare_cpu + cpu, bare_n + n
+                out1 = Path(tmp) / f"cost-run{k}"
+                env = {"SURGECAP_SCENARIO": str(cost_scn), "SURGECAP_DURATION": str(args.cost_seconds), "SURGECAP_OUT": str(out1), "SURGECAP_PROGRESS": "0"}
+                cpu, n = run_locust(ROOT / "locustfiles" / "registrant.py", host, 300, args.cost_seconds + 2, env, Path(tmp) / f"reg{k}")
+                reg_cpu, reg_n = reg_cpu + cpu, reg_n + n
+                print(f"  round {k + 1}: bare {bare_cpu / bare_n * 1e6:.0f} µs, registrant {reg_cpu / reg_n * 1e6:.0f} µs per request so far", flush=True)
             # 2. the peak at 1:1
             out2 = Path(tmp) / "peak-run"
             env = {"SURGECAP_SCENARIO": str(PEAK), "SURGECAP_DURATION": str(args.seconds), "SURGECAP_OUT": str(out2), "SURGECAP_PROGRESS": "0"}
             before = sqlite3.connect(data / "refserver.sqlite").execute("SELECT count(*) FROM registrants").fetchone()[0]
-            run_locust(ROOT / "locustfiles" / "registrant.py", host, 400, args.seconds + 3, env, Path(tmp) / "peak")
+            users = _pool_size(scenario, args.seconds)  # as capacity loadtest sizes its pool
+            run_locust(ROOT / "locustfiles" / "registrant.py", host, users, args.seconds + 3, env, Path(tmp) / "peak")
             stats = (Path(tmp) / "peak_stats.csv").read_text().splitlines()
             reg = next(line for line in stats if ",register," in line).split(",")
-            answered_201 = int(reg[2]) - int(reg[3])  # Locust's count of register requests minus its failures
+            sent, failed = int(reg[2]), int(reg[3])
+            answered_201 = sent - failed  # Locust's count of register requests minus its failures
+            failures = (Path(tmp) / "peak_failures.csv").read_text().splitlines()[1:]
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
@@ -115,14 +126,15 @@ def main() -> None:
         peak = load(out2)
     per_bare, per_reg = bare_cpu / bare_n, reg_cpu / reg_n
     print("Locust pinned to CPU 1, reference server to CPU 0")
-    print(f"  bare FastHttpUser GET loop: {bare_n:,} requests, {bare_cpu:.1f} CPU s = {per_bare * 1e6:.0f} µs/request -> {1 / per_bare:,.0f} requests/s per process")
-    print(f"  registrant user (register): {reg_n:,} requests, {reg_cpu:.1f} CPU s = {per_reg * 1e6:.0f} µs/request -> {1 / per_reg:,.0f} requests/s per process")
+    print(f"  bare FastHttpUser GET loop: {bare_n:,.0f} requests, {bare_cpu:.1f} CPU s = {per_bare * 1e6:.0f} µs/request -> {1 / per_bare:,.0f} requests/s per process")
+    print(f"  registrant user (register): {reg_n:,.0f} requests, {reg_cpu:.1f} CPU s = {per_reg * 1e6:.0f} µs/request -> {1 / per_reg:,.0f} requests/s per process")
     print(f"  ratio registrant/bare: {per_bare / per_reg:.0%}   (target >= 80 %)")
     m = peak.meta
     created = sum(sum(r.ok) for r in peak.requests.values())
-    print(f"Peak replay, {args.seconds:g} s at 1,333/s: {m['arrivals_started']:,} of {m['arrivals_planned']:,} arrivals started, {m['arrivals_dropped']:,} dropped")
+    print(f"Peak replay, {args.seconds:g} s at 1,333/s, a pool of {users:,} users: {m['arrivals_started']:,} of {m['arrivals_planned']:,} arrivals started, {m['arrivals_dropped']:,} dropped")
     print(f"  started within 100 ms of their time: {m['share_on_time_100ms']:.2%} (target >= 99 %), latest {m['max_lateness'] * 1000:.0f} ms")
     print(f"  201 answers {answered_201:,} (of which sent within the window {created:,}); rows added to the database {rows:,} ({'equal' if answered_201 == rows else 'DIFFERENT'})")
+    print(f"  Locust counted {sent:,} register requests, {failed:,} failed" + "".join(f"\n    {line}" for line in failures))
 
 
 if __name__ == "__main__":

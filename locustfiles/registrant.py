@@ -23,6 +23,7 @@ Interactive use with Locust's web UI: ``locust -f locustfiles/registrant.py --ho
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -34,11 +35,13 @@ from typing import Any
 
 import gevent
 from gevent.queue import Queue
-from geventhttpclient.client import HTTPClientPool
-from locust import FastHttpUser, events, task
+from locust import User, events, task
 from locust.env import Environment
+from locust.exception import LocustError
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+from locustfiles.client import JSON_HEADERS, Client
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision, give_up_slot, proceed_slot
@@ -132,19 +135,30 @@ def _reason(status: int, body: dict[str, Any]) -> str | None:
 
 
 CONNECTIONS = 5000  # at most this many connections to the target: a cap, opened only as needed
+CLIENTS: dict[str, Client] = {}  # target URL -> the pool all users share
+EXPECTED_KEY = {"register": "id", "verify_email": "status", "upload_photo": "status", "verify_nik": "status", "join_batch": "status"}
 
 
-class Registrant(FastHttpUser):
+class Registrant(User):
     """Takes the next due arrival and walks its journey; idle users wait for arrivals.
 
-    All users share one connection pool: in an open model most users are idle
-    most of the time, and with a pool each their connections would go cold and be
-    reopened (a new connection per journey costs more than the request).
+    All users share one connection pool per target (:mod:`locustfiles.client`):
+    in an open model most users are idle most of the time, and with a pool each
+    their connections would go cold and be reopened (a new connection per journey
+    costs more than the request).
     """
 
     network_timeout = 30.0
     connection_timeout = 10.0
-    client_pool = HTTPClientPool(concurrency=CONNECTIONS, connection_timeout=connection_timeout, network_timeout=network_timeout)
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        if not self.host:
+            raise LocustError("locustfile: no target; pass --host (or set it in the web UI)")
+        key = self.host
+        if key not in CLIENTS:
+            CLIENTS[key] = Client(key, environment.events.request.fire, CONNECTIONS, self.connection_timeout, self.network_timeout)
+        self.http = CLIENTS[key]
 
     def now(self) -> float:
         return time.monotonic() - CLOCK.get("start", time.monotonic())
@@ -167,35 +181,28 @@ class Registrant(FastHttpUser):
                 RECORDER.arrival(intended)
                 self.walk(index, intended)
 
-    def call(self, rt: str, step_name: str, method: str, path: str, **kwargs: Any) -> tuple[str | None, dict[str, Any]]:
+    def call(self, rt: str, step_name: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[str | None, dict[str, Any]]:
         """Send one request of type ``rt``, validate and record it: (why it failed or None, JSON body)."""
         sent = self.now()
-        t0 = time.perf_counter()
         IN_FLIGHT[0] += 1
         try:
-            resp_cm = self.client.request(method, path, name=step_name, catch_response=True, **kwargs)
+            answer = self.http.request(method, path, body, headers)
         finally:
             IN_FLIGHT[0] -= 1
-        with resp_cm as resp:
-            latency = time.perf_counter() - t0
-            status = resp.status_code or 0
-            try:
-                body = json.loads(resp.content) if resp.content else {}
-            except ValueError:
-                body = {}
-            if not isinstance(body, dict):
-                body = {}
-            reason = _reason(status, body)
-            expected_key = {"register": "id", "verify_email": "status", "upload_photo": "status", "verify_nik": "status", "join_batch": "status"}[rt]
-            if reason is None and expected_key not in body:
-                reason = "error"
-                resp.failure(f"{status} without {expected_key!r} in the body")
-            elif reason is not None:
-                resp.failure(f"{status} {reason}")
-            else:
-                resp.success()
-        RECORDER.request(rt, sent, latency, reason)
-        return reason, body
+        body_json = answer.json()
+        if not isinstance(body_json, dict):
+            body_json = {}
+        status = answer.status
+        reason = _reason(status, body_json)
+        failure = None
+        if reason is None and EXPECTED_KEY[rt] not in body_json:
+            reason = "error"
+            failure = f"{status} without {EXPECTED_KEY[rt]!r} in the body"
+        elif reason is not None:
+            failure = f"{status} {reason}"
+        self.http.report(method, step_name, path, answer, failure)
+        RECORDER.request(rt, sent, answer.seconds, reason)
+        return reason, body_json
 
     def walk(self, index: int, intended: float) -> None:
         index = WORKER_INDEX + WORKERS * index  # the arrival's index in the whole trace
@@ -244,24 +251,25 @@ class Registrant(FastHttpUser):
         """The registrant reads their email: poll the test mailbox until the token is there."""
         deadline = self.now() + wait
         while self.now() < deadline:
+            path = f"/test/mailbox/{rid}"
             IN_FLIGHT[0] += 1
             try:
-                polled = self.client.get(f"/test/mailbox/{rid}", name="mailbox", catch_response=True)
+                answer = self.http.request("GET", path)
             finally:
                 IN_FLIGHT[0] -= 1
-            with polled as resp:
-                if resp.status_code == 200:
-                    resp.success()
-                    return str(resp.json()["token"])
-                resp.success()  # not delivered yet is an expected answer
+            self.http.report("GET", "mailbox", path, answer, None)  # "not delivered yet" is an expected answer
+            if answer.status == 200:
+                found = answer.json()
+                if isinstance(found, dict) and "token" in found:
+                    return str(found["token"])
             gevent.sleep(0.1)
         return None
 
     def send(self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None) -> tuple[str | None, dict[str, Any]]:
         if rt == "register":
-            return self.call(rt, name, "POST", "/api/register", json=me)
+            return self.call(rt, name, "POST", "/api/register", _json(me), JSON_HEADERS)
         if rt == "verify_email":
-            return self.call(rt, name, "POST", "/api/verify-email", json={"token": token or ""})
+            return self.call(rt, name, "POST", "/api/verify-email", _json({"token": token or ""}), JSON_HEADERS)
         if rt == "upload_photo":
             size = int(payload or 20_000)
             photo = JPEG_HEADER + b"\x00" * max(0, size - len(JPEG_HEADER))
@@ -270,10 +278,14 @@ class Registrant(FastHttpUser):
                 f'--{boundary}\r\nContent-Disposition: form-data; name="registrant_id"\r\n\r\n{rid}\r\n'
                 f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="me.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
             ).encode() + photo + f"\r\n--{boundary}--\r\n".encode()
-            return self.call(rt, name, "POST", "/api/photo", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            return self.call(rt, name, "POST", "/api/photo", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         if rt == "verify_nik":
-            return self.call(rt, name, "POST", "/api/verify-nik", json={"registrant_id": rid or "", "nik": me["nik"]})
-        return self.call(rt, name, "POST", "/api/join-batch", json={"registrant_id": rid or "", "batch_id": "wave-1"})
+            return self.call(rt, name, "POST", "/api/verify-nik", _json({"registrant_id": rid or "", "nik": me["nik"]}), JSON_HEADERS)
+        return self.call(rt, name, "POST", "/api/join-batch", _json({"registrant_id": rid or "", "batch_id": "wave-1"}), JSON_HEADERS)
+
+
+def _json(payload: dict[str, str]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 TICK = 0.002  # seconds: the dispatcher wakes at most this often and releases all that fell due
@@ -450,6 +462,23 @@ def _stop(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.send_message(RESULT_MESSAGE, {"worker": WORKER_INDEX, "result": result.to_dict()})
 
+
+
+@events.quitting.add_listener
+def _final_csv(environment: Environment, **_: Any) -> None:
+    """Write Locust's CSV files once more, complete.
+
+    Locust rewrites them once a second while a run goes; a run that ends right
+    after its last answer (see :func:`_finish_early`) would leave that last
+    second out of ``*_stats.csv``.
+    """
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix or isinstance(environment.runner, WorkerRunner):
+        return
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, rows in (("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv), ("_exceptions.csv", writer.exceptions_csv)):
+        with open(f"{prefix}{suffix}", "w", newline="") as f:
+            rows(csv.writer(f))
 
 if __name__ == "__main__":
     from locust import run_single_user

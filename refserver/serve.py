@@ -111,6 +111,13 @@ def _die_with_parent() -> None:
         pass
 
 
+# Seconds an idle client connection is kept open.  uvicorn's default of 5 s makes
+# an open-model client, whose pooled connections sit idle between surges, race the
+# server's close: a request sent on a connection the server is closing comes back
+# "connection closed".  60 s is in the range of common proxies' idle timeouts.
+KEEP_ALIVE = 60
+
+
 def _secret(data_dir: Path) -> bytes:
     path = data_dir / "secret"
     if not path.exists():
@@ -178,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             (data_dir / "reset-token").write_text(reset_token)
         app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
         print(f"refserver: serving on http://{host}:{args.port} (registry on port {reg_port}, database {db_path})", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE
+        )
     finally:
         stop(registry, 10.0)
     return 0

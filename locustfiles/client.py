@@ -1,0 +1,98 @@
+"""The registrant's HTTP client: one keep-alive connection pool, every request reported to Locust.
+
+Locust's ``FastHttpSession`` wraps geventhttpclient in a user agent with a cookie
+jar, redirects, URL re-parsing and a response wrapper on every request.  The
+registrant needs none of them: the API answers JSON, sets no cookies and never
+redirects, and one Locust user plays many registrants, so a cookie jar per user
+would even carry one registrant's cookies into the next's journey.  This client
+sends straight through geventhttpclient's pool and fires Locust's ``request``
+event itself, so Locust's statistics, CSV and web UI see every request, named by
+step, with its failure when the answer is wrong (what ``catch_response`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+from geventhttpclient.client import HTTPClient
+from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
+
+# What a request can raise when the target is slow, closes or answers garbage:
+# each is an answer-less request (status 0), as Locust's own session treats them.
+TRANSPORT_ERRORS = (OSError, socket.timeout, gevent.Timeout, HTTPConnectionClosed, HTTPParseError)
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class Answer:
+    """One request's outcome: status (0 when nothing came back), raw body and the error if any."""
+
+    __slots__ = ("status", "content", "error", "start", "seconds")
+
+    def __init__(self, status: int, content: bytes, error: BaseException | None, start: float, seconds: float) -> None:
+        self.status, self.content, self.error = status, content, error
+        self.start, self.seconds = start, seconds  # when it was sent (epoch seconds) and how long until the whole answer was read
+
+    def json(self) -> Any:
+        """The body as JSON; ``{}`` for an empty or malformed body."""
+        if not self.content:
+            return {}
+        try:
+            return json.loads(self.content)
+        except ValueError:
+            return {}
+
+
+class Client:
+    """Requests to one target over a shared connection pool of at most ``connections`` sockets."""
+
+    def __init__(self, host: str, fire: Any, connections: int, connection_timeout: float, network_timeout: float) -> None:
+        self.fire = fire  # Locust's events.request.fire
+        self.http = HTTPClient.from_url(host, concurrency=connections, connection_timeout=connection_timeout, network_timeout=network_timeout)
+        self.prefix = urlsplit(host).path.rstrip("/")  # a target under a base path, as Locust's --host allows
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+        """Send one request and read the whole answer; the caller judges it and calls :meth:`report`."""
+        start = time.time()
+        t0 = time.perf_counter()
+        try:
+            resp = self.http.request(method, self.prefix + path, body=body or b"", headers=headers)
+            try:
+                status, content = resp.status_code, resp.read()
+            finally:
+                resp.release()  # back to the pool when the answer was whole, closed otherwise
+            return Answer(status, content, None, start, time.perf_counter() - t0)
+        except TRANSPORT_ERRORS as exc:
+            return Answer(0, b"", exc, start, time.perf_counter() - t0)
+
+    def post_json(self, path: str, payload: dict[str, Any]) -> Answer:
+        return self.request("POST", path, json.dumps(payload, separators=(",", ":")).encode(), JSON_HEADERS)
+
+    def report(self, method: str, name: str, path: str, answer: Answer, failure: str | None) -> None:
+        """Report one request to Locust's statistics: ``failure`` None is a success, else why it failed."""
+        if failure is not None:
+            exc: BaseException | None = answer.error or Failure(failure)
+        else:
+            exc = None
+        self.fire(
+            request_type=method,
+            name=name,
+            response_time=answer.seconds * 1000.0,
+            response_length=len(answer.content),
+            exception=exc,
+            context={},
+            url=path,
+            start_time=answer.start,
+            response=None,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class Failure(Exception):
+    """An answer that came back but is not what the step expects (a wrong status or body)."""
