@@ -26,6 +26,7 @@ from models.units import UnitError, format_duration, parse_duration, parse_fract
 if TYPE_CHECKING:
     from models.calibrate import Snapshot
     from models.results import RunResult
+    from models.speed import SpeedModes
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -297,6 +298,7 @@ class CalibrationError(RuntimeError):
 CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
 CPU_LOAD = 0.5  # the processor is measured at this fraction of the saturation rate (see calibrate)
 IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
+SPEED_PROBE = (5.0, 30.0)  # seconds the server's CPU is timed before calibration (a quarter of the phase, within these)
 
 
 def _cpus() -> tuple[int | None, int | None]:
@@ -388,7 +390,15 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     import yaml
 
     from models.bottleneck import saturation
-    from models.calibrate import calibration_overlay, cpu_estimates, cpu_speedup, held_services, overheads, service_estimates, steady_scenario
+    from models.calibrate import (
+        calibration_overlay,
+        cpu_estimates,
+        cpu_speedup,
+        held_services,
+        overheads,
+        service_estimates,
+        steady_scenario,
+    )
     from models.loader import parse_scenario
     from reports.summary import table
 
@@ -400,6 +410,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
     knee = saturation(parse_scenario(yaml.safe_dump(whole), scenario_path))
     rate = CALIBRATION_LOAD * knee.rate
     level_file = _level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
+    modes = _speed_modes(duration, quiet) if host is None else None  # before the server starts: the CPU to itself
     if not quiet:
         print(f"capacity calibrate: {rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", file=sys.stderr)
     level, measured, before, after = _measure(level_file, run_dir, host, quiet, idle=IDLE_WATCH)
@@ -431,6 +442,8 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
             overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
+            if modes is not None and not modes.steady:
+                overlay["system"]["cpu"]["modes"] = modes.to_overlay()  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -454,12 +467,43 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             [[rt, f"{low_cpu[rt].own * 1000:.3f}ms" if rt in low_cpu else "-", f"{low_cpu[rt].demand * 1000:.3f}ms" if rt in low_cpu else "-",
               f"{e.n}", f"{e.own * 1000:.3f}ms", f"{e.demand * 1000:.3f}ms", f"{e.steps}", f"{e.cv:.2f}"] for rt, e in sorted(cpu.items())],
         )
+        if modes is not None:
+            text += "\n\n" + _modes_text(modes)
     elif not low_cpu:
         text += "\n\nthe server publishes no CPU accounting (surgecap_cpu_*): the model keeps no processor station"
     if overhead:
         text += "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
     return overlay, text
+
+
+def _speed_modes(duration: float, quiet: bool) -> SpeedModes | None:
+    """Time a fixed piece of work on the server's CPU before the server starts (see :mod:`models.speed`)."""
+    import json
+    import subprocess
+
+    from models.speed import SpeedModes
+
+    server_cpu, _ = _cpus()
+    seconds = min(max(duration / 4, SPEED_PROBE[0]), SPEED_PROBE[1])
+    if not quiet:
+        print(f"capacity calibrate: timing the server's CPU for {format_duration(seconds)} (does its speed change?)", file=sys.stderr)
+    cmd = [sys.executable, "-m", "models.speed", "--seconds", f"{seconds:g}"] + (["--cpu", str(server_cpu)] if server_cpu is not None else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, cwd=Path(__file__).resolve().parent)
+    if done.returncode != 0:
+        print(f"capacity calibrate: the CPU speed probe failed, the model keeps a steady processor: {done.stderr.strip()}", file=sys.stderr)
+        return None
+    return SpeedModes(**json.loads(done.stdout))
+
+
+def _modes_text(modes: SpeedModes) -> str:
+    if modes.steady:
+        return f"the server's CPU ran at a steady speed while timed ({modes.samples} pieces of work)"
+    return (
+        f"the server's CPU changes speed: timed pieces of work took {modes.slow:.2f} x as long {modes.share:.0%} of the time, "
+        f"in spells of {modes.slow_for * 1000:.0f} ms on average (fast ones {modes.fast_for * 1000:.0f} ms); the model's processor does the same "
+        f"(system.cpu.modes), its step times as measured on average"
+    )
 
 
 CPU_WARMUP = 0.25  # share of the processor phase left out: a fresh server's first requests cost more (imports, caches, connections)
@@ -509,6 +553,32 @@ def _levels_arg(text: str | None, default: list[float]) -> list[float]:
     if not levels or any(not 0 < x <= 3 for x in levels):
         raise UnitError(f"--levels must be fractions of the saturation rate in (0, 3], e.g. 0.3,0.6,0.9; got {text!r}")
     return sorted(levels)
+
+
+def _level_processor(overlay: dict[str, object], scenario: Scenario, before: Snapshot | None, after: Snapshot | None) -> dict[str, object]:
+    """The overlay with the processor's CPU time per request as measured over this level (``--processor level``).
+
+    Everything else stays calibrated.  The work is measured at this level's own
+    load, so the speedup law has nothing left to do.  The overlay comes back
+    unchanged when the level has no CPU accounting or the overlay no processor.
+    """
+    import copy
+
+    from models.calibrate import cpu_estimates
+
+    system = overlay.get("system")
+    cpu = system.get("cpu") if isinstance(system, dict) else None
+    if not isinstance(cpu, dict) or before is None or after is None:
+        return overlay
+    measured = cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0)))
+    if not measured:
+        return overlay
+    out = copy.deepcopy(overlay)
+    cpu_out = out["system"]["cpu"]  # type: ignore[index]
+    cpu_out["work"] = {**cpu_out.get("work", {}), **{rt: est.as_work() for rt, est in measured.items()}}
+    busy = (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)  # type: ignore[operator]
+    cpu_out.update({"measured_at": round(min(max(busy, 0.0), 1.0), 3), "low_at": round(min(max(busy, 0.0), 1.0), 3), "speedup": 0.0})
+    return out
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -565,11 +635,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
         if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:
             measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)
-        model_scenario = load_scenario(level_file, overlay=overlay)
+        level_overlay, inputs = overlay, frozenset[str]()
+        if args.processor == "level":
+            level_overlay = _level_processor(overlay, scenario, before, after)
+            if level_overlay is not overlay:
+                inputs = frozenset({"station cpu"})
+                (ldir / "processor.yaml").write_text(yaml.safe_dump(level_overlay["system"]["cpu"], sort_keys=False))  # type: ignore[index]
+            elif not args.quiet:
+                print(f"capacity validate: level {f:g}: no CPU accounting in this level, so the calibrated processor stays", file=sys.stderr)
+        model_scenario = load_scenario(level_file, overlay=level_overlay)
         models = simulate(model_scenario, replications=args.replications)
         for r, m in enumerate(models):
             save(m, ldir / "model" / f"rep-{r:03d}")
-        lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0))
+        lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0, inputs=inputs))
         done.append(lv)
         cpu = measured.meta.get("server_cpu_utilization")
         print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
@@ -585,6 +663,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "duration_per_level": duration,
         "replications": args.replications,
         "calibration": calibration,
+        "processor": "the CPU time per request measured in each level (operational validation)" if args.processor == "level" else "calibrated",
         "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
         "tolerances": tol.model_dump(),
         "host": args.host or "a fresh reference server per level",
@@ -659,6 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default=None, help="fractions of the saturation rate, e.g. 0.3,0.6,0.9,1.1 (default: the scenario's validation.levels)")
     p.add_argument("--duration", default=None, help="measured time per level (default: the scenario's validation.duration, 60s)")
     p.add_argument("--calibration", default=None, help="a calibration overlay to use, or 'none' (default: calibrate first)")
+    p.add_argument(
+        "--processor",
+        choices=["calibrated", "level"],
+        default="calibrated",
+        help="the server's CPU time per request in the model: from calibration (default), or measured in each level itself "
+        "(operational validation, for machines whose CPU speed drifts between calibration and the levels; the cpu station's utilization is then an input, shown but not judged)",
+    )
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
     _target_args(p, "validate against this server instead of fresh reference servers")
     _output_args(p, "validate")

@@ -97,8 +97,12 @@ def queue_growth(r: RunResult, station: str) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else math.nan
 
 
-def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool = False) -> list[Check]:
-    """Every check of one load level: per request type, per funnel step, per station."""
+def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool = False, inputs: frozenset[str] = frozenset()) -> list[Check]:
+    """Every check of one load level: per request type, per funnel step, per station.
+
+    ``inputs`` names subjects (e.g. ``"station cpu"``) whose figures the model
+    was given from this very measurement: they are shown, not judged.
+    """
     if not models:
         raise ValueError("no model replications to compare")
     m0 = models[0]
@@ -146,7 +150,9 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         seen = [c > 0 for c in st.capacity]  # intervals the scrapes covered
         mu = _mean_utilization(m0, name, seen)
         su = _mean_utilization(measured, name, seen)
-        checks.append(Check(f"station {name}", "utilization", mu, su, tol.utilization, False, _band([_mean_utilization(m, name, seen) for m in models])))
+        given = f"station {name}" in inputs
+        checks.append(Check(f"station {name}", "utilization", mu, su, None if given else tol.utilization, False,
+                            _band([_mean_utilization(m, name, seen) for m in models]), "an input: measured in this level" if given else ""))
         if overload:
             a, b = queue_growth(m0, name), queue_growth(measured, name)
             judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing

@@ -318,7 +318,7 @@ class _CpuRoute:
             if kind == DELAY:
                 leg = m.env.timeout(sampler())
             elif sampler is None:  # the registry
-                leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)
+                leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)  # type: ignore[union-attr]
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
                 leg = station.request(self.step)
@@ -369,7 +369,14 @@ class FunnelModel:
         threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
         self.route = _CpuRoute if sysd.cpu is not None else _Route
         if sysd.cpu is not None:
-            self.stations[CPU] = Processor(env, CPU, sysd.cpu.cores, sysd.cpu.factor, sysd.cpu.measured_at)
+            modes = sysd.cpu.modes
+            spells = None
+            if modes is not None:
+                speed_rng = stream(seed, "cpu_speed", replication)
+                spells = (*modes.factors(), modes.fast_for, modes.slow_for), lambda: float(speed_rng.exponential())
+            self.stations[CPU] = Processor(
+                env, CPU, sysd.cpu.cores, sysd.cpu.factor, sysd.cpu.measured_at, modes=spells[0] if spells else None, exponential=spells[1] if spells else None
+            )
             cpu_rng = stream(seed, "cpu", replication)
             for rt in s.request_types:
                 work = sysd.cpu.work_for(rt)
@@ -508,7 +515,7 @@ class FunnelModel:
                     reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
                 else:
                     reply = Event(env)
-                    self.route(self, visits, deadline, reply, (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None).next(None)
+                    self.route(self, visits, deadline, reply, (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None).next(None)  # type: ignore[arg-type]
                     reason = yield reply
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())

@@ -213,6 +213,26 @@ class CpuWork(_Model):
     )
 
 
+class CpuModes(_Model):
+    """A processor whose speed alternates between two modes (a virtual machine's CPU shared with other tenants).
+
+    The step times in ``work`` are averages over both modes, as they are
+    measured; in the slow mode a step takes ``slow`` times as long as in the
+    fast one, for a ``share`` of the time, in spells of exponential length
+    (``models.speed`` measures all four on the server's CPU).
+    """
+
+    slow: float = Field(ge=1.0, le=10.0, description="a slow-mode step's time over a fast-mode one's")
+    share: Probability = Field(description="fraction of the time in the slow mode")
+    slow_for: Duration = Field(gt=0, description="mean length of a slow spell")
+    fast_for: Duration = Field(gt=0, description="mean length of a fast spell")
+
+    def factors(self) -> tuple[float, float]:
+        """(fast, slow) step-time factors, relative to the measured average step time."""
+        fast = 1.0 / (1.0 - self.share + self.share * self.slow)
+        return fast, fast * self.slow
+
+
 class Cpu(_Model):
     """The server process's processor: every request takes it ``steps`` times, first come first served.
 
@@ -239,6 +259,7 @@ class Cpu(_Model):
     )
 
     low_at: Probability = Field(default=0.0, description="the lower utilization the speedup was measured from")
+    modes: CpuModes | None = Field(default=None, description="a processor whose speed alternates between two modes (see models.speed)")
 
     def factor(self, utilization: float) -> float:
         """Step times at this processor utilization, relative to the measured ones.

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from heapq import heappush
 
 import simpy
-from simpy.events import NORMAL, Event
+from simpy.events import NORMAL, PENDING, Event
 
 from models.histogram import Histogram
 
@@ -257,22 +257,48 @@ class Station:
         self.limit = limit if limit is not None else 1 << 62
 
 
+SWITCH_INTERVAL = 0.005  # seconds: CPython's default sys.getswitchinterval(), the longest a thread waits for the lock
+
+
 class Processor(Station):
     """The server's processor: a station whose step times depend on how busy it has been lately.
 
     ``factor(u)`` scales a step's time by the utilization ``u`` over the last
     ``window`` seconds (the scenario's ``system.cpu.speedup``); until a first
     window is complete, ``u`` is ``start_u``.
+
+    With one server the steps run in *batches*, as an event loop runs its ready
+    callbacks: a batch is the steps waiting when the previous one ended (or the
+    step that found the processor idle), and steps that come during a batch wait
+    for the next.  A worker thread's take of the interpreter lock waits for the
+    batch to end (:meth:`boundary`).
     """
 
-    def __init__(self, env: simpy.Environment, name: str, servers: int, factor: Callable[[float], float], start_u: float, window: float = 1.0):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        servers: int,
+        factor: Callable[[float], float],
+        start_u: float,
+        window: float = 1.0,
+        modes: tuple[float, float, float, float] | None = None,
+        exponential: Callable[[], float] | None = None,
+    ):
+        """``modes``: (fast factor, slow factor, mean fast spell, mean slow spell) of a processor whose speed
+        alternates (see :class:`models.scenario.CpuModes`), drawing spell lengths as ``exponential()`` x mean."""
         super().__init__(env, name, servers, None)
+        self.modes = modes
+        self.exponential = exponential
+        self.slow = False
+        self._spell_end = env.now + (modes[2] * exponential() if modes is not None and exponential is not None else INF)
         self.scale = factor
         self.u = start_u
         self.window = window
         self.work = 0.0  # server-seconds started, cumulative
         self._boundary: list[Event] = []
         self._mark = (env.now, 0.0)
+        self._batch = 0  # steps left in the batch now running (one server only)
 
     def factor(self) -> float:
         now = self.env._now
@@ -280,28 +306,48 @@ class Processor(Station):
         if now - since >= self.window:
             self.u = min(1.0, (self.work - work) / (self.servers * (now - since)))
             self._mark = (now, self.work)
-        return self.scale(self.u)
+        if self.modes is None:
+            return self.scale(self.u)
+        while now >= self._spell_end:  # the spells that ended since the last step
+            self.slow = not self.slow
+            self._spell_end += (self.modes[3] if self.slow else self.modes[2]) * self.exponential()  # type: ignore[misc]
+        return self.scale(self.u) * self.modes[1 if self.slow else 0]
 
     def request(self, service: float, *args, **kwargs) -> Event:  # type: ignore[no-untyped-def, override]
         if service > 0:
             self.work += service
+        if self.busy == 0 and self._batch == 0:
+            self._batch = 1  # an idle processor: this step is a batch of its own
         return super().request(service, *args, **kwargs)
 
     def boundary(self) -> Event:
-        """An event at the end of the step now running (at once when idle): a worker thread taking the
-        interpreter lock back waits for the event loop to let go of it, at its next step boundary."""
+        """An event when a worker thread gets the interpreter lock back: at once when the processor is
+        idle, else when the running batch ends (one server) or the running step ends (several), and at
+        the latest after the switch interval, when the interpreter makes the holder let go."""
         if self.busy == 0:
             return _fire(self.env, None)
         ev = Event(self.env)
         self._boundary.append(ev)
+        timer = _fire(self.env, None, SWITCH_INTERVAL)
+        timer.callbacks.append(lambda _t: self._let_go(ev))  # type: ignore[union-attr]
         return ev
 
+    def _let_go(self, ev: Event) -> None:
+        if ev._value is PENDING:
+            ev._ok = True
+            ev._value = None
+            self.env.schedule(ev)
+
     def _release(self, event: Event) -> None:
+        if self.servers == 1:
+            self._batch -= 1
+            if self._batch > 0:
+                super()._release(event)
+                return
+            self._batch = self.qlen  # the next batch: what waited while this one ran
         if self._boundary:
             for ev in self._boundary:
-                ev._ok = True
-                ev._value = None
-                self.env.schedule(ev)
+                self._let_go(ev)
             self._boundary = []
         super()._release(event)
 

@@ -490,4 +490,4 @@ class _CpuTimed:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self.clock.timed(self.kind(scope["path"]), self.app(scope, receive, send))
+        await self.clock.timed(self.kind(scope["path"]), self.app(scope, receive, send))  # type: ignore[arg-type]  # an ASGI app returns a coroutine

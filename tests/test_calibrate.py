@@ -203,3 +203,27 @@ def test_bad_arguments_are_refused_before_any_load(argv: list[str], message: str
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "calibration").exists()  # nothing was started
+
+
+def test_validate_can_take_the_processor_time_from_the_level_itself() -> None:
+    # validate --processor level: the overlay's CPU work replaced by the level's own (same figures as above),
+    # measured at the level's utilization (0.10 s over 10 s = 1 %), so no speedup is left; the rest stays calibrated
+    from capacity_cli import _level_processor
+
+    before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
+    after = snapshot(cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0)
+    calibrated = {
+        "system": {
+            "stations": {"web": {"service": {"register": {"dist": "gamma", "mean": "40ms", "cv": 0.5}}}},
+            "cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}},
+                    "measured_at": 0.4, "low_at": 0.1, "speedup": 0.8, "background": 0.0},
+        }
+    }
+    out = _level_processor(calibrated, load_scenario(SMALL), before, after)
+    cpu = out["system"]["cpu"]
+    assert cpu["work"]["register"] == {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}
+    assert (cpu["measured_at"], cpu["low_at"], cpu["speedup"]) == (pytest.approx(0.01), pytest.approx(0.01), 0.0)
+    assert out["system"]["stations"] == calibrated["system"]["stations"]
+    assert calibrated["system"]["cpu"]["speedup"] == 0.8  # the calibration itself is left alone
+    # a level without CPU accounting keeps the calibrated processor
+    assert _level_processor(calibrated, load_scenario(SMALL), before, snapshot(metrics_text(0, 0, 0), at=10.0)) is calibrated

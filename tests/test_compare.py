@@ -70,6 +70,14 @@ def test_utilization_is_judged_in_absolute_points() -> None:
     assert c.verdict == "pass"
 
 
+def test_a_figure_the_model_was_given_is_shown_not_judged() -> None:
+    # validate --processor level gives the model the level's own CPU time: its utilization is an input then
+    model, measured = run("model", seed=2), run("measured", seed=1)
+    measured.stations["web"].busy = [36.0] * 4
+    c = next(c for c in compare([model], measured, Tolerances(), inputs=frozenset({"station web"})) if c.metric == "utilization")
+    assert c.error == pytest.approx(-0.06) and c.verdict == "info" and "input" in c.note
+
+
 def test_overload_compares_shedding_and_queue_growth_instead_of_latency() -> None:
     tol = Tolerances()
     measured = run("measured", seed=1, refused=2000, queue_slope=5.0)

@@ -113,7 +113,7 @@ def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
 
     def b():
         yield env.timeout(1)
-        got = yield station.hold()
+        yield station.hold()
         log.append(("b", env.now))
         yield env.timeout(2)
         station.release(3.0)

@@ -88,3 +88,19 @@ def test_mg1_processor_pollaczek_khinchine() -> None:
     exact = lam * (1 + cv**2) * m * m / (2 * (1 - lam * m))
     check(est["station.cpu.mean_wait"], exact)
     check(est["station.cpu.utilization"], lam * m)
+
+
+def test_processor_with_two_speeds_is_a_mixture_of_mg1_queues() -> None:
+    # The mg1-cpu queue on a processor that is 1.5 x slower half of the time (system.cpu.modes).  Step
+    # times are scaled by f_fast = 1 / (1 - share + share x slow) = 0.8 and f_slow = 1.2, so the mean
+    # step stays 6 ms and the utilization stays lam x m = 0.6 (Poisson arrivals see time averages).
+    # Spells of 20 s are long against the queue's relaxation, so the mean wait is the time-weighted mix
+    # of two M/G/1 queues: W = sum_i share_i lam (1 + cv^2) (f_i m)^2 / (2 (1 - lam f_i m)).
+    # Tolerance 8 %: with about 75 spells per replication the slow share itself varies by replication.
+    est = run("mg1-cpu-modes")
+    lam, m, cv = 100.0, 0.006, 1.5
+    mix = sum(0.5 * lam * (1 + cv**2) * (f * m) ** 2 / (2 * (1 - lam * f * m)) for f in (0.8, 1.2))
+    check(est["station.cpu.utilization"], lam * m)
+    check(est["station.cpu.mean_wait"], mix, rel=0.08)
+    steady = lam * (1 + cv**2) * m * m / (2 * (1 - lam * m))
+    assert est["station.cpu.mean_wait"].mean > 1.15 * steady  # the steady processor's wait is 22 % below the mix
