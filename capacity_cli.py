@@ -442,8 +442,6 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
             overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
-            if modes is not None and not modes.steady:
-                overlay["system"]["cpu"]["modes"] = modes.to_overlay()  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -501,8 +499,9 @@ def _modes_text(modes: SpeedModes) -> str:
         return f"the server's CPU ran at a steady speed while timed ({modes.samples} pieces of work)"
     return (
         f"the server's CPU changes speed: timed pieces of work took {modes.slow:.2f} x as long {modes.share:.0%} of the time, "
-        f"in spells of {modes.slow_for * 1000:.0f} ms on average (fast ones {modes.fast_for * 1000:.0f} ms); the model's processor does the same "
-        f"(system.cpu.modes), its step times as measured on average"
+        f"in spells of {modes.slow_for * 1000:.0f} ms on average (fast ones {modes.fast_for * 1000:.0f} ms).  The CPU time per request "
+        f"measured here holds only while the machine keeps this pace: if validation at high load misses on the processor, "
+        f"compare with --processor level.  To plan for such a CPU, add system.cpu.modes: {modes.to_overlay()}"
     )
 
 
@@ -752,9 +751,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(_signum: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt  # a kill stops a run as Ctrl-C does: servers and load generators stopped, partial results kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.func(args))
     except ScenarioError as exc:
@@ -765,6 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"capacity {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ On a virtual machine a CPU's speed need not be constant: the host's other
 tenants (a busy sibling hyperthread, frequency changes) can make the same work
 take much longer for a while.  On the machine this toolkit was validated on, a
 fixed pure-Python loop took either about 1.5 ms or about 2.5 ms, switching
-between the two several times a second, idle or loaded.  The server's CPU time
-per request moves with it, and a busy processor's queue grows during the slow
-spells, so the model carries the speed as two *modes* (see
-:class:`models.scenario.CpuModes`): ``slow`` times the fast mode's step time for
-a ``share`` of the time, each spell lasting an exponential time with mean
-``slow_for`` (``fast_for`` for the fast ones).
+between the two at every time scale, idle or loaded.  The server's CPU time
+per request moves with it.  ``capacity calibrate`` runs :func:`probe` before
+the server starts and reports what it found; a scenario can give the model such
+a processor as two speed *modes* (see :class:`models.scenario.CpuModes`):
+``slow`` times the fast mode's step time for a ``share`` of the time, each
+spell lasting an exponential time with mean ``slow_for`` (``fast_for`` for the
+fast ones).
 
 :func:`probe` times the work (run it pinned to the server's CPU);
 :func:`estimate` reads the modes from the timings.

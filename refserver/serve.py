@@ -70,7 +70,8 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
         cmd += ["--registry-cpu", str(registry_cpu)]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+    # its own session (a terminal's Ctrl-C reaches the caller only), and stopped with the caller even if that is killed
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/healthz", proc=proc)

@@ -77,7 +77,9 @@ def test_overloaded_generator_reports_late_and_dropped_arrivals(tmp_path: Path) 
     assert meta["arrivals_started"] + meta["arrivals_dropped"] + meta["arrivals_not_reached"] == meta["arrivals_planned"]
 
 
-def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path, how: str) -> None:
+    """Ctrl-C (SIGINT), or a kill (SIGTERM), stops the run cleanly."""
     import signal
     import subprocess
     import sys
@@ -105,7 +107,7 @@ def test_ctrl_c_keeps_partial_results_and_leaves_no_processes(tmp_path: Path) ->
             break
     assert lines[-1].startswith("loadtest "), lines
     time.sleep(3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, how))
     out, err = proc.communicate(timeout=120)
     out = "".join(lines) + out
     assert proc.returncode == 130, err
