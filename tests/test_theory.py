@@ -94,9 +94,9 @@ def test_processor_with_two_speeds_is_a_mixture_of_mg1_queues() -> None:
     # The mg1-cpu queue on a processor that is 1.5 x slower half of the time (system.cpu.modes).  Step
     # times are scaled by f_fast = 1 / (1 - share + share x slow) = 0.8 and f_slow = 1.2, so the mean
     # step stays 6 ms and the utilization stays lam x m = 0.6 (Poisson arrivals see time averages).
-    # Spells of 20 s are long against the queue's relaxation, so the mean wait is the time-weighted mix
+    # Spells of 5 s are long against the queue's relaxation, so the mean wait is the time-weighted mix
     # of two M/G/1 queues: W = sum_i share_i lam (1 + cv^2) (f_i m)^2 / (2 (1 - lam f_i m)).
-    # Tolerance 8 %: with about 75 spells per replication the slow share itself varies by replication.
+    # Tolerance 8 %: each switch costs a short transient, and the slow share itself varies by replication.
     est = run("mg1-cpu-modes")
     lam, m, cv = 100.0, 0.006, 1.5
     mix = sum(0.5 * lam * (1 + cv**2) * (f * m) ** 2 / (2 * (1 - lam * f * m)) for f in (0.8, 1.2))
