@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
 import pytest
 import simpy
@@ -170,3 +172,35 @@ def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:
     env.run()
     assert seen[0] == pytest.approx(1.0)  # no window complete yet: the measured point
     assert seen[-1] == pytest.approx(cpu.factor(0.6 / 1.6))  # 0.6 s of work in the 1.6 s since the start
+
+
+def test_processor_runs_batches_and_a_lock_take_waits_for_the_batch() -> None:
+    # A takes the idle processor at 0 (1 ms); B and C come during A, so they form the next batch (1-2 ms, 2-3 ms).
+    # A lock take asked for at 1.5 ms, during B, waits for that batch to end at 3 ms, not for B's end at 2 ms.
+    # One asked for during a 20 ms step is let go after the switch interval (5 ms).
+    from models.stations import SWITCH_INTERVAL, Processor
+
+    env = simpy.Environment()
+    cpu = Processor(env, "cpu", 1, lambda u: 1.0, 0.0)
+    got: dict[str, float] = {}
+
+    def step(name: str, at: float, service: float) -> Generator[simpy.Event, None, None]:
+        yield env.timeout(at)
+        yield cpu.request(service)
+        got[name] = env.now
+
+    def lock(name: str, at: float) -> Generator[simpy.Event, None, None]:
+        yield env.timeout(at)
+        yield cpu.boundary()
+        got[name] = env.now
+
+    for name, at, service in (("A", 0.0, 0.001), ("B", 0.0002, 0.001), ("C", 0.0004, 0.001), ("D", 0.010, 0.020)):
+        env.process(step(name, at, service))
+    env.process(lock("lock in batch", 0.0015))
+    env.process(lock("lock in long step", 0.011))
+    env.process(lock("lock when idle", 0.005))
+    env.run()
+    assert got["B"] == pytest.approx(0.002) and got["C"] == pytest.approx(0.003)
+    assert got["lock in batch"] == pytest.approx(0.003)
+    assert got["lock in long step"] == pytest.approx(0.011 + SWITCH_INTERVAL)
+    assert got["lock when idle"] == pytest.approx(0.005)
