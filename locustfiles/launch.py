@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.results import RunResult, load
+from refserver.serve import die_with_parent
 
 __all__ = ["LoadRun", "LoadTestError", "run_locust", "LOCUSTFILE", "GRACE"]
 
@@ -119,8 +120,9 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
                     wenv = {**env, "SURGECAP_OUT": str(run.run_dir / f"worker-{k}"), "SURGECAP_WORKER_INDEX": str(k)}
                     wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
                     wenv["SURGECAP_METRICS"] = env["SURGECAP_METRICS"] if k == 0 else "0"
-                    workers.append(subprocess.Popen(_pinned(_worker_cmd("127.0.0.1", port), run.cpu), env=wenv, stderr=log, start_new_session=True))
-        locust = subprocess.Popen(_pinned(cmd, run.cpu), env=env, stderr=log, start_new_session=True)
+                    workers.append(subprocess.Popen(_pinned(_worker_cmd("127.0.0.1", port), run.cpu), env=wenv, stderr=log, start_new_session=True, preexec_fn=die_with_parent))
+        # own sessions: a terminal's Ctrl-C reaches this process, which stops them in order; and they stop if it is killed
+        locust = subprocess.Popen(_pinned(cmd, run.cpu), env=env, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         try:
             locust.wait(timeout=deadline)
         except subprocess.TimeoutExpired:

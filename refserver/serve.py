@@ -71,7 +71,7 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     # its own session (a terminal's Ctrl-C reaches the caller only), and stopped with the caller even if that is killed
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/healthz", proc=proc)
@@ -101,7 +101,7 @@ def scrape(url: str, timeout: float = 5.0) -> str:
         return str(r.read().decode("utf-8", "replace"))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: receive SIGTERM when the parent dies, even by SIGKILL (Linux)."""
     try:
         import ctypes
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = subprocess.Popen(
         [sys.executable, "-m", "refserver.serve", "--config", args.config, "--host", args.host, "--registry-port", str(reg_port), "--registry-only"],
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     if args.registry_cpu is not None:  # the registry plays an outside system: keep it off the server's CPU
         os.sched_setaffinity(registry.pid, {args.registry_cpu})
