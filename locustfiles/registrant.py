@@ -446,7 +446,7 @@ def _stop(environment: Environment, **_: Any) -> None:
         "workers": WORKERS,
         "arrivals_started": lat.started,
         "arrivals_dropped": lat.dropped,
-        "arrivals_not_reached": PACER.not_started(QUEUE.qsize()),
+        "arrivals_not_reached": PACER.not_started(sum(1 for item in QUEUE.queue if item is not None)),  # not the stop sentinels
         "late_over_100ms": lat.late_100ms,
         "share_on_time_100ms": lat.share_on_time,
         "max_lateness": lat.max_late,
