@@ -13,7 +13,6 @@ step, with its failure when the answer is wrong (what ``catch_response`` does).
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +23,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
 # What a request can raise when the target is slow, closes or answers garbage:
 # each is an answer-less request (status 0), as Locust's own session treats them.
-TRANSPORT_ERRORS = (OSError, socket.timeout, gevent.Timeout, HTTPConnectionClosed, HTTPParseError)
+TRANSPORT_ERRORS = (OSError, gevent.Timeout, HTTPConnectionClosed, HTTPParseError)  # socket timeouts are OSErrors
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
