@@ -208,10 +208,19 @@ def decision_base(seed: int, slot: int) -> int:
 
 def decision_at(base: int, index: int) -> float:
     """``decision(seed, index, slot)`` from ``base = decision_base(seed, slot)``."""
+    return (_mix(base, index) >> 11) * 1.1102230246251565e-16  # / 2**53
+
+
+def word(seed: int, index: int, slot: int) -> int:
+    """The 64 random bits behind :func:`decision`: for a registrant's draws that are not a probability (who they are)."""
+    return _mix(decision_base(seed, slot), index)
+
+
+def _mix(base: int, index: int) -> int:
     x = (base + index * _C_INDEX) & _MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return ((x ^ (x >> 31)) >> 11) * 1.1102230246251565e-16  # / 2**53
+    return x ^ (x >> 31)
 
 
 def decisions_at(base: int, count: int) -> np.ndarray:
@@ -235,3 +244,4 @@ def give_up_slot(step: int, attempt: int) -> int:
 
 
 MISMATCH_SLOT = 999_999  # the decision slot of the registrant's NIK being one the registry does not match
+PERSON_SLOT = 999_998  # the slot of the registrant's personal details (the load generator's :func:`word`)
