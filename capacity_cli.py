@@ -647,10 +647,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for r, m in enumerate(models):
             save(m, ldir / "model" / f"rep-{r:03d}")
         lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0, inputs=inputs))
+        if args.processor == "calibrated" and not args.no_diagnosis:
+            # the same level once more with the model given the CPU time per request measured in it: whether a
+            # miss is the processor's speed having moved since calibration or the model's structure
+            given = _level_processor(overlay, scenario, before, after)
+            if given is not overlay:
+                again = simulate(load_scenario(level_file, overlay=given), replications=args.replications)
+                lv.given_cpu = compare(again, measured, tol, overload=f > 1.0, inputs=frozenset({"station cpu"}))
         done.append(lv)
         cpu = measured.meta.get("server_cpu_utilization")
         print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
         print(verdict_table(lv.checks, judged_only=True))
+        if (why := lv.diagnosis()) is not None:
+            print(f"processor: {why}")
     # the knee: the bottleneck's request type at saturation against the highest measured
     i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
@@ -743,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="calibrated",
         help="the server's CPU time per request in the model: from calibration (default), or measured in each level itself "
         "(operational validation, for machines whose CPU speed drifts between calibration and the levels; the cpu station's utilization is then an input, shown but not judged)",
+    )
+    p.add_argument(
+        "--no-diagnosis",
+        action="store_true",
+        help="with the calibrated processor, skip the model's second run per level given the level's own CPU time per request "
+        "(the report's line on whether a miss is the processor's speed or the model)",
     )
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
     _target_args(p, "validate against this server instead of fresh reference servers")

@@ -26,10 +26,34 @@ class Level:
     models: list[RunResult]
     measured: RunResult
     checks: list[Check] = field(default_factory=list)
+    # the same comparison with the model given this level's own measured CPU time per request
+    # (operational): tells a wrong model from a processor whose speed moved since calibration
+    given_cpu: list[Check] | None = None
 
     @property
     def passed(self) -> bool:
         return all(c.verdict != "fail" for c in self.checks)
+
+    @property
+    def cpu_drift(self) -> float | None:
+        """The level's measured server CPU over the model's, minus 1: how far the processor's speed moved from calibration."""
+        for c in self.checks:
+            if c.subject == "station cpu" and c.metric == "utilization" and c.model > 0:
+                return c.measured / c.model - 1
+        return None
+
+    def diagnosis(self) -> str | None:
+        """One line on what a calibrated level's verdict owes to the processor (None without the operational comparison)."""
+        if self.given_cpu is None:
+            return None
+        failed = [f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt") for c in self.given_cpu if c.verdict == "fail"]
+        drift = self.cpu_drift
+        head = f"server CPU {drift:+.1%} against the calibrated model; " if drift is not None else ""
+        if self.passed:
+            return head + ("given the level's own CPU time per request the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}"))
+        if not failed:
+            return head + "given the level's own CPU time per request every check passes: the misses are the processor's speed, not the model's structure"
+        return head + f"given the level's own CPU time per request it still fails: {', '.join(failed)}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +169,12 @@ def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta
         "meta": meta,
         "knee": {**knee.__dict__, "verdict": knee.verdict},
         "levels": [
-            {"fraction": lv.fraction, "rate": lv.rate, "passed": lv.passed, "checks": [c.to_dict() for c in lv.checks]} for lv in levels
+            {
+                "fraction": lv.fraction, "rate": lv.rate, "passed": lv.passed, "checks": [c.to_dict() for c in lv.checks],
+                **({"cpu_drift": lv.cpu_drift} if lv.cpu_drift is not None else {}),
+                **({"given_level_cpu": {"passed": all(c.verdict != "fail" for c in lv.given_cpu), "diagnosis": lv.diagnosis(), "checks": [c.to_dict() for c in lv.given_cpu]}} if lv.given_cpu is not None else {}),
+            }
+            for lv in levels
         ],
     }
     json_path = out / "validation.json"
@@ -169,6 +198,8 @@ def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta
     parts += [f'<img src="{name}" alt="{html.escape(name)}" style="max-width:100%">' for name in images]
     for lv in levels:
         parts.append(f"<h2>Level {lv.fraction:g} ({lv.rate:.4g} arrivals/s): <span class={'pass' if lv.passed else 'fail'}>{'pass' if lv.passed else 'FAIL'}</span></h2>")
+        if (why := lv.diagnosis()) is not None:
+            parts.append(f"<p>Processor: {html.escape(why)}.</p>")
         parts.append(f"<pre>{html.escape(verdict_table(lv.checks))}</pre>")
     parts.append("</html>")
     html_path = out / "validation.html"

@@ -97,3 +97,30 @@ def test_the_knee_check() -> None:
     assert Knee("web", "register", 100.0, 100.0, 120.0, reached=False, tolerance=0.05).verdict == "fail"  # measured past the predicted ceiling
     assert Knee("web", "register", 100.0, 100.0, 97.0, reached=True, tolerance=0.05).verdict == "pass"
     assert Knee("web", "register", 100.0, 100.0, 80.0, reached=True, tolerance=0.05).verdict == "fail"  # saturated lower than predicted
+
+
+def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(tmp_path) -> None:
+    import json
+
+    from reports.validation import Level, write_report
+
+    tol = Tolerances()
+    measured = run("measured", seed=1)
+    measured.stations["cpu"] = StationSeries.empty(4)
+    measured.stations["cpu"].busy, measured.stations["cpu"].capacity = [7.2] * 4, [10.0] * 4  # the server 72 % busy
+    slow = run("model", 1.20, seed=2)  # a processor calibrated too fast: queues, and p95, too short
+    slow.stations["cpu"] = StationSeries.empty(4)
+    slow.stations["cpu"].busy, slow.stations["cpu"].capacity = [6.0] * 4, [10.0] * 4
+    given = run("model", 1.05, seed=3)  # given the level's own CPU time
+    given.stations["cpu"] = StationSeries.empty(4)
+    given.stations["cpu"].busy, given.stations["cpu"].capacity = [7.2] * 4, [10.0] * 4
+    lv = Level(0.9, 10.0, [slow], measured, compare([slow], measured, tol))
+    assert lv.diagnosis() is None  # no operational comparison was made
+    lv.given_cpu = compare([given], measured, tol, inputs=frozenset({"station cpu"}))
+    assert not lv.passed and lv.cpu_drift == pytest.approx(0.2)
+    assert "every check passes: the misses are the processor's speed" in lv.diagnosis() and "+20.0%" in lv.diagnosis()
+    lv.given_cpu = compare([run("model", 1.25, seed=3)], measured, tol)
+    assert "still fails: register p95 +2" in lv.diagnosis()
+    _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
+    saved = json.loads(json_path.read_text())["levels"][0]
+    assert saved["cpu_drift"] == pytest.approx(0.2) and saved["given_level_cpu"]["passed"] is False and "still fails" in saved["given_level_cpu"]["diagnosis"]
