@@ -47,6 +47,7 @@ from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
 from models.arrivals import MISMATCH_SLOT, PERSON_SLOT, arrival_times, decision, give_up_slot, proceed_slot, word
 from models.calibrate import Snapshot, snapshot, station_series
+from models.histogram import Histogram
 from models.loader import load_scenario
 from models.results import RunResult, merge, save
 
@@ -365,13 +366,14 @@ def _progress() -> None:
         n = sum(sum(s.started) for s in series)
         errors = sum(sum(sum(c) for c in s.failed.values()) for s in series)
         k = min(RECORDER.n - 1, int((now - CLOCK["start"]) // RECORDER.interval))
-        recent = [s.latency[k] for s in series]
-        p95 = max((h.percentile(95) for h in recent if h.count), default=float("nan"))
+        # the slowest request type's p95 over this interval and the last: a fresh interval alone may hold nothing yet
+        recent = [Histogram().merge(s.latency[k]).merge(s.latency[k - 1]) if k > 0 else s.latency[k] for s in series]
+        p95 = max((h.percentile(95) for h in recent if h.count), default=None)
         lat = PACER.lateness
         sys.stdout.write(
             f"loadtest {now - CLOCK['start']:5.0f}s/{DURATION:.0f}s  arrivals {lat.started}/{PACER.total} "
             f"(dropped {lat.dropped}, late>100ms {lat.late_100ms})  {(n - last_n) / (now - last_t):6.1f} req/s  "
-            f"p95 {p95 * 1000:6.0f} ms  errors {errors}\n"
+            f"p95 {'     -' if p95 is None else f'{p95 * 1000:6.0f}'} ms  errors {errors}\n"
         )
         sys.stdout.flush()
         last_n, last_t = n, now
