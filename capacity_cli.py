@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from models.calibrate import Snapshot
     from models.results import RunResult
     from models.speed import SpeedModes
+    from reports.validation import Level
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -580,14 +581,53 @@ def _level_processor(overlay: dict[str, object], scenario: Scenario, before: Sna
     return out
 
 
+def judge_level(
+    f: float, rate: float, level_file: Path, ldir: Path, measured: RunResult, before: Snapshot | None, after: Snapshot | None,
+    overlay: dict[str, object], scenario: Scenario, processor: str, replications: int, diagnose: bool = True, quiet: bool = True,
+) -> Level:
+    """Run the model on one measured level and compare; the model's runs are saved under ``ldir / "model"``.
+
+    ``processor`` "calibrated" takes the server's CPU time per request from the
+    overlay and, with ``diagnose``, runs the model once more given the level's
+    own (``Level.given_cpu``); "level" takes the level's own outright, and the
+    cpu station's utilization is then an input.
+    """
+    import yaml
+
+    from models.compare import compare
+    from models.results import save
+    from models.simulate import simulate
+    from reports.validation import Level
+
+    tol = scenario.validation.tolerances
+    ldir.mkdir(parents=True, exist_ok=True)
+    level_overlay, inputs = overlay, frozenset[str]()
+    if processor == "level":
+        level_overlay = _level_processor(overlay, scenario, before, after)
+        if level_overlay is not overlay:
+            inputs = frozenset({"station cpu"})
+            (ldir / "processor.yaml").write_text(yaml.safe_dump(level_overlay["system"]["cpu"], sort_keys=False))  # type: ignore[index]
+        elif not quiet:
+            print(f"capacity validate: level {f:g}: no CPU accounting in this level, so the calibrated processor stays", file=sys.stderr)
+    models = simulate(load_scenario(level_file, overlay=level_overlay), replications=replications)
+    for r, m in enumerate(models):
+        save(m, ldir / "model" / f"rep-{r:03d}")
+    lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0, inputs=inputs))
+    if processor == "calibrated" and diagnose:
+        # the same level once more with the model given the CPU time per request measured in it: whether a
+        # miss is the processor's speed having moved since calibration or the model's structure
+        given = _level_processor(overlay, scenario, before, after)
+        if given is not overlay:
+            again = simulate(load_scenario(level_file, overlay=given), replications=replications)
+            lv.given_cpu = compare(again, measured, tol, overload=f > 1.0, inputs=frozenset({"station cpu"}))
+    return lv
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
     from models.bottleneck import busiest_step, saturation
-    from models.compare import compare
-    from models.results import save
-    from models.simulate import simulate
-    from reports.validation import Knee, Level, verdict_table, write_report
+    from reports.validation import Knee, verdict_table, write_report
 
     scenario = load_scenario(args.scenario)
     if _remote_refused("validate", args.host, args.allow_remote):
@@ -634,26 +674,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
         if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:
             measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)
-        level_overlay, inputs = overlay, frozenset[str]()
-        if args.processor == "level":
-            level_overlay = _level_processor(overlay, scenario, before, after)
-            if level_overlay is not overlay:
-                inputs = frozenset({"station cpu"})
-                (ldir / "processor.yaml").write_text(yaml.safe_dump(level_overlay["system"]["cpu"], sort_keys=False))  # type: ignore[index]
-            elif not args.quiet:
-                print(f"capacity validate: level {f:g}: no CPU accounting in this level, so the calibrated processor stays", file=sys.stderr)
-        model_scenario = load_scenario(level_file, overlay=level_overlay)
-        models = simulate(model_scenario, replications=args.replications)
-        for r, m in enumerate(models):
-            save(m, ldir / "model" / f"rep-{r:03d}")
-        lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0, inputs=inputs))
-        if args.processor == "calibrated" and not args.no_diagnosis:
-            # the same level once more with the model given the CPU time per request measured in it: whether a
-            # miss is the processor's speed having moved since calibration or the model's structure
-            given = _level_processor(overlay, scenario, before, after)
-            if given is not overlay:
-                again = simulate(load_scenario(level_file, overlay=given), replications=args.replications)
-                lv.given_cpu = compare(again, measured, tol, overload=f > 1.0, inputs=frozenset({"station cpu"}))
+        lv = judge_level(f, rate, level_file, ldir, measured, before, after, overlay, scenario, args.processor, args.replications, diagnose=not args.no_diagnosis, quiet=args.quiet)
         done.append(lv)
         cpu = measured.meta.get("server_cpu_utilization")
         print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))

@@ -413,6 +413,8 @@ class FunnelModel:
             if step.request_type in cpu_work:
                 n_steps, sampler, locks = cpu_work[step.request_type]
                 visits = _cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks)  # type: ignore[assignment]
+            elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
+                visits = _cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment,arg-type]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
             nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
             self.plans.append(

@@ -231,3 +231,30 @@ def test_validate_can_take_the_processor_time_from_the_level_itself() -> None:
     assert calibrated["system"]["cpu"]["speedup"] == 0.8  # the calibration itself is left alone
     # a level without CPU accounting keeps the calibrated processor
     assert _level_processor(calibrated, load_scenario(SMALL), before, snapshot(metrics_text(0, 0, 0), at=10.0)) is calibrated
+
+
+def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path: Path) -> None:
+    # validate's default: the calibrated model decides the verdict, and the model given the level's own CPU time
+    # per request (from the level's scrapes) is compared too, so the report can tell the processor's drift from the model
+    from capacity_cli import judge_level
+    from models.simulate import simulate
+
+    scenario = load_scenario(SMALL)
+    calibrated = {"system": {"cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}}}
+    measured = simulate(load_scenario(SMALL, overlay=calibrated), replications=1)[0]
+    before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
+    after = snapshot(cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0)
+
+    lv = judge_level(0.5, 20.0, SMALL, tmp_path / "cal", measured, before, after, calibrated, scenario, "calibrated", replications=2)
+    assert (tmp_path / "cal" / "model" / "rep-001" / "result.json").exists()
+    assert lv.given_cpu is not None and lv.cpu_drift is not None
+    cpu = {c.metric: c for c in lv.given_cpu if c.subject == "station cpu"}["utilization"]
+    assert cpu.verdict == "info"  # given to the model, so shown and not judged
+    assert next(c for c in lv.checks if c.subject == "station cpu").verdict != "info"  # the calibrated verdict judges it
+    assert "given the level's own CPU time per request" in (lv.diagnosis() or "")
+
+    quick = judge_level(0.5, 20.0, SMALL, tmp_path / "quick", measured, before, after, calibrated, scenario, "calibrated", replications=2, diagnose=False)
+    assert quick.given_cpu is None and quick.diagnosis() is None
+    level = judge_level(0.5, 20.0, SMALL, tmp_path / "level", measured, before, after, calibrated, scenario, "level", replications=2)
+    assert level.given_cpu is None and (tmp_path / "level" / "processor.yaml").exists()
+    assert next(c for c in level.checks if c.subject == "station cpu").verdict == "info"

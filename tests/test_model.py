@@ -116,3 +116,13 @@ def test_cli_simulate_writes_run_directory(tmp_path: Path, capsys) -> None:
     assert reached["n"] == 3 and reached["ci95"] > 0
     for r in range(3):
         assert load(out / f"rep-{r:03d}").meta["replication"] == r
+
+
+def test_a_request_type_without_processor_work_still_goes_through_its_stations() -> None:
+    # a processor given CPU work for registration only: the email verification has none and must still be served
+    from .conftest import TEST_SCENARIOS
+
+    overlay = {"system": {"cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}}}
+    r = simulate_once(load_scenario(TEST_SCENARIOS / "validate-small.yaml", overlay=overlay))
+    assert sum(r.requests["verify_email"].ok) > 0.8 * sum(r.requests["register"].ok) > 0
+    assert sum(r.stations["cpu"].busy) > 0
