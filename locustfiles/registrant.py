@@ -203,6 +203,9 @@ class Registrant(User):
         if reason is None and EXPECTED_KEY[rt] not in body_json:
             reason = "error"
             failure = f"{status} without {EXPECTED_KEY[rt]!r} in the body"
+        elif reason is None and rt == "register" and not _usable_id(body_json["id"]):
+            reason = "error"  # the id goes into later paths (the mailbox): one that is not a plain token would break them
+            failure = f"{status} with an unusable 'id' (expected letters, digits, '-' or '_')"
         elif reason is not None:
             failure = f"{status} {reason}"
         self.http.report(method, step_name, path, answer, failure)
@@ -290,6 +293,10 @@ class Registrant(User):
         if rt == "verify_nik":
             return self.call(rt, name, "POST", "/api/verify-nik", _json({"registrant_id": rid or "", "nik": me["nik"]}), JSON_HEADERS)
         return self.call(rt, name, "POST", "/api/join-batch", _json({"registrant_id": rid or "", "batch_id": "wave-1"}), JSON_HEADERS)
+
+
+def _usable_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 128 and value.isascii() and value.replace("-", "").replace("_", "").isalnum()
 
 
 def _json(payload: dict[str, str]) -> bytes:

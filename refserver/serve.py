@@ -64,8 +64,11 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "server.json").write_text(json.dumps(config, indent=1))
-    port = free_port()
-    cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", str(port), "--data-dir", str(data_dir)]
+    port_file = data_dir / "port"
+    port_file.unlink(missing_ok=True)
+    # port 0: the server binds a free port itself and names it in port_file.  A port chosen here and bound
+    # there could be taken in between, and the readiness probe could then be answered by another process.
+    cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", "0", "--port-file", str(port_file), "--data-dir", str(data_dir)]
     if registry_cpu is not None:
         cmd += ["--registry-cpu", str(registry_cpu)]
     if cpu is not None:
@@ -73,11 +76,39 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
     # its own session (a terminal's Ctrl-C reaches the caller only), and stopped with the caller even if that is killed
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{read_port(port_file, proc)}"
         wait_ready(f"{url}/healthz", proc=proc)
         yield url
     finally:
         stop(proc, 30.0, group=True)
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: a free port, see ``getsockname``)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+def write_port(path: Path, port: int) -> None:
+    """Name the port bound, all at once (a reader never sees half a number)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(path)
+
+
+def read_port(path: Path, proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """The port a process started with ``--port 0`` bound, once it names it in ``path``."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before it bound a port")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no port named in {path} after {timeout:g}s")
+        time.sleep(0.02)
+    return int(path.read_text())
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float, group: bool = False) -> None:
@@ -128,21 +159,25 @@ def _secret(data_dir: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def run_registry(config_path: str, host: str, port: int) -> None:
+def run_registry(config_path: str, host: str, port: int, port_file: Path | None) -> None:
     import uvicorn
 
     from refserver.config import ServerConfig
     from refserver.registry import create_registry_app
 
     cfg = ServerConfig.load(config_path)
-    uvicorn.run(create_registry_app(cfg.registry, cfg.seed), host=host, port=port, log_level="warning", access_log=False)
+    sock = listening(host, port)
+    if port_file is not None:
+        write_port(port_file, sock.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(create_registry_app(cfg.registry, cfg.seed), log_level="warning", access_log=False)).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="refserver.serve", description="Run the reference registration server and its registry.")
     ap.add_argument("--config", required=True, help="server configuration (JSON)")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="0: a free port, named in --port-file")
+    ap.add_argument("--port-file", default=None, help="write the port bound here once listening (for --port 0)")
     ap.add_argument("--registry-port", type=int, default=0, help="0: any free port")
     ap.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
     ap.add_argument("--data-dir", default="refserver-data")
@@ -150,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.registry_only:
-        run_registry(args.config, args.host, args.registry_port)
+        run_registry(args.config, args.host, args.registry_port, Path(args.port_file) if args.port_file else None)
         return 0
 
     import uvicorn
@@ -166,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     db_path = Path(args.db) if args.db else data_dir / "refserver.sqlite"
-    reg_port = args.registry_port or free_port(args.host)
+    try:
+        sock = listening(args.host, args.port)  # bound first: a taken port fails at once, with nothing started
+    except OSError as exc:
+        print(f"refserver: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    reg_file = data_dir / "registry-port"
+    reg_file.unlink(missing_ok=True)
     registry = subprocess.Popen(
-        [sys.executable, "-m", "refserver.serve", "--config", args.config, "--host", args.host, "--registry-port", str(reg_port), "--registry-only"],
+        [sys.executable, "-m", "refserver.serve", "--config", args.config, "--host", args.host, "--registry-port", str(args.registry_port),
+         "--port-file", str(reg_file), "--registry-only"],
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
@@ -179,16 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         host = f"[{args.host}]" if ":" in args.host else args.host
+        reg_port = read_port(reg_file, registry)
         wait_ready(f"http://{host}:{reg_port}/healthz", proc=registry)
         reset_token = None
         if cfg.test_mode:
             reset_token = secrets.token_urlsafe(16)
             (data_dir / "reset-token").write_text(reset_token)
         app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
-        print(f"refserver: serving on http://{host}:{args.port} (registry on port {reg_port}, database {db_path})", flush=True)
-        uvicorn.run(
-            app, host=args.host, port=args.port, log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE
-        )
+        port = sock.getsockname()[1]
+        print(f"refserver: serving on http://{host}:{port} (registry on port {reg_port}, database {db_path})", flush=True)
+        if args.port_file:
+            write_port(Path(args.port_file), port)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         stop(registry, 10.0)
     return 0

@@ -174,15 +174,16 @@ def test_master_and_workers_started_apart_merge_over_the_wire(tmp_path: Path) ->
     check_merged(tmp_path / "master", [tmp_path / f"w{k}" for k in range(2)])
 
 
-def test_a_success_status_with_the_wrong_body_fails_the_journey(tmp_path: Path) -> None:
-    """A stand-in server answers every registration 201 but without the registrant's id."""
+@pytest.mark.parametrize("answer", [b'{"status": "registered"}', b'{"id": "a b\\r\\nX-Evil: 1"}'], ids=["no-id", "id-not-a-token"])
+def test_a_success_status_with_the_wrong_body_fails_the_journey(tmp_path: Path, answer: bytes) -> None:
+    """A stand-in server answers every registration 201 but without a usable registrant id."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class WrongBody(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the http.server API
             self.rfile.read(int(self.headers.get("content-length", 0)))
-            body = b'{"status": "registered"}'
+            body = answer
             self.send_response(201)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))

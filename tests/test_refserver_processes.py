@@ -227,3 +227,24 @@ def test_serve_refuses_a_non_loopback_bind(capsys) -> None:
 
     assert main(["serve", str(ROOT / "scenarios" / "smoke.yaml"), "--host", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_path: Path) -> None:
+    # started() runs the server on port 0: it binds a free port itself and names it, so nothing can take the port
+    # between choosing and binding, and the readiness probe cannot be answered by another process
+    from refserver.serve import listening, started
+
+    with started(_cfg(), tmp_path / "own") as url:
+        port = int((tmp_path / "own" / "port").read_text())
+        assert url == f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/healthz", timeout=5).text == "ok"
+        assert (tmp_path / "own" / "registry-port").read_text() != str(port)
+    with listening("127.0.0.1", 0) as taken:
+        busy = taken.getsockname()[1]
+        cfg_path = tmp_path / "server.json"
+        cfg_path.write_text(json.dumps(_cfg()))
+        done = subprocess.run(
+            [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", str(busy), "--data-dir", str(tmp_path / "busy")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 2 and f"cannot listen on 127.0.0.1:{busy}" in done.stderr
