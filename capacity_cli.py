@@ -734,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("serve", help="run the reference server (and its registry) configured from a scenario")
     p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: a free one, printed)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless --allow-remote)")
     p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
     p.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")

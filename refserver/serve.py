@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="refserver.serve", description="Run the reference registration server and its registry.")
     ap.add_argument("--config", required=True, help="server configuration (JSON)")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000, help="0: a free port, named in --port-file")
+    ap.add_argument("--port", type=int, default=8000, help="0: a free port (printed, and named in --port-file)")
     ap.add_argument("--port-file", default=None, help="write the port bound here once listening (for --port 0)")
     ap.add_argument("--registry-port", type=int, default=0, help="0: any free port")
     ap.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
