@@ -66,9 +66,9 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
     (data_dir / "server.json").write_text(json.dumps(config, indent=1))
     port_file = data_dir / "port"
     port_file.unlink(missing_ok=True)
-    # port 0: the server binds a free port itself and names it in port_file.  A port chosen here and bound
+    # port 0: the server binds a free port itself and names it in DATA_DIR/port.  A port chosen here and bound
     # there could be taken in between, and the readiness probe could then be answered by another process.
-    cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", "0", "--port-file", str(port_file), "--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", "0", "--data-dir", str(data_dir)]
     if registry_cpu is not None:
         cmd += ["--registry-cpu", str(registry_cpu)]
     if cpu is not None:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="server configuration (JSON)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0: a free port (printed, and named in --port-file)")
-    ap.add_argument("--port-file", default=None, help="write the port bound here once listening (for --port 0)")
+    ap.add_argument("--port-file", default=None, help="write the port bound here once listening (default DATA_DIR/port)")
     ap.add_argument("--registry-port", type=int, default=0, help="0: any free port")
     ap.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
     ap.add_argument("--data-dir", default="refserver-data")
@@ -230,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
         port = sock.getsockname()[1]
         print(f"refserver: serving on http://{host}:{port} (registry on port {reg_port}, database {db_path})", flush=True)
-        if args.port_file:
-            write_port(Path(args.port_file), port)
+        write_port(Path(args.port_file) if args.port_file else data_dir / "port", port)  # what --port 0 chose, for whoever started it
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

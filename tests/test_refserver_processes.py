@@ -18,22 +18,25 @@ import httpx
 import pytest
 
 from refserver.config import RegistryConfig, StationConfig
-from refserver.serve import free_port, wait_ready
+from refserver.serve import read_port, wait_ready
 
 from .conftest import ROOT
 from .refserver_helpers import advance, config, make_client, person
 
 
-def _start(tmp_path: Path, cfg: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, cfg: dict[str, Any]) -> tuple[subprocess.Popen[bytes], int]:
+    """The server on a port it binds itself (port 0, named in DATA_DIR/port): its process and port."""
     cfg_path = tmp_path / "server.json"
     cfg_path.write_text(json.dumps(cfg))
+    (tmp_path / "data" / "port").unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", "0", "--data-dir", str(tmp_path / "data")],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
+    port = read_port(tmp_path / "data" / "port", proc)
     wait_ready(f"http://127.0.0.1:{port}/healthz", proc=proc)
-    return proc
+    return proc, port
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -49,9 +52,8 @@ def _cfg(**over: Any) -> dict[str, Any]:
 
 
 def test_acknowledged_registrations_survive_sigkill(tmp_path: Path) -> None:
-    port = free_port()
     cfg = _cfg()
-    proc = _start(tmp_path, cfg, port)
+    proc, port = _start(tmp_path, cfg)
     acked: list[str] = []
     stop = threading.Event()
 
@@ -75,7 +77,7 @@ def test_acknowledged_registrations_survive_sigkill(tmp_path: Path) -> None:
     for t in threads:
         t.join(timeout=10)
     assert len(acked) > 50, "the clients should have been acknowledged many registrations"
-    proc = _start(tmp_path, cfg, port)  # restart on the same database
+    proc, port = _start(tmp_path, cfg)  # restart on the same database
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
             for rid in acked:
@@ -134,8 +136,7 @@ def test_overload_sheds_with_retry_after_and_recovers(tmp_path: Path) -> None:
             "storage": StationConfig(servers=1, queue=1, service={"default": 0.0}),
         }
     )
-    port = free_port()
-    proc = _start(tmp_path, cfg, port)
+    proc, port = _start(tmp_path, cfg)
     url = f"http://127.0.0.1:{port}"
     try:
         before: list[tuple[float, int, float]] = []
@@ -191,15 +192,15 @@ def test_registry_service_answers_429(limit: str) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_capacity_serve_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "capacity_cli", "serve", str(ROOT / "scenarios" / "smoke.yaml"), "--port", str(port), "--data-dir", str(data)],
+        [sys.executable, "-m", "capacity_cli", "serve", str(ROOT / "scenarios" / "smoke.yaml"), "--port", "0", "--data-dir", str(data)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
+        port = read_port(data / "port", proc)  # type: ignore[arg-type]
         wait_ready(f"http://127.0.0.1:{port}/healthz", proc=proc)
         r = httpx.post(f"http://127.0.0.1:{port}/api/register", json=person())
         assert r.status_code == 201
