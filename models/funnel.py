@@ -221,7 +221,7 @@ VISIT, HOLD, DELAY, RELEASE, LOCK = range(5)  # legs of a route through the proc
 
 
 def _cpu_legs(
-    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler, threads: frozenset[str], locks: int = 0
+    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler | None, threads: frozenset[str], locks: int = 0
 ) -> list[tuple[int, Station | None, Sampler | None]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
@@ -414,7 +414,7 @@ class FunnelModel:
                 n_steps, sampler, locks = cpu_work[step.request_type]
                 visits = _cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks)  # type: ignore[assignment]
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
-                visits = _cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment,arg-type]
+                visits = _cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
             nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
             self.plans.append(
