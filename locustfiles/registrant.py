@@ -95,12 +95,12 @@ def reference_registry_mismatch(nik: str) -> bool:
 def person(n: int) -> dict[str, str]:
     """A registrant with a unique email and a well-formed NIK that agrees with the birth date.
 
-    ``n`` is the arrival's index in the whole trace (unique across workers): the
-    person is drawn from the registrant's own counter-based word (the same seed
-    and index give the same person), and the run salt keeps two runs against the
-    same server apart.  The NIK's serial is
-    chosen so that the reference registry's verdict on it is the one the model
-    draws for this registrant (:data:`~models.arrivals.MISMATCH_SLOT`).
+    ``n`` is the arrival's index in the whole trace (unique across workers).  The
+    details come from the registrant's own counter-based word
+    (:func:`~models.arrivals.word`), salted by the run so that two runs against
+    the same server stay apart.  The NIK's serial is chosen so that the reference
+    registry's verdict on it is the one the model draws for this registrant
+    (:data:`~models.arrivals.MISMATCH_SLOT`).
     """
     bits = word(DECISION_SEED, n, PERSON_SLOT) ^ (RUN_SALT << 17)  # one 64-bit draw, sliced: this runs once per arrival
     year, month, day = 1960 + bits % 45, 1 + (bits >> 8) % 12, 1 + (bits >> 12) % 28
