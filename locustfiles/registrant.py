@@ -38,9 +38,10 @@ import gevent
 from gevent.queue import Queue
 from locust import User, events, task
 from locust.env import Environment
-from locust.exception import LocustError
+from locust.exception import LocustError, StopUser
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+from locust.user.users import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 
 from locustfiles.client import JSON_HEADERS, Client
 from locustfiles.pacing import Pacer
@@ -177,14 +178,16 @@ class Registrant(User):
         """
         get = QUEUE.get
         accept = PACER.accept
-        while True:
-            item = get()  # an idle user waits here for the next released arrival
-            if item is None:
-                return  # the run is stopping: an idle user leaves at once
-            index, intended = item
+        while self._state != LOCUST_STATE_STOPPING:  # asked to stop during a journey: leave after it
+            # Idle, the user is "waiting" as Locust means it between tasks, so a stopping run ends it at once
+            # (killed inside get(), which then takes no arrival) instead of waiting out the stop timeout.
+            self._state = LOCUST_STATE_WAITING
+            index, intended = get()
+            self._state = LOCUST_STATE_RUNNING
             if accept(self.now(), intended):
                 RECORDER.arrival(intended)
                 self.walk(index, intended)
+        raise StopUser
 
     def call(self, rt: str, step_name: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[str | None, dict[str, Any]]:
         """Send one request of type ``rt``, validate and record it: (why it failed or None, JSON body)."""
@@ -425,9 +428,6 @@ def _init(environment: Environment, **_: Any) -> None:
 def _stopping(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.send_message(STOP_MESSAGE)
-        return
-    for _ in range(environment.runner.user_count):
-        QUEUE.put(None)  # wake every idle user, so that stopping does not wait out the stop timeout
 
 
 def _collect(expected: int) -> None:
@@ -467,7 +467,7 @@ def _stop(environment: Environment, **_: Any) -> None:
         "workers": WORKERS,
         "arrivals_started": lat.started,
         "arrivals_dropped": lat.dropped,
-        "arrivals_not_reached": PACER.not_started(sum(1 for item in QUEUE.queue if item is not None)),  # not the stop sentinels
+        "arrivals_not_reached": PACER.not_started(QUEUE.qsize()),
         "late_over_100ms": lat.late_100ms,
         "share_on_time_100ms": lat.share_on_time,
         "max_lateness": lat.max_late,
