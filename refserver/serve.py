@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     db_path = Path(args.db) if args.db else data_dir / "refserver.sqlite"
     try:
         sock = listening(args.host, args.port)  # bound first: a taken port fails at once, with nothing started
-    except OSError as exc:
-        print(f"refserver: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+    except (OSError, OverflowError) as exc:  # taken, not an address of this machine, or not a port number at all
+        print(f"refserver: cannot listen on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     reg_file = data_dir / "registry-port"
     reg_file.unlink(missing_ok=True)
