@@ -28,7 +28,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -43,6 +42,7 @@ from refserver.metrics import Metrics
 from refserver.openapi import OPENAPI
 from refserver.security import email_problem, keyed_hash, nik_problem
 from refserver.stations import Overloaded, Station
+from refserver.upstream import HttpUpstream, Upstream, UpstreamError
 
 __all__ = ["create_app", "BATCH_ID"]
 
@@ -96,9 +96,10 @@ def create_app(
     secret: bytes,
     data_dir: str | Path,
     reset_token: str | None = None,
-    registry_transport: httpx.AsyncBaseTransport | None = None,
+    upstream: Callable[[str, int], Upstream] = HttpUpstream,
 ) -> Starlette:
-    """The server's ASGI app.  ``registry_transport`` lets tests reach an in-process registry."""
+    """The server's ASGI app.  ``upstream(registry_url, connections)`` makes the registry's
+    client when the app starts; tests pass one that reaches an in-process registry."""
     rng = random.Random(cfg.seed)
     # the database write runs in the writer thread inside the db station, the photo write in a worker thread inside storage
     stations = {name: Station(name, s.servers, s.queue, threaded=name in ("db", "storage")) for name, s in cfg.stations.items()}
@@ -281,14 +282,20 @@ def create_app(
 
         async def ask_registry() -> None:
             try:
-                reply = await state["http"].post(f"{registry_url}/check", json={"nik": body["nik"]}, timeout=cfg.registry.timeout)
-            except httpx.HTTPError:
+                code, answer = await state["registry"].request("POST", "/check", {"nik": body["nik"]}, timeout=cfg.registry.timeout)
+            except UpstreamError:  # unreachable, or no answer in time
                 outcome["status"] = "timeout"
                 return
-            if reply.status_code in (429, 503):
-                outcome["status"] = reply.json().get("reason", "unavailable")
-            elif reply.status_code == 200:
-                outcome["status"] = "verified" if reply.json().get("match") else "mismatch"
+            try:
+                reply = json.loads(answer)
+            except ValueError:
+                reply = None
+            if not isinstance(reply, dict):
+                outcome["status"] = "unavailable"
+            elif code in (429, 503):
+                outcome["status"] = str(reply.get("reason", "unavailable"))
+            elif code == 200:
+                outcome["status"] = "verified" if reply.get("match") else "mismatch"
             else:
                 outcome["status"] = "unavailable"
 
@@ -349,10 +356,10 @@ def create_app(
         extra = {"db_commits_total": float(db().commits), "db_writes_total": float(db().writes)}
         more: list[str] = []
         try:  # the registry's own station figures, so that one scrape shows the whole system
-            reply = await state["http"].get(f"{registry_url}/metrics", timeout=1.0)
-            if reply.status_code == 200:
-                more = [line for line in reply.text.splitlines() if line.startswith("surgecap_station_")]
-        except httpx.HTTPError:
+            code, answer = await state["registry"].request("GET", "/metrics", timeout=1.0)
+            if code == 200:
+                more = [line for line in answer.decode("utf-8", "replace").splitlines() if line.startswith("surgecap_station_")]
+        except UpstreamError:
             pass  # the registry's figures are missing from this scrape; the server's own are complete
         return PlainTextResponse(metrics.render(stations, extra, more, clock.lines()), media_type="text/plain; version=0.0.4")
 
@@ -437,9 +444,7 @@ def create_app(
             conn.execute("UPDATE batches SET quota = max(?, joined) WHERE id = ?", (cfg.batch_quota, BATCH_ID))
 
         await database.write(ensure_batch)
-        state["http"] = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=max(16, cfg.registry.concurrency * 2)), transport=registry_transport
-        )
+        state["registry"] = upstream(registry_url, max(16, cfg.registry.concurrency * 2))
         task = asyncio.create_task(sender())
         try:
             yield
@@ -447,7 +452,7 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await state["http"].aclose()
+            await state["registry"].aclose()
             database.close()
 
     table: list[tuple[str, str, Callable[[Request], Awaitable[Response]], list[str] | None]] = [

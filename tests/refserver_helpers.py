@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from refserver.app import create_app
 from refserver.config import RegistryConfig, ServerConfig, StationConfig
 from refserver.registry import create_registry_app
+from refserver.upstream import UpstreamError
 
 RESET_TOKEN = "reset-me"
 JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"\x00" * 200
@@ -65,6 +66,23 @@ def person(**overrides: str) -> dict[str, str]:
     return p
 
 
+class InProcessRegistry:
+    """The server's registry client, reaching a registry app in this process (no sockets)."""
+
+    def __init__(self, app: Any):
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://registry")
+
+    async def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, bytes]:
+        try:
+            r = await self.client.request(method, path, json=body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(str(exc)) from None
+        return r.status_code, r.content
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 def make_client(tmp_path: Path, cfg: ServerConfig | None = None) -> TestClient:
     cfg = cfg or config()
     registry = create_registry_app(cfg.registry)
@@ -75,7 +93,7 @@ def make_client(tmp_path: Path, cfg: ServerConfig | None = None) -> TestClient:
         b"k" * 32,
         tmp_path,
         reset_token=RESET_TOKEN,
-        registry_transport=httpx.ASGITransport(app=registry),
+        upstream=lambda url, connections: InProcessRegistry(registry),
     )
     return TestClient(app)
 
