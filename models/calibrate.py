@@ -92,6 +92,8 @@ class Snapshot:
     cpu_seconds: float | None = None
     cpu_typed: dict[str, list[float]] = field(default_factory=dict)  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls]
     idle_cpu: float | None = None  # the server's CPU use with no load (CPU seconds per second), when it was watched idle
+    writer: dict[str, float] = field(default_factory=dict)  # the database writer: batches, batch_seconds, commit_seconds
+    writes: dict[str, list[float]] = field(default_factory=dict)  # request -> [writes, Σ queued-to-committed seconds, Σ their squares]
 
     @property
     def has_stations(self) -> bool:
@@ -102,7 +104,7 @@ class Snapshot:
         return {
             "at": self.at - start, "servers": self.servers, "queue": self.queue, "shed": self.shed,
             "typed": [[st, rt, *v] for (st, rt), v in self.typed.items()], "cpu_seconds": self.cpu_seconds, "cpu_typed": self.cpu_typed,
-            "threaded": self.threaded,
+            "threaded": self.threaded, "writer": self.writer, "writes": self.writes,
         }
 
     @classmethod
@@ -110,7 +112,7 @@ class Snapshot:
         return cls(
             at=d["at"], servers=d["servers"], queue=d["queue"], shed=d["shed"],
             typed={(row[0], row[1]): list(row[2:]) for row in d["typed"]}, cpu_seconds=d["cpu_seconds"], cpu_typed=d["cpu_typed"],
-            threaded=d.get("threaded", {}),
+            threaded=d.get("threaded", {}), writer=d.get("writer", {}), writes=d.get("writes", {}),
         )
 
     def served(self, station: str) -> float:
@@ -144,7 +146,15 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_thread_seconds_total": 4,
         "surgecap_cpu_thread_calls_total": 5,
     }
+    writer = {"surgecap_db_batches_total": "batches", "surgecap_db_batch_seconds_total": "batch_seconds", "surgecap_db_commit_seconds_total": "commit_seconds"}
+    writes = {"surgecap_db_writes_total": 0, "surgecap_db_write_seconds_total": 1, "surgecap_db_write_seconds_squared_total": 2}
     for name, labels, value in parse_prometheus(text):
+        if name in writer:
+            snap.writer[writer[name]] = value
+            continue
+        if name in writes and "request" in labels:
+            snap.writes.setdefault(labels["request"], [0.0] * 3)[writes[name]] = value
+            continue
         if name in cpu and "request" in labels:
             snap.cpu_typed.setdefault(labels["request"], [0.0] * 6)[cpu[name]] = value
             continue

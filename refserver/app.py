@@ -51,6 +51,7 @@ JPEG, PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
 REGISTER_FIELDS = {"name", "email", "nik", "birth_date", "phone"}
+MAILBOX_QUERY = "SELECT token, sent FROM outbox WHERE registrant_id = ? AND sent IS NOT NULL"  # by index (outbox_registrant)
 STORE_CALLS = 6  # the photo write's calls that give up the interpreter lock (see store() in photo)
 
 
@@ -361,7 +362,7 @@ def create_app(
                 more = [line for line in answer.decode("utf-8", "replace").splitlines() if line.startswith("surgecap_station_")]
         except UpstreamError:
             pass  # the registry's figures are missing from this scrape; the server's own are complete
-        return PlainTextResponse(metrics.render(stations, extra, more, clock.lines()), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(stations, extra, more, clock.lines() + db().lines()), media_type="text/plain; version=0.0.4")
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -374,7 +375,7 @@ def create_app(
     async def mailbox(request: Request) -> Response:
         loopback_only(request)
         rid = request.path_params["rid"]
-        row = db().one("SELECT token, sent FROM outbox WHERE registrant_id = ? AND sent IS NOT NULL", (rid,))
+        row = db().one(MAILBOX_QUERY, (rid,))
         if row is None:
             raise BadRequest(404, "no email delivered to this registrant yet")
         return JSONResponse({"registrant_id": rid, "token": row[0], "delivered_at": row[1]})

@@ -10,6 +10,12 @@ fsync and only then are the handlers answered.  Reads use a second connection
 share of the batch's BEGIN/COMMIT), so the server's CPU can be accounted;
 ``calls`` are its statements (each lets go of the interpreter lock while SQLite
 works and must take it back), with the same share of the batch's own.
+
+The writer is one server with a queue: a write waits for the batch being
+written, then for its own batch's statements and commit.  :meth:`Database.lines`
+publishes what that costs in wall time (``surgecap_db_*``): batches, their
+busy seconds and commit seconds, and per request type the writes and their
+time from queued to committed.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(id) WHERE sent IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_registrant ON outbox(registrant_id);
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     quota INTEGER NOT NULL CHECK (quota >= 0),
@@ -83,6 +90,9 @@ class Database:
         self._thread.start()
         self.commits = 0
         self.writes = 0
+        self.batch_seconds = 0.0  # wall time from taking a batch to its commit's end
+        self.commit_seconds = 0.0  # wall time of the COMMITs (their fsync)
+        self.by_type: dict[str, list[float]] = {}  # kind -> [writes, seconds queued to committed, their squares]
 
     # -- writing -------------------------------------------------------------
     def _writer(self) -> None:
@@ -111,9 +121,11 @@ class Database:
             calls: list[float] = []
             clock = time.thread_time
             batch_started = clock()
+            wall_started = time.perf_counter()
+            commit_started = wall_started
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for fn, _, _, _ in batch:
+                for fn, _, _, _, _ in batch:
                     started = clock()
                     conn.execute("SAVEPOINT w")
                     counted = _Counted(conn)
@@ -126,19 +138,30 @@ class Database:
                         outcomes.append((False, exc))
                     own.append(clock() - started)
                     calls.append(counted.calls + 2)  # with its SAVEPOINT and RELEASE
+                commit_started = time.perf_counter()
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 outcomes = [(False, exc)] * len(batch)
+            done = time.perf_counter()
             self.commits += 1
             self.writes += len(batch)
+            self.batch_seconds += done - wall_started
+            self.commit_seconds += done - commit_started
+            for _, _, _, kind, queued in batch:
+                acc = self.by_type.get(kind)
+                if acc is None:
+                    acc = self.by_type[kind] = [0.0, 0.0, 0.0]
+                acc[0] += 1
+                acc[1] += done - queued
+                acc[2] += (done - queued) ** 2
             if self.on_cpu is not None:
                 total = clock() - batch_started
                 share = max(total - sum(own), 0.0) / len(batch)
-                for i, (_, _, _, kind) in enumerate(batch):
+                for i, (_, _, _, kind, _) in enumerate(batch):
                     self.on_cpu(kind, (own[i] if i < len(own) else 0.0) + share, (calls[i] if i < len(calls) else 0.0) + 2 / len(batch))  # BEGIN, COMMIT
-            for (_, loop, fut, _), (ok, value) in zip(batch, outcomes):
+            for (_, loop, fut, _, _), (ok, value) in zip(batch, outcomes):
                 loop.call_soon_threadsafe(_settle, fut, ok, value)
         conn.close()
 
@@ -149,8 +172,33 @@ class Database:
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, loop, fut, kind))
+        self._queue.put((fn, loop, fut, kind, time.perf_counter()))
         return await fut
+
+    def lines(self) -> list[str]:
+        """The writer's figures in Prometheus text (see the module's docstring)."""
+        out = [
+            "# HELP surgecap_db_batches_total Batches the database writer committed.",
+            "# TYPE surgecap_db_batches_total counter",
+            f"surgecap_db_batches_total {self.commits}",
+            "# HELP surgecap_db_batch_seconds_total Wall time of the writer's batches, from taking one to its commit's end.",
+            "# TYPE surgecap_db_batch_seconds_total counter",
+            f"surgecap_db_batch_seconds_total {self.batch_seconds:.6f}",
+            "# HELP surgecap_db_commit_seconds_total Wall time of the batches' COMMITs (their fsync).",
+            "# TYPE surgecap_db_commit_seconds_total counter",
+            f"surgecap_db_commit_seconds_total {self.commit_seconds:.6f}",
+        ]
+        typed = sorted(self.by_type.items())
+        for i, (metric, fmt, text) in enumerate(
+            [
+                ("surgecap_db_writes_total", "{:.0f}", "Writes committed, by request type."),
+                ("surgecap_db_write_seconds_total", "{:.6f}", "Wall time of writes from queued to committed."),
+                ("surgecap_db_write_seconds_squared_total", "{:.9f}", "Sum of squared write times."),
+            ]
+        ):
+            out += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
+            out += [f'{metric}{{request="{kind}"}} {fmt.format(acc[i])}' for kind, acc in typed]
+        return out
 
     # -- reading -------------------------------------------------------------
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:

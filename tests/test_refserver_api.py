@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from models.calibrate import parse_prometheus
+from refserver.app import MAILBOX_QUERY
 
 from .refserver_helpers import JPEG_BYTES, PNG_BYTES, RESET_TOKEN, advance, config, make_client, nik_for, person, rows, token_of
 
@@ -38,6 +39,15 @@ def test_full_funnel_and_status(tmp_path: Path) -> None:
         # the writer's statements give up the interpreter lock: 3 inserts, SAVEPOINT and RELEASE, a share of BEGIN and COMMIT
         assert 5 < cpu[("surgecap_cpu_thread_calls_total", "register")] <= 7
         assert cpu[("surgecap_cpu_thread_calls_total", "upload_photo")] >= 6  # open, write, flush, fsync, close, replace
+        # the database writer: its batches, and each request type's writes from queued to committed
+        samples = parse_prometheus(metrics)
+        db = {n: v for n, lab, v in samples if n.startswith("surgecap_db_") and not lab}
+        writes = {(n, lab["request"]): v for n, lab, v in samples if n.startswith("surgecap_db_write") and "request" in lab}
+        assert writes[("surgecap_db_writes_total", "register")] == 1 and writes[("surgecap_db_writes_total", "join_batch")] == 1
+        assert writes[("surgecap_db_writes_total", "verify_nik")] == 1  # its write is outside any station
+        assert 1 <= db["surgecap_db_batches_total"] <= sum(v for (n, _), v in writes.items() if n == "surgecap_db_writes_total")
+        assert 0 < db["surgecap_db_commit_seconds_total"] <= db["surgecap_db_batch_seconds_total"]
+        assert writes[("surgecap_db_write_seconds_total", "register")] > 0
         assert client.get("/openapi.json").json()["openapi"].startswith("3.")
     # personal data is not stored in clear
     dump = "\n".join(str(r) for r in rows(tmp_path, "SELECT * FROM registrants"))
@@ -151,3 +161,10 @@ def test_reset_with_token_and_test_endpoints_only_in_test_mode(tmp_path: Path) -
     with make_client(tmp_path / "prod", config(test_mode=False)) as client:
         assert client.get("/test/mailbox/x").status_code == 404
         assert client.post("/test/reset", headers={"X-Reset-Token": RESET_TOKEN}).status_code == 404
+
+
+def test_a_mailbox_lookup_reads_by_index_not_the_whole_outbox(tmp_path: Path) -> None:
+    with make_client(tmp_path) as client:
+        advance(client, person(), "registered")
+    plan = " ".join(str(r) for r in rows(tmp_path, f"EXPLAIN QUERY PLAN {MAILBOX_QUERY}", ("x",)))
+    assert "USING INDEX outbox_registrant" in plan, plan  # a scan would grow with every registration of the day
