@@ -626,7 +626,7 @@ def judge_level(
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from models.bottleneck import busiest_step, saturation
+    from models.bottleneck import busiest_step, level_duration, saturation
     from reports.validation import Knee, verdict_table, write_report
 
     scenario = load_scenario(args.scenario)
@@ -665,12 +665,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     raw = _raw(args.scenario)
     tol = scenario.validation.tolerances
     done: list[Level] = []
+    durations: list[float] = []
     for f in levels:
         rate = f * knee.rate
         ldir = run_dir / f"level-{f:g}"
+        lasts = level_duration(calibrated, rate, duration, scenario.validation.samples, 4 * duration)
+        durations.append(lasts)
         if not args.quiet:
-            print(f"capacity validate: level {f:g}: {rate:.4g} arrivals/s for {format_duration(duration)}", file=sys.stderr)
-        level_file = _level_file(raw, f"{scenario.name}-level-{f:g}", rate, duration, ldir)
+            why = f" (so that every request type can reach {scenario.validation.samples} requests)" if lasts > duration else ""
+            print(f"capacity validate: level {f:g}: {rate:.4g} arrivals/s for {format_duration(lasts)}{why}", file=sys.stderr)
+        level_file = _level_file(raw, f"{scenario.name}-level-{f:g}", rate, lasts, ldir)
         level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
         if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:
             measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)
@@ -684,12 +688,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     # the knee: the bottleneck's request type at saturation against the highest measured
     i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
-    served = [(sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / duration for lv in done]
+    served = [(sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / lasts for lv, lasts in zip(done, durations)]
     knee_check = Knee(knee.resource, rt, knee.rate, knee.rate * visits_top, max(served), max(levels) >= 1.0, tol.throughput)
     meta = {
         "scenario_file": args.scenario,
         "levels": levels,
-        "duration_per_level": duration,
+        "duration_per_level": durations,
+        "samples": scenario.validation.samples,
         "replications": args.replications,
         "calibration": calibration,
         "processor": "the CPU time per request measured in each level (operational validation)" if args.processor == "level" else "calibrated",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from models.scenario import CPU, EMAIL, REGISTRY, Scenario
 
-__all__ = ["visit_ratios", "Limit", "limits", "saturation", "busiest_step"]
+__all__ = ["visit_ratios", "Limit", "limits", "saturation", "busiest_step", "level_duration"]
 
 
 def visit_ratios(scenario: Scenario) -> list[float]:
@@ -30,6 +30,19 @@ def visit_ratios(scenario: Scenario) -> list[float]:
             reach *= step.proceed
         out.append(reach / (1.0 - step.repeat) if step.repeat < 1 else math.inf)
     return out
+
+
+def level_duration(scenario: Scenario, rate: float, duration: float, samples: int, longest: float) -> float:
+    """How long a validation level at ``rate`` arrivals/s runs: at least ``duration``, and
+    long enough that the rarest request type (by visit ratios) can reach ``samples``
+    requests, but never longer than ``longest``."""
+    per_type: dict[str, float] = {}
+    for v, step in zip(visit_ratios(scenario), scenario.journey):
+        per_type[step.request_type] = per_type.get(step.request_type, 0.0) + v
+    rarest = min((v for v in per_type.values() if v > 0), default=0.0)
+    if samples <= 0 or rarest <= 0 or rate <= 0 or math.isinf(rarest):
+        return duration
+    return min(max(duration, math.ceil(samples / (rate * rarest))), max(longest, duration))
 
 
 @dataclass(frozen=True)

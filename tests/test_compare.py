@@ -124,3 +124,18 @@ def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(
     _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
     saved = json.loads(json_path.read_text())["levels"][0]
     assert saved["cpu_drift"] == pytest.approx(0.2) and saved["given_level_cpu"]["passed"] is False and "still fails" in saved["given_level_cpu"]["diagnosis"]
+
+
+def test_a_level_runs_long_enough_for_its_rarest_request_type() -> None:
+    from models.bottleneck import level_duration, visit_ratios
+    from models.loader import load_scenario
+
+    s = load_scenario("scenarios/prakerja-launch.yaml")
+    rarest = min(visit_ratios(s))  # the batch join, after every drop-off
+    # at 28 arrivals/s a 60 s level holds about 28 x 60 x rarest batch joins, too few: it runs until 300 can come
+    assert 28 * 60 * rarest < 300
+    lasts = level_duration(s, 28.0, 60.0, 300, 240.0)
+    assert lasts > 60 and 28 * lasts * rarest == pytest.approx(300, abs=28 * rarest)
+    assert level_duration(s, 28.0, 60.0, 300, 90.0) == 90.0  # never past the longest
+    assert level_duration(s, 1000.0, 60.0, 300, 240.0) == 60.0  # a busy level needs no more than its duration
+    assert level_duration(s, 28.0, 60.0, 0, 240.0) == 60.0  # samples 0: the duration as given
