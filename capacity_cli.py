@@ -672,8 +672,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lasts = level_duration(calibrated, rate, duration, scenario.validation.samples, 4 * duration)
         durations.append(lasts)
         if not args.quiet:
-            why = f" (so that every request type can reach {scenario.validation.samples} requests)" if lasts > duration else ""
-            print(f"capacity validate: level {f:g}: {rate:.4g} arrivals/s for {format_duration(lasts)}{why}", file=sys.stderr)
+            longer = f" (so that every request type can reach {scenario.validation.samples} requests)" if lasts > duration else ""
+            print(f"capacity validate: level {f:g}: {rate:.4g} arrivals/s for {format_duration(lasts)}{longer}", file=sys.stderr)
         level_file = _level_file(raw, f"{scenario.name}-level-{f:g}", rate, lasts, ldir)
         level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
         if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:
