@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -315,7 +316,10 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idl
     Returns the level's scenario, the measured RunResult, and the station
     metrics scraped just before and just after the run (None when the target
     publishes none).  With ``idle`` seconds, the server is first watched idle
-    for that long: ``before.idle_cpu`` is its CPU use with no load.
+    for that long: ``before.idle_cpu`` is its CPU use with no load.  The fresh
+    server's database stays in the run directory; the photos the registrants
+    uploaded (filler bytes, about 750 MB a minute at 0.9 of the Prakerja
+    saturation rate) are removed once it has stopped.
     """
     import contextlib
 
@@ -346,6 +350,8 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idl
         run = LoadRun(level_file, target, duration, run_dir, _pool_size(scenario, duration), quiet=quiet, metrics=before is not None, cpu=load_cpu)
         measured, interrupted = run_locust(run)
         after = snap()
+    if host is None:
+        shutil.rmtree(run_dir / "server" / "photos", ignore_errors=True)
     if interrupted:
         raise KeyboardInterrupt
     return scenario, measured, before, after

@@ -166,6 +166,8 @@ def test_short_validation_passes_and_writes_its_report(validated: tuple[Path, in
     assert report["knee"]["resource"] == "web"
     assert report["meta"]["processor"].startswith("the CPU time per request measured in each level")
     assert (out / "level-0.6" / "processor.yaml").exists()
+    server = out / "level-0.6" / "server"
+    assert (server / "refserver.sqlite").exists() and not (server / "photos").exists()  # the uploads' filler bytes are not kept
 
 
 @pytest.mark.parametrize("family", ["lognormal", "gamma"])
