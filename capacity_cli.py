@@ -314,6 +314,9 @@ def _cpus() -> tuple[int | None, int | None]:
     return (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
 
 
+UPLOADS: list[Path] = []  # photo directories of the fresh servers this command ran, removed when it ends (see _measure)
+
+
 def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idle: float = 0.0) -> tuple[Scenario, RunResult, Snapshot | None, Snapshot | None]:
     """One steady load level against ``host`` (or a fresh, pinned reference server).
 
@@ -323,7 +326,9 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idl
     for that long: ``before.idle_cpu`` is its CPU use with no load.  The fresh
     server's database stays in the run directory; the photos the registrants
     uploaded (filler bytes, about 750 MB a minute at 0.9 of the Prakerja
-    saturation rate) are removed once it has stopped.
+    saturation rate) are removed when the command ends (:data:`UPLOADS`), not
+    between levels: deleting a gigabyte sets the disk working (discards, journal)
+    while the next level is measured.
     """
     import contextlib
 
@@ -355,7 +360,7 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idl
         measured, interrupted = run_locust(run)
         after = snap()
     if host is None:
-        shutil.rmtree(run_dir / "server" / "photos", ignore_errors=True)
+        UPLOADS.append(run_dir / "server" / "photos")
     if interrupted:
         raise KeyboardInterrupt
     return scenario, measured, before, after
@@ -828,6 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        while UPLOADS:
+            shutil.rmtree(UPLOADS.pop(), ignore_errors=True)
 
 
 if __name__ == "__main__":
