@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(id) WHERE sent IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_registrant ON outbox(registrant_id);
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     quota INTEGER NOT NULL CHECK (quota >= 0),

@@ -168,3 +168,7 @@ def test_a_mailbox_lookup_reads_by_index_not_the_whole_outbox(tmp_path: Path) ->
         advance(client, person(), "registered")
     plan = " ".join(str(r) for r in rows(tmp_path, f"EXPLAIN QUERY PLAN {MAILBOX_QUERY}", ("x",)))
     assert "USING INDEX outbox_registrant" in plan, plan  # a scan would grow with every registration of the day
+    served = tmp_path / "served"
+    with make_client(served, config(test_mode=False)) as client:  # no mailbox: a registration does not pay for the index
+        assert client.get("/healthz").status_code == 200
+    assert rows(served, "SELECT name FROM sqlite_master WHERE name = 'outbox_registrant'") == []
