@@ -300,7 +300,7 @@ class CalibrationError(RuntimeError):
 CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
 # The processor is measured at this fraction of the saturation rate (see calibrate): near the top of the
 # range validated, where its queueing matters most and where its CPU time per request is steadiest.  On the
-# development machine the registration's loop CPU per request at 0.9 was 0.49-0.53 ms over four validations,
+# development machine the registration's loop CPU per request at level 0.9 was 0.49-0.58 ms over seven validations,
 # where a phase at 0.5 measured 0.49-0.68 ms; levels between the two phases are interpolated.
 CPU_LOAD = 0.9
 IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
