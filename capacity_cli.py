@@ -611,7 +611,7 @@ def judge_level(
     """
     import yaml
 
-    from models.compare import compare
+    from models.compare import CPU_SUBJECT, compare
     from models.results import save
     from models.simulate import simulate
     from reports.validation import Level
@@ -622,7 +622,7 @@ def judge_level(
     if processor == "level":
         level_overlay = _level_processor(overlay, scenario, before, after)
         if level_overlay is not overlay:
-            inputs = frozenset({"station cpu"})
+            inputs = frozenset({CPU_SUBJECT})
             (ldir / "processor.yaml").write_text(yaml.safe_dump(level_overlay["system"]["cpu"], sort_keys=False))  # type: ignore[index]
         elif not quiet:
             print(f"capacity validate: level {f:g}: no CPU accounting in this level, so the calibrated processor stays", file=sys.stderr)
@@ -636,7 +636,7 @@ def judge_level(
         given = _level_processor(overlay, scenario, before, after)
         if given is not overlay:
             again = simulate(load_scenario(level_file, overlay=given), replications=replications)
-            lv.given_cpu = compare(again, measured, tol, overload=f > 1.0, inputs=frozenset({"station cpu"}))
+            lv.given_cpu = compare(again, measured, tol, overload=f > 1.0, inputs=frozenset({CPU_SUBJECT}))
     return lv
 
 

@@ -23,11 +23,19 @@ from typing import Any
 
 from models.histogram import Histogram
 from models.results import RunResult
-from models.scenario import Tolerances
+from models.scenario import CPU, Tolerances
 
-__all__ = ["Check", "compare", "queue_growth", "REFUSED"]
+__all__ = ["Check", "compare", "queue_growth", "REFUSED", "station_subject", "CPU_SUBJECT"]
 
 REFUSED = ("full", "rate_limited", "quota")  # refused at once by admission control or the registry
+
+
+def station_subject(name: str) -> str:
+    """The subject of a station's checks."""
+    return f"station {name}"
+
+
+CPU_SUBJECT = station_subject(CPU)  # the server's processor
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def queue_growth(r: RunResult, station: str) -> float:
 def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool = False, inputs: frozenset[str] = frozenset()) -> list[Check]:
     """Every check of one load level: per request type, per funnel step, per station.
 
-    ``inputs`` names subjects (e.g. ``"station cpu"``) whose figures the model
+    ``inputs`` names subjects (e.g. :data:`CPU_SUBJECT`) whose figures the model
     was given from this very measurement: they are shown, not judged.
     """
     if not models:
@@ -150,13 +158,13 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         seen = [c > 0 for c in st.capacity]  # intervals the scrapes covered
         mu = _mean_utilization(m0, name, seen)
         su = _mean_utilization(measured, name, seen)
-        given = f"station {name}" in inputs
-        checks.append(Check(f"station {name}", "utilization", mu, su, None if given else tol.utilization, False,
+        given = station_subject(name) in inputs
+        checks.append(Check(station_subject(name), "utilization", mu, su, None if given else tol.utilization, False,
                             _band([_mean_utilization(m, name, seen) for m in models]), "an input: measured in this level" if given else ""))
         if overload:
             a, b = queue_growth(m0, name), queue_growth(measured, name)
             judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
-            checks.append(Check(f"station {name}", "queue growth /s", a, b, tol.queue_growth if judged else None, True, None, "" if judged else "no growth on either side"))
+            checks.append(Check(station_subject(name), "queue growth /s", a, b, tol.queue_growth if judged else None, True, None, "" if judged else "no growth on either side"))
     return checks
 
 

@@ -230,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
         port = sock.getsockname()[1]
         print(f"refserver: serving on http://{host}:{port} (registry on port {reg_port}, database {db_path})", flush=True)
-        write_port(Path(args.port_file) if args.port_file else data_dir / "port", port)  # what --port 0 chose, for whoever started it
+        port_file = Path(args.port_file) if args.port_file else data_dir / "port"
+        try:
+            write_port(port_file, port)  # what --port 0 chose, for whoever started it
+        except OSError as exc:
+            print(f"refserver: cannot write the port file {port_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

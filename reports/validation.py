@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.compare import Check
+from models.compare import CPU_SUBJECT, Check
 from models.results import RunResult
 from reports.summary import table
 
@@ -38,7 +38,7 @@ class Level:
     def cpu_drift(self) -> float | None:
         """The level's measured server CPU over the model's, minus 1: how far the processor's speed moved from calibration."""
         for c in self.checks:
-            if c.subject == "station cpu" and c.metric == "utilization" and c.model > 0:
+            if c.subject == CPU_SUBJECT and c.metric == "utilization" and c.model > 0:
                 return c.measured / c.model - 1
         return None
 

@@ -254,3 +254,9 @@ def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_p
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert no_port.returncode == 2 and "cannot listen on 127.0.0.1:70000" in no_port.stderr and "Traceback" not in no_port.stderr
+    unwritable = subprocess.run(
+        [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", "0", "--data-dir", str(tmp_path / "nowhere"),
+         "--port-file", str(tmp_path / "no-such-dir" / "port")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert unwritable.returncode == 2 and "cannot write the port file" in unwritable.stderr and "Traceback" not in unwritable.stderr
