@@ -441,13 +441,13 @@ def create_app(
         database = Database(db_path, on_cpu=clock.thread)
         state["db"] = database
 
-        def ensure_batch(conn: sqlite3.Connection) -> None:
+        def prepare(conn: sqlite3.Connection) -> None:  # the training batch, and in test mode the mailbox's index
             conn.execute("INSERT OR IGNORE INTO batches(id, quota) VALUES (?, ?)", (BATCH_ID, cfg.batch_quota))
             conn.execute("UPDATE batches SET quota = max(?, joined) WHERE id = ?", (cfg.batch_quota, BATCH_ID))
             if cfg.test_mode:  # the mailbox reads by registrant; without the index each poll scans the whole outbox
                 conn.execute("CREATE INDEX IF NOT EXISTS outbox_registrant ON outbox(registrant_id)")
 
-        await database.write(ensure_batch)
+        await database.write(prepare)
         state["registry"] = upstream(registry_url, max(16, cfg.registry.concurrency * 2))
         task = asyncio.create_task(sender())
         try:
