@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -136,9 +137,14 @@ def test_registrant_decisions_are_uniform_and_independent() -> None:
 def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, float]:
     out = tmp_path_factory.mktemp("validate")
     started = time.monotonic()
-    # the processor's CPU time from each level itself (operational validation): this machine's CPU speed drifts
-    # between calibration and the levels by more than the tolerances (see README, "The processor's speed changes")
-    code = main(["validate", str(SMALL), "--levels", "0.3,0.6", "--processor", "level", "--out", str(out), "--quiet"])
+    flushes: list[float] = []
+    real_sync = os.sync
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "sync", lambda: (flushes.append(time.monotonic()), real_sync())[1])
+        # the processor's CPU time from each level itself (operational validation): this machine's CPU speed drifts
+        # between calibration and the levels by more than the tolerances (see README, "The processor's speed changes")
+        code = main(["validate", str(SMALL), "--levels", "0.3,0.6", "--processor", "level", "--out", str(out), "--quiet"])
+    (out / "flushes.json").write_text(json.dumps(flushes))
     return out, code, time.monotonic() - started
 
 
@@ -168,6 +174,17 @@ def test_short_validation_passes_and_writes_its_report(validated: tuple[Path, in
     assert (out / "level-0.6" / "processor.yaml").exists()
     server = out / "level-0.6" / "server"
     assert (server / "refserver.sqlite").exists() and not (server / "photos").exists()  # the uploads' filler bytes are not kept
+
+
+def test_pending_writes_reach_the_disk_before_every_measured_phase(validated: tuple[Path, int, float]) -> None:
+    # the db station's time is the disk's: the speed probe, calibration's two phases and both levels each start
+    # after os.sync, so writes left by whatever ran before (a package install) are not written back mid-phase
+    out, _, _ = validated
+    assert len(json.loads((out / "flushes.json").read_text())) >= 5
+    from capacity_cli import _pending_writes
+
+    meminfo = "MemTotal:       24683652 kB\nDirty:            521676 kB\nWriteback:          1024 kB\nWritebackTmp:         0 kB\n"
+    assert _pending_writes(meminfo) == (521676 + 1024) * 1024
 
 
 @pytest.mark.parametrize("family", ["lognormal", "gamma"])
