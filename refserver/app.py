@@ -53,7 +53,7 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 REGISTER_FIELDS = {"name", "email", "nik", "birth_date", "phone"}
 # the test mailbox's lookup, by the index outbox_registrant, made in test mode only (a registration then pays for its upkeep)
 MAILBOX_QUERY = "SELECT token, sent FROM outbox WHERE registrant_id = ? AND sent IS NOT NULL"
-STORE_CALLS = 6  # the photo write's calls that give up the interpreter lock (see store() in photo)
+STORE_CALLS = 9  # the photo write's calls that give up the interpreter lock (see store() in photo)
 
 
 class BadRequest(Exception):
@@ -258,12 +258,19 @@ def create_app(
         path = photos / f"{rid}.{ext}"
         tmp = path.with_suffix(".tmp")
 
-        def store() -> None:  # STORE_CALLS blocking calls: open, write, flush, fsync, close, replace
+        def store() -> None:  # STORE_CALLS blocking calls: open, write, flush, fsync, close, replace, and the directory's open, fsync, close
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            # the rename is on disk only once the directory is: without this, a crash soon after the answer
+            # could leave the registrant's committed photo_path naming a file that is not there
+            folder = os.open(photos, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE registrants SET photo_path = ? WHERE id = ?", (path.name, rid))

@@ -206,6 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, OverflowError) as exc:  # taken, not an address of this machine, or not a port number at all
         print(f"refserver: cannot listen on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
+    port_file = Path(args.port_file) if args.port_file else data_dir / "port"
+    try:  # a port file that cannot be written fails now, before the registry is started
+        probe = port_file.with_name(port_file.name + ".tmp")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        sock.close()
+        print(f"refserver: cannot write the port file {port_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     reg_file = data_dir / "registry-port"
     reg_file.unlink(missing_ok=True)
     registry = subprocess.Popen(
@@ -230,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
         port = sock.getsockname()[1]
         print(f"refserver: serving on http://{host}:{port} (registry on port {reg_port}, database {db_path})", flush=True)
-        port_file = Path(args.port_file) if args.port_file else data_dir / "port"
         try:
             write_port(port_file, port)  # what --port 0 chose, for whoever started it
         except OSError as exc:

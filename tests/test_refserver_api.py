@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def test_full_funnel_and_status(tmp_path: Path) -> None:
         assert cpu[("surgecap_cpu_thread_seconds_total", "upload_photo")] > 0  # the photo file write
         # the writer's statements give up the interpreter lock: 3 inserts, SAVEPOINT and RELEASE, a share of BEGIN and COMMIT
         assert 5 < cpu[("surgecap_cpu_thread_calls_total", "register")] <= 7
-        assert cpu[("surgecap_cpu_thread_calls_total", "upload_photo")] >= 6  # open, write, flush, fsync, close, replace
+        assert cpu[("surgecap_cpu_thread_calls_total", "upload_photo")] >= 9  # open, write, flush, fsync, close, replace; the directory's open, fsync, close
         # the database writer: its batches, and each request type's writes from queued to committed
         samples = parse_prometheus(metrics)
         db = {n: v for n, lab, v in samples if n.startswith("surgecap_db_") and not lab}
@@ -64,6 +65,27 @@ def test_png_photo_and_registry_mismatch(tmp_path: Path) -> None:
         r = client.post("/api/verify-nik", json={"registrant_id": rid, "nik": p["nik"]})
         assert r.status_code == 422 and r.json()["status"] == "mismatch"
     assert rows(tmp_path, "SELECT nik_verified, photo_path FROM registrants WHERE id = ?", (rid,)) == [(None, f"{rid}.png")]
+
+
+def test_an_acknowledged_photo_and_its_name_are_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # durable means the file's bytes (fsync of the file) and its name after the rename (fsync of the directory)
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    with make_client(tmp_path) as client:
+        rid = advance(client, person(), "email_verified")
+        monkeypatch.setattr(os, "fsync", fsync)
+        r = client.post("/api/photo", data={"registrant_id": rid}, files={"photo": ("me.png", PNG_BYTES, "image/png")})
+        monkeypatch.undo()
+        assert r.status_code == 200
+    photos = (tmp_path / "photos").resolve()
+    assert str(photos / f"{rid}.tmp") in synced  # the bytes, before the rename
+    assert synced.index(str(photos)) > synced.index(str(photos / f"{rid}.tmp"))  # then the directory holding the new name
+    assert (photos / f"{rid}.png").read_bytes() == PNG_BYTES
 
 
 def test_batch_quota_is_enforced(tmp_path: Path) -> None:

@@ -260,3 +260,4 @@ def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_p
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert unwritable.returncode == 2 and "cannot write the port file" in unwritable.stderr and "Traceback" not in unwritable.stderr
+    assert not (tmp_path / "nowhere" / "registry-port").exists()  # found before the registry was started
