@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import secrets
 import sqlite3
@@ -40,6 +39,7 @@ from refserver.cpu import CpuClock
 from refserver.db import Database
 from refserver.metrics import Metrics
 from refserver.openapi import OPENAPI
+from refserver.photos import PUT_CALLS, PhotoStore
 from refserver.security import email_problem, keyed_hash, nik_problem
 from refserver.stations import Overloaded, Station
 from refserver.upstream import HttpUpstream, Upstream, UpstreamError
@@ -53,7 +53,6 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 REGISTER_FIELDS = {"name", "email", "nik", "birth_date", "phone"}
 # the test mailbox's lookup, by the index outbox_registrant, made in test mode only (a registration then pays for its upkeep)
 MAILBOX_QUERY = "SELECT token, sent FROM outbox WHERE registrant_id = ? AND sent IS NOT NULL"
-STORE_CALLS = 9  # the photo write's calls that give up the interpreter lock (see store() in photo)
 
 
 class BadRequest(Exception):
@@ -110,8 +109,6 @@ def create_app(
         for rt in cfg.routes:
             spec = s.service.get(rt, s.service.get("default"))
             services[(name, rt)] = sampler(spec, rng)
-    photos = Path(data_dir) / "photos"
-    photos.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     clock = CpuClock()
     state: dict[str, Any] = {}
@@ -122,7 +119,7 @@ def create_app(
             try:
                 store()
             finally:
-                clock.thread(rt, time.thread_time() - started, STORE_CALLS)
+                clock.thread(rt, time.thread_time() - started, PUT_CALLS)
 
         return timed
 
@@ -132,12 +129,13 @@ def create_app(
     async def through(rt: str, work: Callable[[sqlite3.Connection], Any] | None = None, store: Callable[[], None] | None = None) -> Any:
         """Walk the request type's stations: the database work runs inside the db
         station, a file write (``store``) inside the storage station; work whose
-        station is not on the route runs after it."""
+        station is not on the route runs after it, and so does a database write
+        whose db station comes before the storage station (it names the stored file)."""
         result = None
         route = cfg.routes.get(rt, [])
         for name in route:
             async with stations[name].slot(rt):
-                if name == "db" and work is not None:
+                if name == "db" and work is not None and store is None:  # a write naming the stored file waits for it
                     result = await db().write(work, rt)
                     work = None
                 elif name == "storage" and store is not None:
@@ -246,34 +244,18 @@ def create_app(
         data = await upload.read(cfg.photo_max_bytes + 1)
         if len(data) > cfg.photo_max_bytes:
             raise BadRequest(413, f"photo larger than {cfg.photo_max_bytes} bytes")
-        if data.startswith(JPEG):
-            ext = "jpg"
-        elif data.startswith(PNG):
-            ext = "png"
-        else:
+        if not data.startswith((JPEG, PNG)):  # the image's kind is known by its bytes, so the store keeps only them
             raise BadRequest(415, "photo must be a JPEG or PNG image")
         row = registrant(rid)
         if row[1] is None:
             raise BadRequest(409, "verify your email first")
-        path = photos / f"{rid}.{ext}"
-        tmp = path.with_suffix(".tmp")
+        stored_at: list[str] = []
 
-        def store() -> None:  # STORE_CALLS blocking calls: open, write, flush, fsync, close, replace, and the directory's open, fsync, close
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            # the rename is on disk only once the directory is: without this, a crash soon after the answer
-            # could leave the registrant's committed photo_path naming a file that is not there
-            folder = os.open(photos, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+        def store() -> None:  # appended to a segment and on disk before the database names it (refserver/photos.py)
+            stored_at.append(state["photos"].put(data))
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE registrants SET photo_path = ? WHERE id = ?", (path.name, rid))
+            conn.execute("UPDATE registrants SET photo_path = ? WHERE id = ?", (stored_at[0], rid))
 
         await through("upload_photo", work, store)
         return JSONResponse({"id": rid, "status": "photo_stored"})
@@ -455,6 +437,7 @@ def create_app(
                 conn.execute("CREATE INDEX IF NOT EXISTS outbox_registrant ON outbox(registrant_id)")
 
         await database.write(prepare)
+        state["photos"] = PhotoStore(Path(data_dir) / "photos")
         state["registry"] = upstream(registry_url, max(16, cfg.registry.concurrency * 2))
         task = asyncio.create_task(sender())
         try:
@@ -464,6 +447,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await state["registry"].aclose()
+            state["photos"].close()
             database.close()
 
     table: list[tuple[str, str, Callable[[Request], Awaitable[Response]], list[str] | None]] = [

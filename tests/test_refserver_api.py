@@ -10,6 +10,7 @@ import pytest
 
 from models.calibrate import parse_prometheus
 from refserver.app import MAILBOX_QUERY
+from refserver.photos import PhotoStore
 
 from .refserver_helpers import JPEG_BYTES, PNG_BYTES, RESET_TOKEN, advance, config, make_client, nik_for, person, rows, token_of
 
@@ -39,7 +40,7 @@ def test_full_funnel_and_status(tmp_path: Path) -> None:
         assert cpu[("surgecap_cpu_thread_seconds_total", "upload_photo")] > 0  # the photo file write
         # the writer's statements give up the interpreter lock: 3 inserts, SAVEPOINT and RELEASE, a share of BEGIN and COMMIT
         assert 5 < cpu[("surgecap_cpu_thread_calls_total", "register")] <= 7
-        assert cpu[("surgecap_cpu_thread_calls_total", "upload_photo")] >= 9  # open, write, flush, fsync, close, replace; the directory's open, fsync, close
+        assert cpu[("surgecap_cpu_thread_calls_total", "upload_photo")] >= 2  # the segment's pwrite and fdatasync
         # the database writer: its batches, and each request type's writes from queued to committed
         samples = parse_prometheus(metrics)
         db = {n: v for n, lab, v in samples if n.startswith("surgecap_db_") and not lab}
@@ -64,28 +65,36 @@ def test_png_photo_and_registry_mismatch(tmp_path: Path) -> None:
         assert r.status_code == 200
         r = client.post("/api/verify-nik", json={"registrant_id": rid, "nik": p["nik"]})
         assert r.status_code == 422 and r.json()["status"] == "mismatch"
-    assert rows(tmp_path, "SELECT nik_verified, photo_path FROM registrants WHERE id = ?", (rid,)) == [(None, f"{rid}.png")]
+    [(nik_verified, locator)] = rows(tmp_path, "SELECT nik_verified, photo_path FROM registrants WHERE id = ?", (rid,))
+    assert nik_verified is None and PhotoStore(tmp_path / "photos").get(locator) == PNG_BYTES
 
 
-def test_an_acknowledged_photo_and_its_name_are_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # durable means the file's bytes (fsync of the file) and its name after the rename (fsync of the directory)
-    synced: list[str] = []
-    real = os.fsync
+def test_an_acknowledged_photo_is_on_disk_where_the_database_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # durable means the segment's name (its directory fsynced when it was made) and the photo's bytes and the
+    # segment's new size (fdatasync), both before the answer; the database then names the photo's range
+    synced: list[tuple[str, str]] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
+    def recorder(kind: str, real: Any) -> Any:
+        def call(fd: int) -> None:
+            synced.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
+
+        return call
 
     with make_client(tmp_path) as client:
         rid = advance(client, person(), "email_verified")
-        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", recorder("fsync", real_fsync))
+        monkeypatch.setattr(os, "fdatasync", recorder("fdatasync", real_fdatasync))
         r = client.post("/api/photo", data={"registrant_id": rid}, files={"photo": ("me.png", PNG_BYTES, "image/png")})
         monkeypatch.undo()
         assert r.status_code == 200
     photos = (tmp_path / "photos").resolve()
-    assert str(photos / f"{rid}.tmp") in synced  # the bytes, before the rename
-    assert synced.index(str(photos)) > synced.index(str(photos / f"{rid}.tmp"))  # then the directory holding the new name
-    assert (photos / f"{rid}.png").read_bytes() == PNG_BYTES
+    [(locator,)] = rows(tmp_path, "SELECT photo_path FROM registrants WHERE id = ?", (rid,))
+    segment = str(photos / locator.split(":")[0])
+    assert ("fdatasync", segment) in synced
+    assert synced.index(("fsync", str(photos))) < synced.index(("fdatasync", segment))
+    assert PhotoStore(photos).get(locator) == PNG_BYTES
 
 
 def test_batch_quota_is_enforced(tmp_path: Path) -> None:
