@@ -9,7 +9,7 @@ storage station does) in alternating rounds:
   file written, flushed, fsynced and closed, renamed into place, and the
   directory fsynced so that the new name is durable too;
 - **segment store** (``refserver.photos.PhotoStore``): one ``pwrite`` at the end of
-  the current segment and one ``fdatasync``.
+  the current segment and one ``fdatasync``, with ``O_DIRECT`` (no page cache).
 
 Prints the CPU time per photo (the writing threads' own CPU time, user and
 kernel), its spread over the rounds, and the ratio of the medians.  Both write

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from refserver.photos import PhotoStore
+from refserver.photos import ALIGN, PhotoStore
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_concurrent_puts_each_get_their_own_bytes_back(tmp_path: Path) -> None:
+@pytest.fixture(params=["disk", "tmpfs"])
+def folder(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The project's temporary directory (O_DIRECT), or one on tmpfs, which has no O_DIRECT (the page cache instead)."""
+    if request.param == "disk":
+        return tmp_path
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here")
+    made = Path(tempfile.mkdtemp(dir=shm))
+    request.addfinalizer(lambda: shutil.rmtree(made, ignore_errors=True))
+    return made
+
+
+def test_concurrent_puts_each_get_their_own_bytes_back(folder: Path) -> None:
     # 8 threads x 40 photos of different sizes into 20 KB segments: every locator reads back its own bytes,
     # the ranges never overlap, every segment but the last is full, and every closed segment's descriptor is let go
-    store = PhotoStore(tmp_path, segment_bytes=20_000)
+    store = PhotoStore(folder, segment_bytes=20_000)
     fds = open_fds()
     found: dict[str, bytes] = {}
     lock = threading.Lock()
@@ -43,7 +58,8 @@ def test_concurrent_puts_each_get_their_own_bytes_back(tmp_path: Path) -> None:
         by_segment.setdefault(name, []).append((int(offset), int(length)))
     for ranges in by_segment.values():
         ranges.sort()
-        assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))  # back to back, no overlap, no gap
+        assert all(a % ALIGN == 0 for a, _ in ranges)  # O_DIRECT: every photo at an aligned offset
+        assert all(b - ALIGN < a + n <= b for (a, n), (b, _) in zip(ranges, ranges[1:]))  # back to back, padded, no overlap
         assert ranges[0][0] == 0 and ranges[-1][0] + ranges[-1][1] <= 20_000
     assert len(by_segment) >= sum(len(d) for d in found.values()) / 20_000
     assert open_fds() == fds + 1  # only the current segment stays open
@@ -82,6 +98,17 @@ def test_bad_locators_and_empty_photos_are_refused(tmp_path: Path) -> None:
         store.get("../secret:0:5")
     name = good.split(":")[0]
     with pytest.raises(ValueError, match="ends before"):
-        store.get(f"{name}:3:5")
+        store.get(f"{name}:{ALIGN}:5")
     with pytest.raises(ValueError, match="empty"):
         PhotoStore(tmp_path).put(b"")
+
+
+def test_segments_on_disk_bypass_the_page_cache(tmp_path: Path) -> None:
+    # O_DIRECT (octal 040000 in /proc's flags) where the file system has it: the photos take no fresh page-cache memory
+    store = PhotoStore(tmp_path)
+    store.put(b"\xff\xd8\xff" + bytes(5000))
+    fd = store._current.fd  # type: ignore[union-attr]
+    flags = int(next(line for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines() if line.startswith("flags:")).split()[1], 8)
+    store.close()
+    assert flags & os.O_DIRECT
+    assert (tmp_path / "segment-000001.bin").stat().st_size == 2 * ALIGN  # the photo, padded to the alignment
