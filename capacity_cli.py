@@ -362,10 +362,9 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idl
     for that long: ``before.idle_cpu`` is its CPU use with no load.  The fresh
     server's database stays in the run directory; the photos the registrants
     uploaded (filler bytes, about 750 MB a minute at 0.9 of the Prakerja
-    saturation rate) are removed when the command ends (:data:`UPLOADS`), not
-    between levels: deleting a gigabyte sets the disk working (discards, journal)
-    while the next level is measured.  The machine's pending writes go to disk
-    first (:func:`_flush_writes`).
+    saturation rate) are removed when the command ends (:data:`UPLOADS`), so that
+    no level is measured while a gigabyte is being deleted.  The machine's
+    pending writes go to disk first (:func:`_flush_writes`).
     """
     import contextlib
 

@@ -8,8 +8,9 @@ Endpoints: ``GET /``, ``POST /api/register``, ``POST /api/verify-email``,
 
 Every request walks its route of stations (``config.routes``), waiting in each
 station's slot for its configured service time; the database work of a request
-runs inside the ``db`` station's slot.  Bad input gets a 4xx JSON body saying
-what was wrong; writes are atomic, so nothing is ever half-written.
+runs inside the ``db`` station's slot, a photo's write (``refserver.photos``)
+inside the ``storage`` station's.  Bad input gets a 4xx JSON body saying what
+was wrong; writes are atomic, so nothing is ever half-written.
 """
 
 from __future__ import annotations
