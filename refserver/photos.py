@@ -41,6 +41,7 @@ SEGMENT_BYTES = 256 << 20
 ALIGN = 4096  # O_DIRECT's offsets, lengths and buffer addresses are multiples of this
 PUT_CALLS = 2  # pwrite and fdatasync: the calls of a put that give up the interpreter lock (a new segment adds three)
 _NAME = re.compile(r"segment-(\d{6})\.bin")
+_LOCATOR = re.compile(r"(segment-\d{6}\.bin):(\d+):(\d+)")
 
 
 def _write_all(seg: _Segment, out: memoryview, offset: int) -> None:
@@ -147,9 +148,10 @@ class PhotoStore:
 
     def get(self, locator: str) -> bytes:
         """The photo at ``locator`` (as returned by :meth:`put`)."""
-        name, offset, length = locator.rsplit(":", 2)
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"not a photo locator: {locator!r}")
+        found = _LOCATOR.fullmatch(locator)
+        if found is None:
+            raise ValueError(f"not a photo locator (segment-NNNNNN.bin:OFFSET:LENGTH): {locator!r}")
+        name, offset, length = found.groups()
         with open(self.folder / name, "rb") as f:
             f.seek(int(offset))
             data = f.read(int(length))

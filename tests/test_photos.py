@@ -94,8 +94,9 @@ def test_bad_locators_and_empty_photos_are_refused(tmp_path: Path) -> None:
     store = PhotoStore(tmp_path)
     good = store.put(b"12345")
     store.close()
-    with pytest.raises(ValueError, match="not a photo locator"):
-        store.get("../secret:0:5")
+    for bad in ("../secret:0:5", "segment-000001.bin", "segment-000001.bin:x:5", "segment-000001.bin:0:-5"):
+        with pytest.raises(ValueError, match="not a photo locator"):
+            store.get(bad)
     name = good.split(":")[0]
     with pytest.raises(ValueError, match="ends before"):
         store.get(f"{name}:{ALIGN}:5")
