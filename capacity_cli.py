@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from models.loader import ScenarioError, load_scenario
 from models.scenario import Scenario
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from models.calibrate import Snapshot
     from models.results import RunResult
     from models.speed import SpeedModes
-    from reports.validation import Level
+    from reports.validation import Level, Speed
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -304,6 +304,11 @@ CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: th
 # where a phase at 0.5 measured 0.49-0.68 ms; levels between the two phases are interpolated.
 CPU_LOAD = 0.9
 IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
+# The machine's speed reference (validate --speed-reference bracket): the calibration's processor load, run again
+# on a fresh server for this long after every level (its first CPU_WARMUP left out).  On the development machine
+# the server's CPU time per request moved by 6-16 % (rms) between runs minutes apart at the same load, and by
+# 4-6 % between a run and the mean of the two 20 s runs just before and after it.
+REFERENCE_DURATION = 24.0
 SPEED_PROBE = (5.0, 30.0)  # seconds the server's CPU is timed before calibration (a quarter of the phase, within these)
 
 
@@ -497,7 +502,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             overhead = overheads(level, measured, held, low_cpu)
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
-            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
+            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4), "reference_rate": round(cpu_rate, 4)})  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -578,6 +583,51 @@ def _warm(scrapes: Path, duration: float, before: Snapshot | None, after: Snapsh
     return warm[0], warm[-1]
 
 
+def _cpu_section(overlay: dict[str, object]) -> dict[str, Any] | None:
+    """An overlay's ``system.cpu`` section, None when it has none."""
+    system = overlay.get("system")
+    cpu = system.get("cpu") if isinstance(system, dict) else None
+    return cpu if isinstance(cpu, dict) else None
+
+
+def _reference_speed(raw: dict[str, object], scenario: Scenario, overlay: dict[str, object], run_dir: Path, quiet: bool) -> float | None:
+    """Run the calibration's processor load again on a fresh server; the machine's speed now against calibration.
+
+    The load is ``system.cpu.reference_rate`` for :data:`REFERENCE_DURATION`,
+    its first :data:`CPU_WARMUP` left out; the answer is
+    :func:`models.calibrate.speed_index` of what it measured against the
+    overlay's CPU work (1.1: the same requests cost 10 % more CPU time than
+    when calibrated).  None when the overlay has no reference load or the run
+    measured no CPU accounting.
+    """
+    from models.calibrate import cpu_estimates, speed_index
+
+    cpu = _cpu_section(overlay)
+    if cpu is None or not cpu.get("reference_rate") or not isinstance(cpu.get("work"), dict):
+        return None
+    rate, duration = float(cpu["reference_rate"]), REFERENCE_DURATION
+    level_file = _level_file(raw, f"{scenario.name}-speed-reference", rate, duration, run_dir)
+    _, _, before, after = _measure(level_file, run_dir, None, quiet)
+    before, after = _warm(run_dir / "scrapes.json", duration, before, after)
+    if before is None or after is None:
+        return None
+    return speed_index(cpu["work"], cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0))))
+
+
+def _speed_run(raw: dict[str, object], scenario: Scenario, overlay: dict[str, object], run_dir: Path, when: str, quiet: bool) -> float | None:
+    """:func:`_reference_speed` with its progress line and its result printed."""
+    if not quiet:
+        print(f"capacity validate: speed reference {when}: the calibration's processor load again for {format_duration(REFERENCE_DURATION)}", file=sys.stderr)
+    found = _reference_speed(raw, scenario, overlay, run_dir, quiet)
+    if not quiet:
+        print(
+            f"capacity validate: speed reference {when}: "
+            + (f"the same requests took {found:.3f} x calibration's CPU time" if found is not None else "no CPU accounting measured; the level around it keeps the other reference"),
+            file=sys.stderr,
+        )
+    return found
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     if _remote_refused("calibrate", args.host, args.allow_remote):
@@ -639,16 +689,20 @@ def _level_processor(overlay: dict[str, object], scenario: Scenario, before: Sna
 def judge_level(
     f: float, rate: float, level_file: Path, ldir: Path, measured: RunResult, before: Snapshot | None, after: Snapshot | None,
     overlay: dict[str, object], scenario: Scenario, processor: str, replications: int, diagnose: bool = True, quiet: bool = True,
+    speed: Speed | None = None,
 ) -> Level:
     """Run the model on one measured level and compare; the model's runs are saved under ``ldir / "model"``.
 
     ``processor`` "calibrated" takes the server's CPU time per request from the
     overlay and, with ``diagnose``, runs the model once more given the level's
     own (``Level.given_cpu``); "level" takes the level's own outright, and the
-    cpu station's utilization is then an input.
+    cpu station's utilization is then an input.  With ``speed`` (the machine's
+    speed around the level, from the reference runs), the calibrated
+    processor's CPU times are scaled by its factor first.
     """
     import yaml
 
+    from models.calibrate import scaled_processor
     from models.compare import CPU_SUBJECT, compare
     from models.results import save
     from models.simulate import simulate
@@ -657,6 +711,9 @@ def judge_level(
     tol = scenario.validation.tolerances
     ldir.mkdir(parents=True, exist_ok=True)
     level_overlay, inputs = overlay, frozenset[str]()
+    if processor == "calibrated" and speed is not None and isinstance(overlay.get("system"), dict) and "cpu" in overlay["system"]:  # type: ignore[operator]
+        level_overlay = {**overlay, "system": {**overlay["system"], "cpu": scaled_processor(overlay["system"]["cpu"], speed.factor)}}  # type: ignore[dict-item, index]
+        (ldir / "processor.yaml").write_text(yaml.safe_dump(level_overlay["system"]["cpu"], sort_keys=False))  # type: ignore[index]
     if processor == "level":
         level_overlay = _level_processor(overlay, scenario, before, after)
         if level_overlay is not overlay:
@@ -667,7 +724,7 @@ def judge_level(
     models = simulate(load_scenario(level_file, overlay=level_overlay), replications=replications)
     for r, m in enumerate(models):
         save(m, ldir / "model" / f"rep-{r:03d}")
-    lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0, inputs=inputs))
+    lv = Level(f, rate, models, measured, compare(models, measured, tol, overload=f > 1.0, inputs=inputs), speed=speed)
     if processor == "calibrated" and diagnose:
         # the same level once more with the model given the CPU time per request measured in it: whether a
         # miss is the processor's speed having moved since calibration or the model's structure
@@ -682,7 +739,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
     from models.bottleneck import busiest_step, level_duration, saturation
-    from reports.validation import Knee, verdict_table, write_report
+    from reports.validation import Knee, Speed, verdict_table, write_report
 
     scenario = load_scenario(args.scenario)
     if _remote_refused("validate", args.host, args.allow_remote):
@@ -699,6 +756,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.out, f"validate-{scenario.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     overlay: dict[str, object] = {}
+    calibrated_now = False
     calibration = "none: the scenario's configured service times"
     if args.calibration and args.calibration != "none":
         loaded = yaml.safe_load(Path(args.calibration).read_text()) if Path(args.calibration).is_file() else None
@@ -711,6 +769,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             # twice a level's length: every level's model rests on these estimates, and their noise is the model's
             overlay, text = calibrate(args.scenario, run_dir / "calibration", min(2 * duration, 300.0), args.host, args.quiet)
             calibration = str(run_dir / "calibration" / "calibration.yaml")
+            calibrated_now = True
             if not args.quiet:
                 print(text, file=sys.stderr)
         except CalibrationError as exc:
@@ -721,7 +780,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     tol = scenario.validation.tolerances
     done: list[Level] = []
     durations: list[float] = []
-    for f in levels:
+    cpu_overlay = _cpu_section(overlay)
+    bracket = args.processor == "calibrated" and args.speed_reference == "bracket" and cpu_overlay is not None and bool(cpu_overlay.get("reference_rate"))
+    if bracket and args.host is not None:
+        bracket = False
+        if not args.quiet:
+            print("capacity validate: no speed reference with --host (it needs fresh reference servers): the calibrated processor is used as it is", file=sys.stderr)
+    speed_before: float | None = None
+    if bracket:
+        if calibrated_now:
+            speed_before = 1.0  # the calibration's processor phase, the reference load itself, ran just before the first level
+        else:
+            speed_before = _speed_run(raw, scenario, overlay, run_dir / "speed-reference-0", "before the first level", args.quiet)
+    for i, f in enumerate(levels):
         rate = f * knee.rate
         ldir = run_dir / f"level-{f:g}"
         lasts = level_duration(calibrated, rate, duration, scenario.validation.samples, 4 * duration)
@@ -733,13 +804,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
         level, measured, before, after = _measure(level_file, ldir, args.host, args.quiet)
         if before is not None and after is not None and before.cpu_seconds is not None and after.cpu_seconds is not None:
             measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)
-        lv = judge_level(f, rate, level_file, ldir, measured, before, after, overlay, scenario, args.processor, args.replications, diagnose=not args.no_diagnosis, quiet=args.quiet)
+        speed = None
+        if bracket:
+            speed_after = _speed_run(raw, scenario, overlay, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", args.quiet)
+            speed, speed_before = Speed(speed_before, speed_after), speed_after
+        lv = judge_level(
+            f, rate, level_file, ldir, measured, before, after, overlay, scenario, args.processor, args.replications,
+            diagnose=not args.no_diagnosis, quiet=args.quiet, speed=speed,
+        )
         done.append(lv)
         cpu = measured.meta.get("server_cpu_utilization")
         print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
         print(verdict_table(lv.checks, judged_only=True))
         if (why := lv.diagnosis()) is not None:
             print(f"processor: {why}")
+        elif speed is not None:
+            print(f"processor: {speed.describe()}")
     # the knee: the bottleneck's request type at saturation against the highest measured
     i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
@@ -753,6 +833,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "replications": args.replications,
         "calibration": calibration,
         "processor": "the CPU time per request measured in each level (operational validation)" if args.processor == "level" else "calibrated",
+        "speed_reference": (
+            f"bracket: the calibration's processor load ({cpu_overlay['reference_rate']:g} arrivals/s) run for {REFERENCE_DURATION:g}s on a fresh server "  # type: ignore[index]
+            "before the first level and after every level; each level's calibrated CPU times scaled by the mean of the two around it"
+            if bracket else "none"
+        ),
         "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
         "tolerances": tol.model_dump(),
         "host": args.host or "a fresh reference server per level",
@@ -839,6 +924,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with the calibrated processor, skip the model's second run per level given the level's own CPU time per request "
         "(the report's line on whether a miss is the processor's speed or the model)",
+    )
+    p.add_argument(
+        "--speed-reference",
+        choices=["bracket", "none"],
+        default="bracket",
+        help="with the calibrated processor: run the calibration's processor load again on a fresh server after every level "
+        f"({REFERENCE_DURATION:g}s each) and scale each level's calibrated CPU times by the machine's speed measured just before and "
+        "just after it (default bracket; none: the calibrated CPU times as they are)",
     )
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
     _target_args(p, "validate against this server instead of fresh reference servers")

@@ -52,6 +52,8 @@ __all__ = [
     "cpu_estimates",
     "held_services",
     "cpu_speedup",
+    "speed_index",
+    "scaled_processor",
     "station_series",
     "MIN_SAMPLES",
 ]
@@ -312,6 +314,56 @@ def cpu_speedup(
     if c_work <= 0 or u_work - u_low < 0.05:
         return 0.0, u_low, u_work
     return min(1.5, max(0.0, (c_low / c_work - 1) / (u_work - u_low))), u_low, u_work
+
+
+def speed_index(work: dict[str, Any], now: dict[str, CpuEstimate]) -> float | None:
+    """The machine's speed now against calibration: the CPU time of the same requests, now over then.
+
+    ``work`` is a calibrated overlay's ``system.cpu.work`` (per request type
+    its steps and mean step time: the CPU time per request at the reference
+    load), ``now`` the same load measured again.  Each request type is weighed
+    by how often it was served now, so that the mix's chance variation in a
+    short run cancels: sum n c_now / sum n c_calibrated over the types in both.
+    None when they share no request type.
+    """
+    from models.units import parse_duration
+
+    num = den = 0.0
+    for rt, est in now.items():
+        w = work.get(rt)
+        if not isinstance(w, dict) or not isinstance(w.get("step"), dict):
+            continue
+        then = float(w.get("steps", 1)) * parse_duration(w["step"]["mean"])
+        if then > 0:
+            num += est.n * est.demand
+            den += est.n * then
+    return num / den if den > 0 else None
+
+
+def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:
+    """A calibrated ``system.cpu`` overlay section for a machine ``speed`` times as slow (every CPU time times ``speed``).
+
+    Step times and the background scale by ``speed``; so do the utilizations
+    they were measured at, as the same load keeps a slower processor busier;
+    and the speedup law keeps its shape along them (the step-time factor
+    1 - k (U - U_work) at U = speed x u becomes 1 - (k / speed) (U - speed x U_work)).
+    """
+    import copy
+
+    from models.units import parse_duration
+
+    out = copy.deepcopy(cpu)
+    for w in out.get("work", {}).values():
+        if isinstance(w, dict) and isinstance(w.get("step"), dict):
+            w["step"]["mean"] = _round(parse_duration(w["step"]["mean"]) * speed)
+    for key, top in (("measured_at", 0.99), ("low_at", 0.99), ("background", 0.5)):
+        if key in out:
+            out[key] = round(min(float(out[key]) * speed, top), 4)
+    if "low_at" in out and "measured_at" in out:
+        out["low_at"] = min(out["low_at"], out["measured_at"])
+    if "speedup" in out:
+        out["speedup"] = round(min(float(out["speedup"]) / speed, 1.5), 4)
+    return out
 
 
 def held_services(

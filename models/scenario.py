@@ -259,6 +259,12 @@ class Cpu(_Model):
     )
 
     low_at: Probability = Field(default=0.0, description="the lower utilization the speedup was measured from")
+    reference_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="arrivals per second of the load the step times were measured at (written by capacity calibrate); "
+        "capacity validate runs this load again around each level to follow the machine's speed; the model itself does not use it",
+    )
     modes: CpuModes | None = Field(default=None, description="a processor whose speed alternates between two modes (see models.speed)")
 
     def factor(self, utilization: float) -> float:

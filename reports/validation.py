@@ -14,7 +14,32 @@ from models.compare import CPU_SUBJECT, Check
 from models.results import RunResult
 from reports.summary import table
 
-__all__ = ["Level", "Knee", "verdict_table", "write_report"]
+__all__ = ["Level", "Speed", "Knee", "verdict_table", "write_report"]
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The machine's speed around a level: the calibration's processor load run again just before and just after it.
+
+    Each figure is the CPU time of the same requests then over at calibration
+    (1.1: 10 % slower); ``factor``, the mean of the two found, scales the
+    calibrated processor's CPU times for this level.
+    """
+
+    before: float | None
+    after: float | None
+
+    @property
+    def factor(self) -> float:
+        found = [x for x in (self.before, self.after) if x is not None]
+        return sum(found) / len(found) if found else 1.0
+
+    def describe(self) -> str:
+        parts = [f"{name} {x:.3f}" for name, x in (("before", self.before), ("after", self.after)) if x is not None]
+        return f"the machine's CPU time per request {self.factor:.3f} x calibration's (reference load {', '.join(parts) or 'not measured'})"
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"factor": self.factor, "before": self.before, "after": self.after}
 
 
 @dataclass
@@ -29,6 +54,8 @@ class Level:
     # the same comparison with the model given this level's own measured CPU time per request
     # (operational): tells a wrong model from a processor whose speed moved since calibration
     given_cpu: list[Check] | None = None
+    # the machine's speed around the level (validate --speed-reference bracket): the calibrated processor was scaled by it
+    speed: Speed | None = None
 
     @property
     def passed(self) -> bool:
@@ -36,7 +63,8 @@ class Level:
 
     @property
     def cpu_drift(self) -> float | None:
-        """The level's measured server CPU over the model's, minus 1: how far the processor's speed moved from calibration."""
+        """The level's measured server CPU over the model's, minus 1: how far the processor's speed moved from calibration
+        (from the speed the reference runs found, when the model was scaled by it)."""
         for c in self.checks:
             if c.subject == CPU_SUBJECT and c.metric == "utilization" and c.model > 0:
                 return c.measured / c.model - 1
@@ -48,7 +76,8 @@ class Level:
             return None
         failed = [f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt") for c in self.given_cpu if c.verdict == "fail"]
         drift = self.cpu_drift
-        head = f"server CPU {drift:+.1%} against the calibrated model; " if drift is not None else ""
+        head = f"{self.speed.describe()}; " if self.speed is not None else ""
+        head += f"server CPU {drift:+.1%} against the calibrated model{' so scaled' if self.speed is not None else ''}; " if drift is not None else ""
         if self.passed:
             return head + ("given the level's own CPU time per request the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}"))
         if not failed:
@@ -172,6 +201,7 @@ def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta
             {
                 "fraction": lv.fraction, "rate": lv.rate, "passed": lv.passed, "checks": [c.to_dict() for c in lv.checks],
                 **({"cpu_drift": lv.cpu_drift} if lv.cpu_drift is not None else {}),
+                **({"machine_speed": lv.speed.to_dict()} if lv.speed is not None else {}),
                 **({"given_level_cpu": {"passed": all(c.verdict != "fail" for c in lv.given_cpu), "diagnosis": lv.diagnosis(), "checks": [c.to_dict() for c in lv.given_cpu]}} if lv.given_cpu is not None else {}),
             }
             for lv in levels
