@@ -408,14 +408,14 @@ def _measure(level_file: Path, run_dir: Path, host: str | None, quiet: bool, idl
     return scenario, measured, before, after
 
 
-def _level_file(raw: dict[str, object], name: str, rate: float, duration: float, run_dir: Path, everyone: bool = False) -> Path:
+def _level_file(raw: dict[str, object], name: str, rate: float, duration: float, run_dir: Path, everyone: bool = False, compress: float | None = None) -> Path:
     import yaml
 
     from models.calibrate import steady_scenario
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "scenario.yaml"
-    path.write_text(yaml.safe_dump(steady_scenario(raw, name, rate, duration, everyone=everyone), sort_keys=False))
+    path.write_text(yaml.safe_dump(steady_scenario(raw, name, rate, duration, compress=compress, everyone=everyone), sort_keys=False))
     return path
 
 
@@ -502,7 +502,7 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             overhead = overheads(level, measured, held, low_cpu)
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
-            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4), "reference_rate": round(cpu_rate, 4)})  # type: ignore[index]
+            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4), "reference_rate": round(cpu_rate, 4), "reference_compress": round(load_scenario(cpu_file).run.compress, 4)})  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -606,7 +606,8 @@ def _reference_speed(raw: dict[str, object], scenario: Scenario, overlay: dict[s
     if cpu is None or not cpu.get("reference_rate") or not isinstance(cpu.get("work"), dict):
         return None
     rate, duration = float(cpu["reference_rate"]), REFERENCE_DURATION
-    level_file = _level_file(raw, f"{scenario.name}-speed-reference", rate, duration, run_dir)
+    compress = float(cpu["reference_compress"]) if cpu.get("reference_compress") else None  # the phase's own think times: the same journey, only shorter
+    level_file = _level_file(raw, f"{scenario.name}-speed-reference", rate, duration, run_dir, compress=compress)
     _, _, before, after = _measure(level_file, run_dir, None, quiet)
     before, after = _warm(run_dir / "scrapes.json", duration, before, after)
     if before is None or after is None:

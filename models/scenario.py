@@ -265,6 +265,7 @@ class Cpu(_Model):
         description="arrivals per second of the load the step times were measured at (written by capacity calibrate); "
         "capacity validate runs this load again around each level to follow the machine's speed; the model itself does not use it",
     )
+    reference_compress: float | None = Field(default=None, ge=1.0, description="the think-time compression of that load (run.compress), kept for its reruns")
     modes: CpuModes | None = Field(default=None, description="a processor whose speed alternates between two modes (see models.speed)")
 
     def factor(self, utilization: float) -> float:

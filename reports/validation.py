@@ -77,7 +77,9 @@ class Level:
         failed = [f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt") for c in self.given_cpu if c.verdict == "fail"]
         drift = self.cpu_drift
         head = f"{self.speed.describe()}; " if self.speed is not None else ""
-        head += f"server CPU {drift:+.1%} against the calibrated model{' so scaled' if self.speed is not None else ''}; " if drift is not None else ""
+        if drift is not None:
+            unscaled = f" ({(1 + drift) * self.speed.factor - 1:+.1%} unscaled)" if self.speed is not None else ""
+            head += f"server CPU {drift:+.1%} against the calibrated model{' so scaled' if self.speed is not None else ''}{unscaled}; "
         if self.passed:
             return head + ("given the level's own CPU time per request the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}"))
         if not failed:

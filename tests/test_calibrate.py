@@ -112,6 +112,35 @@ def test_processor_speedup_from_the_two_calibration_phases() -> None:
     assert cpu_speedup(low, work, idle, busy_low, idle, Snapshot(at=10.0, cpu_seconds=1.2))[0] == 0.0
 
 
+def test_the_machines_speed_against_calibration_and_the_processor_scaled_by_it() -> None:
+    # calibrated at the reference load: register 5 steps of 0.14 ms (0.7 ms), verify_email 3 of 0.1 ms (0.3 ms).
+    # Run again: register 0.77 ms (100 served), verify_email 0.36 ms (300 served):
+    # sum n c_now / sum n c_then = (100 x 0.77 + 300 x 0.36) / (100 x 0.7 + 300 x 0.3) = 185 / 160
+    from models.calibrate import CpuEstimate, scaled_processor, speed_index
+
+    work = {"register": {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}, "verify_email": {"steps": 3, "step": {"dist": "gamma", "mean": "0.1ms", "cv": 0.5}}}
+    now = {
+        "register": CpuEstimate("register", 100, 0.67e-3, 0.0, 0.1e-3, 5, 1.0, 0.0077),
+        "verify_email": CpuEstimate("verify_email", 300, 0.26e-3, 0.0, 0.1e-3, 3, 0.5, 0.0108),
+        "mailbox": CpuEstimate("mailbox", 50, 1e-3, 0.0, 0.0, 1, 1.0, 0.005),  # not in the calibration: left out
+    }
+    assert speed_index(work, now) == pytest.approx(185 / 160)
+    assert speed_index(work, {}) is None
+
+    # a machine 1.25 x as slow: every CPU time x 1.25, and so the utilizations the law was measured at;
+    # the step time at utilization 1.25 U is 1.25 x the calibrated one at U, inside and outside the measured range
+    cpu = {"cores": 1, "work": work, "measured_at": 0.4, "low_at": 0.1, "speedup": 1.0, "background": 0.01, "reference_rate": 50.0}
+    slow = scaled_processor(cpu, 1.25)
+    assert parse_duration(slow["work"]["register"]["step"]["mean"]) == pytest.approx(0.175e-3)
+    assert (slow["measured_at"], slow["low_at"], slow["background"], slow["reference_rate"]) == (pytest.approx(0.5), pytest.approx(0.125), pytest.approx(0.0125), 50.0)
+    assert cpu["work"]["register"]["step"]["mean"] == "0.14ms"  # the calibrated overlay is left as it was
+    base = load_scenario(SMALL, overlay={"system": {"cpu": cpu}}).system.cpu
+    scaled = load_scenario(SMALL, overlay={"system": {"cpu": slow}}).system.cpu
+    assert base is not None and scaled is not None and base.reference_rate == 50.0
+    for u in (0.05, 0.2, 0.3, 0.45):
+        assert scaled.factor(1.25 * u) * 0.175 == pytest.approx(1.25 * base.factor(u) * 0.14), u
+
+
 def test_registrant_decisions_are_uniform_and_independent() -> None:
     # mean of U(0,1) is 1/2 with standard error sqrt(1/12/n); slots must not correlate (|r| < 3/sqrt(n))
     n = 20_000
@@ -185,6 +214,25 @@ def test_pending_writes_reach_the_disk_before_every_measured_phase(validated: tu
 
     meminfo = "MemTotal:       24683652 kB\nDirty:            521676 kB\nWriteback:          1024 kB\nWritebackTmp:         0 kB\n"
     assert _pending_writes(meminfo) == (521676 + 1024) * 1024
+
+
+def test_the_speed_reference_reruns_the_calibrations_processor_load(validated: tuple[Path, int, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # validate --speed-reference bracket: the calibration's processor load again on a fresh server, read against
+    # the calibration's CPU work; the same machine minutes later (its speed moves by about 10 %, so a wide bound)
+    import capacity_cli
+
+    out, _, _ = validated
+    overlay = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
+    assert overlay["system"]["cpu"]["reference_rate"] > 0 and overlay["system"]["cpu"]["reference_compress"] >= 1
+    monkeypatch.setattr(capacity_cli, "REFERENCE_DURATION", 10.0)
+    speed = capacity_cli._reference_speed(capacity_cli._raw(str(SMALL)), load_scenario(SMALL), overlay, tmp_path / "ref", quiet=True)
+    assert speed is not None and 0.6 < speed < 1.6, speed
+    assert json.loads((tmp_path / "ref" / "result.json").read_text())  # the reference run is kept like a level
+    # the calibration phase's journey, think times included, only shorter
+    assert load_scenario(tmp_path / "ref" / "scenario.yaml").run.compress == pytest.approx(overlay["system"]["cpu"]["reference_compress"])
+    no_reference = {"system": {"cpu": {k: v for k, v in overlay["system"]["cpu"].items() if k != "reference_rate"}}}
+    assert capacity_cli._reference_speed(capacity_cli._raw(str(SMALL)), load_scenario(SMALL), no_reference, tmp_path / "none", quiet=True) is None
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("family", ["lognormal", "gamma"])
@@ -271,6 +319,19 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     assert cpu.verdict == "info"  # given to the model, so shown and not judged
     assert next(c for c in lv.checks if c.subject == "station cpu").verdict != "info"  # the calibrated verdict judges it
     assert "given the level's own CPU time per request" in (lv.diagnosis() or "")
+
+    # with the machine's speed around the level (reference runs 1.2 and 1.4 x calibration's CPU time), the
+    # calibrated processor is scaled by their mean before the model runs; the diagnosis names the speed
+    from reports.validation import Speed
+
+    slow = judge_level(0.5, 20.0, SMALL, tmp_path / "slow", measured, before, after, calibrated, scenario, "calibrated", replications=2, speed=Speed(1.2, 1.4))
+    assert slow.speed is not None and slow.speed.factor == pytest.approx(1.3)
+    used = yaml.safe_load((tmp_path / "slow" / "processor.yaml").read_text())
+    assert parse_duration(used["work"]["register"]["step"]["mean"]) == pytest.approx(1.3e-3)
+    busy = {lv_name: next(c.model for c in lv_.checks if c.subject == "station cpu" and c.metric == "utilization") for lv_name, lv_ in (("base", lv), ("slow", slow))}
+    assert busy["slow"] == pytest.approx(1.3 * busy["base"], rel=0.1)
+    assert "1.300 x calibration's (reference load before 1.200, after 1.400)" in (slow.diagnosis() or "")
+    assert Speed(None, 1.1).factor == pytest.approx(1.1) and Speed(None, None).factor == 1.0
 
     quick = judge_level(0.5, 20.0, SMALL, tmp_path / "quick", measured, before, after, calibrated, scenario, "calibrated", replications=2, diagnose=False)
     assert quick.given_cpu is None and quick.diagnosis() is None

@@ -102,7 +102,7 @@ def test_the_knee_check() -> None:
 def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(tmp_path) -> None:
     import json
 
-    from reports.validation import Level, write_report
+    from reports.validation import Level, Speed, write_report
 
     tol = Tolerances()
     measured = run("measured", seed=1)
@@ -124,6 +124,13 @@ def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(
     _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
     saved = json.loads(json_path.read_text())["levels"][0]
     assert saved["cpu_drift"] == pytest.approx(0.2) and saved["given_level_cpu"]["passed"] is False and "still fails" in saved["given_level_cpu"]["diagnosis"]
+    assert "machine_speed" not in saved
+    # a level whose model was scaled by the machine's speed around it says so, in the report too
+    lv.speed = Speed(1.05, None)
+    assert lv.diagnosis().startswith("the machine's CPU time per request 1.050 x calibration's (reference load before 1.050)")
+    assert "server CPU +20.0% against the calibrated model so scaled (+26.0% unscaled)" in lv.diagnosis()
+    _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
+    assert json.loads(json_path.read_text())["levels"][0]["machine_speed"] == {"factor": 1.05, "before": 1.05, "after": None}
 
 
 def test_a_level_runs_long_enough_for_its_rarest_request_type() -> None:
