@@ -27,6 +27,7 @@ from models.units import UnitError, format_duration, parse_duration, parse_fract
 if TYPE_CHECKING:
     from models.calibrate import Snapshot
     from models.results import RunResult
+    from models.scenario import CpuReference
     from models.speed import SpeedModes
     from reports.validation import Level, Speed
 
@@ -304,11 +305,11 @@ CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: th
 # where a phase at 0.5 measured 0.49-0.68 ms; levels between the two phases are interpolated.
 CPU_LOAD = 0.9
 IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
-# The machine's speed reference (validate --speed-reference bracket): the calibration's processor load, run again
-# on a fresh server for this long after every level (its first CPU_WARMUP left out).  On the development machine
-# the server's CPU time per request moved by 6-16 % (rms) between runs minutes apart at the same load, and by
-# 4-6 % between a run and the mean of the two 20 s runs just before and after it.
-REFERENCE_DURATION = 24.0
+# The machine's speed reference (validate --speed-reference bracket): the calibration's processor phase, run again
+# as it was (load, length, think times, its first CPU_WARMUP left out) on a fresh server after every level.
+# On the development machine the server's CPU time per request moved by 6-16 % (rms) between runs minutes apart
+# at the same load, and by 4-6 % between a run and the mean of the runs just before and just after it; shorter
+# reruns (24 s) read 5-6 % dearer than the levels around them.
 SPEED_PROBE = (5.0, 30.0)  # seconds the server's CPU is timed before calibration (a quarter of the phase, within these)
 
 
@@ -502,7 +503,9 @@ def calibrate(scenario_path: str, run_dir: Path, duration: float, host: str | No
             overhead = overheads(level, measured, held, low_cpu)
             overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
             speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)  # type: ignore[arg-type]
-            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4), "reference_rate": round(cpu_rate, 4), "reference_compress": round(load_scenario(cpu_file).run.compress, 4)})  # type: ignore[index]
+            overlay["system"]["cpu"].update({"measured_at": round(u_work, 3), "low_at": round(min(u_low, u_work), 3), "speedup": round(speedup, 3), "background": round(background, 4)})  # type: ignore[index]
+            reference = {"rate": round(cpu_rate, 4), "duration": cpu_duration, "compress": round(load_scenario(cpu_file).run.compress, 4)}
+            overlay["system"]["cpu"]["reference"] = reference  # type: ignore[index]
     header = f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "") + f"\n# (load with: capacity simulate {scenario_path} --overlay THIS_FILE)\n"
     (run_dir / "calibration.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     rows = []
@@ -590,11 +593,25 @@ def _cpu_section(overlay: dict[str, object]) -> dict[str, Any] | None:
     return cpu if isinstance(cpu, dict) else None
 
 
+def _reference(cpu: dict[str, Any] | None) -> CpuReference | None:
+    """The calibration's processor phase as an overlay's ``system.cpu.reference`` records it (None without one)."""
+    from models.scenario import CpuReference
+
+    found = cpu.get("reference") if cpu is not None else None
+    if not isinstance(found, dict):
+        return None
+    try:
+        return CpuReference.model_validate(found)
+    except ValueError:
+        return None
+
+
 def _reference_speed(raw: dict[str, object], scenario: Scenario, overlay: dict[str, object], run_dir: Path, quiet: bool) -> float | None:
     """Run the calibration's processor load again on a fresh server; the machine's speed now against calibration.
 
-    The load is ``system.cpu.reference_rate`` for :data:`REFERENCE_DURATION`,
-    its first :data:`CPU_WARMUP` left out; the answer is
+    The run is ``system.cpu.reference`` (the calibration's processor phase:
+    its load, length and think times), its first :data:`CPU_WARMUP` left
+    out, as calibration left it out; the answer is
     :func:`models.calibrate.speed_index` of what it measured against the
     overlay's CPU work (1.1: the same requests cost 10 % more CPU time than
     when calibrated).  None when the overlay has no reference load or the run
@@ -603,11 +620,11 @@ def _reference_speed(raw: dict[str, object], scenario: Scenario, overlay: dict[s
     from models.calibrate import cpu_estimates, speed_index
 
     cpu = _cpu_section(overlay)
-    if cpu is None or not cpu.get("reference_rate") or not isinstance(cpu.get("work"), dict):
+    ref = _reference(cpu)
+    if cpu is None or ref is None or not isinstance(cpu.get("work"), dict):
         return None
-    rate, duration = float(cpu["reference_rate"]), REFERENCE_DURATION
-    compress = float(cpu["reference_compress"]) if cpu.get("reference_compress") else None  # the phase's own think times: the same journey, only shorter
-    level_file = _level_file(raw, f"{scenario.name}-speed-reference", rate, duration, run_dir, compress=compress)
+    duration = ref.duration
+    level_file = _level_file(raw, f"{scenario.name}-speed-reference", ref.rate, duration, run_dir, compress=ref.compress)
     _, _, before, after = _measure(level_file, run_dir, None, quiet)
     before, after = _warm(run_dir / "scrapes.json", duration, before, after)
     if before is None or after is None:
@@ -617,8 +634,9 @@ def _reference_speed(raw: dict[str, object], scenario: Scenario, overlay: dict[s
 
 def _speed_run(raw: dict[str, object], scenario: Scenario, overlay: dict[str, object], run_dir: Path, when: str, quiet: bool) -> float | None:
     """:func:`_reference_speed` with its progress line and its result printed."""
-    if not quiet:
-        print(f"capacity validate: speed reference {when}: the calibration's processor load again for {format_duration(REFERENCE_DURATION)}", file=sys.stderr)
+    ref = _reference(_cpu_section(overlay))
+    if not quiet and ref is not None:
+        print(f"capacity validate: speed reference {when}: the calibration's processor phase again ({ref.rate:.4g} arrivals/s for {format_duration(ref.duration)})", file=sys.stderr)
     found = _reference_speed(raw, scenario, overlay, run_dir, quiet)
     if not quiet:
         print(
@@ -782,7 +800,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     done: list[Level] = []
     durations: list[float] = []
     cpu_overlay = _cpu_section(overlay)
-    bracket = args.processor == "calibrated" and args.speed_reference == "bracket" and cpu_overlay is not None and bool(cpu_overlay.get("reference_rate"))
+    reference = _reference(cpu_overlay)
+    bracket = args.processor == "calibrated" and args.speed_reference == "bracket" and reference is not None
     if bracket and args.host is not None:
         bracket = False
         if not args.quiet:
@@ -819,8 +838,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(verdict_table(lv.checks, judged_only=True))
         if (why := lv.diagnosis()) is not None:
             print(f"processor: {why}")
-        elif speed is not None:
-            print(f"processor: {speed.describe()}")
     # the knee: the bottleneck's request type at saturation against the highest measured
     i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
@@ -835,9 +852,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "calibration": calibration,
         "processor": "the CPU time per request measured in each level (operational validation)" if args.processor == "level" else "calibrated",
         "speed_reference": (
-            f"bracket: the calibration's processor load ({cpu_overlay['reference_rate']:g} arrivals/s) run for {REFERENCE_DURATION:g}s on a fresh server "  # type: ignore[index]
-            "before the first level and after every level; each level's calibrated CPU times scaled by the mean of the two around it"
-            if bracket else "none"
+            f"bracket: the calibration's processor phase ({reference.rate:.4g} arrivals/s for {reference.duration:g}s) run again on a fresh server "
+            "after every level (and before the first, unless calibrated just before); each level's calibrated CPU times scaled by the mean of the two around it"
+            if bracket and reference is not None else "none"
         ),
         "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
         "tolerances": tol.model_dump(),
@@ -930,8 +947,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed-reference",
         choices=["bracket", "none"],
         default="bracket",
-        help="with the calibrated processor: run the calibration's processor load again on a fresh server after every level "
-        f"({REFERENCE_DURATION:g}s each) and scale each level's calibrated CPU times by the machine's speed measured just before and "
+        help="with the calibrated processor: run the calibration's processor phase again on a fresh server after every level "
+        "(as long as it ran) and scale each level's calibrated CPU times by the machine's speed measured just before and "
         "just after it (default bracket; none: the calibrated CPU times as they are)",
     )
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")

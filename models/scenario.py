@@ -233,6 +233,14 @@ class CpuModes(_Model):
         return fast, fast * self.slow
 
 
+class CpuReference(_Model):
+    """The calibration's processor phase, as ``capacity validate`` reruns it: the same load, length and think times."""
+
+    rate: float = Field(gt=0, description="arrivals per second")
+    duration: float = Field(gt=0, description="seconds the phase ran (its first quarter is left out)")
+    compress: float = Field(default=1.0, ge=1.0, description="its think-time compression (run.compress)")
+
+
 class Cpu(_Model):
     """The server process's processor: every request takes it ``steps`` times, first come first served.
 
@@ -259,13 +267,11 @@ class Cpu(_Model):
     )
 
     low_at: Probability = Field(default=0.0, description="the lower utilization the speedup was measured from")
-    reference_rate: float | None = Field(
+    reference: CpuReference | None = Field(
         default=None,
-        gt=0,
-        description="arrivals per second of the load the step times were measured at (written by capacity calibrate); "
-        "capacity validate runs this load again around each level to follow the machine's speed; the model itself does not use it",
+        description="the load the step times were measured at (written by capacity calibrate); capacity validate runs it again "
+        "around each level to follow the machine's speed; the model itself does not use it",
     )
-    reference_compress: float | None = Field(default=None, ge=1.0, description="the think-time compression of that load (run.compress), kept for its reruns")
     modes: CpuModes | None = Field(default=None, description="a processor whose speed alternates between two modes (see models.speed)")
 
     def factor(self, utilization: float) -> float:

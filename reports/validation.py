@@ -71,9 +71,9 @@ class Level:
         return None
 
     def diagnosis(self) -> str | None:
-        """One line on what a calibrated level's verdict owes to the processor (None without the operational comparison)."""
+        """One line on what a calibrated level's verdict owes to the processor (None with neither the operational comparison nor a speed reference)."""
         if self.given_cpu is None:
-            return None
+            return self.speed.describe() if self.speed is not None else None
         failed = [f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt") for c in self.given_cpu if c.verdict == "fail"]
         drift = self.cpu_drift
         head = f"{self.speed.describe()}; " if self.speed is not None else ""

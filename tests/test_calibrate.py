@@ -129,14 +129,14 @@ def test_the_machines_speed_against_calibration_and_the_processor_scaled_by_it()
 
     # a machine 1.25 x as slow: every CPU time x 1.25, and so the utilizations the law was measured at;
     # the step time at utilization 1.25 U is 1.25 x the calibrated one at U, inside and outside the measured range
-    cpu = {"cores": 1, "work": work, "measured_at": 0.4, "low_at": 0.1, "speedup": 1.0, "background": 0.01, "reference_rate": 50.0}
+    cpu = {"cores": 1, "work": work, "measured_at": 0.4, "low_at": 0.1, "speedup": 1.0, "background": 0.01, "reference": {"rate": 50.0, "duration": 60.0, "compress": 2.0}}
     slow = scaled_processor(cpu, 1.25)
     assert parse_duration(slow["work"]["register"]["step"]["mean"]) == pytest.approx(0.175e-3)
-    assert (slow["measured_at"], slow["low_at"], slow["background"], slow["reference_rate"]) == (pytest.approx(0.5), pytest.approx(0.125), pytest.approx(0.0125), 50.0)
+    assert (slow["measured_at"], slow["low_at"], slow["background"], slow["reference"]["rate"]) == (pytest.approx(0.5), pytest.approx(0.125), pytest.approx(0.0125), 50.0)
     assert cpu["work"]["register"]["step"]["mean"] == "0.14ms"  # the calibrated overlay is left as it was
     base = load_scenario(SMALL, overlay={"system": {"cpu": cpu}}).system.cpu
     scaled = load_scenario(SMALL, overlay={"system": {"cpu": slow}}).system.cpu
-    assert base is not None and scaled is not None and base.reference_rate == 50.0
+    assert base is not None and scaled is not None and base.reference is not None and base.reference.duration == 60.0
     for u in (0.05, 0.2, 0.3, 0.45):
         assert scaled.factor(1.25 * u) * 0.175 == pytest.approx(1.25 * base.factor(u) * 0.14), u
 
@@ -216,21 +216,22 @@ def test_pending_writes_reach_the_disk_before_every_measured_phase(validated: tu
     assert _pending_writes(meminfo) == (521676 + 1024) * 1024
 
 
-def test_the_speed_reference_reruns_the_calibrations_processor_load(validated: tuple[Path, int, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # validate --speed-reference bracket: the calibration's processor load again on a fresh server, read against
+def test_the_speed_reference_reruns_the_calibrations_processor_phase(validated: tuple[Path, int, float], tmp_path: Path) -> None:
+    # validate --speed-reference bracket: the calibration's processor phase again on a fresh server, read against
     # the calibration's CPU work; the same machine minutes later (its speed moves by about 10 %, so a wide bound)
     import capacity_cli
 
     out, _, _ = validated
     overlay = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
-    assert overlay["system"]["cpu"]["reference_rate"] > 0 and overlay["system"]["cpu"]["reference_compress"] >= 1
-    monkeypatch.setattr(capacity_cli, "REFERENCE_DURATION", 10.0)
+    reference = overlay["system"]["cpu"]["reference"]
+    assert reference["rate"] > 0 and reference["duration"] > 0 and reference["compress"] >= 1
     speed = capacity_cli._reference_speed(capacity_cli._raw(str(SMALL)), load_scenario(SMALL), overlay, tmp_path / "ref", quiet=True)
     assert speed is not None and 0.6 < speed < 1.6, speed
-    assert json.loads((tmp_path / "ref" / "result.json").read_text())  # the reference run is kept like a level
-    # the calibration phase's journey, think times included, only shorter
-    assert load_scenario(tmp_path / "ref" / "scenario.yaml").run.compress == pytest.approx(overlay["system"]["cpu"]["reference_compress"])
-    no_reference = {"system": {"cpu": {k: v for k, v in overlay["system"]["cpu"].items() if k != "reference_rate"}}}
+    assert json.loads((tmp_path / "ref" / "result.json").read_text())  # the rerun is kept like a level
+    # the calibration's processor phase as it ran: load, length and think times
+    rerun = load_scenario(tmp_path / "ref" / "scenario.yaml")
+    assert (rerun.arrivals.rate, rerun.horizon, rerun.run.compress) == (pytest.approx(reference["rate"]), pytest.approx(reference["duration"]), pytest.approx(reference["compress"]))
+    no_reference = {"system": {"cpu": {k: v for k, v in overlay["system"]["cpu"].items() if k != "reference"}}}
     assert capacity_cli._reference_speed(capacity_cli._raw(str(SMALL)), load_scenario(SMALL), no_reference, tmp_path / "none", quiet=True) is None
     assert not (tmp_path / "none").exists()
 
@@ -332,6 +333,8 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     assert busy["slow"] == pytest.approx(1.3 * busy["base"], rel=0.1)
     assert "1.300 x calibration's (reference load before 1.200, after 1.400)" in (slow.diagnosis() or "")
     assert Speed(None, 1.1).factor == pytest.approx(1.1) and Speed(None, None).factor == 1.0
+    unexplained = judge_level(0.5, 20.0, SMALL, tmp_path / "slow-quick", measured, before, after, calibrated, scenario, "calibrated", replications=2, diagnose=False, speed=Speed(1.2, 1.4))
+    assert unexplained.diagnosis() == "the machine's CPU time per request 1.300 x calibration's (reference load before 1.200, after 1.400)"
 
     quick = judge_level(0.5, 20.0, SMALL, tmp_path / "quick", measured, before, after, calibrated, scenario, "calibrated", replications=2, diagnose=False)
     assert quick.given_cpu is None and quick.diagnosis() is None
