@@ -802,6 +802,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cpu_overlay = _cpu_section(overlay)
     reference = _reference(cpu_overlay)
     bracket = args.processor == "calibrated" and args.speed_reference == "bracket" and reference is not None
+    if args.processor == "calibrated" and args.speed_reference == "bracket" and cpu_overlay is not None and reference is None and not args.quiet:
+        print("capacity validate: the calibration overlay records no processor phase (system.cpu.reference), so there is no speed reference: the calibrated processor is used as it is", file=sys.stderr)
     if bracket and args.host is not None:
         bracket = False
         if not args.quiet:
