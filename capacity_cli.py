@@ -690,9 +690,8 @@ def _level_processor(overlay: dict[str, object], scenario: Scenario, before: Sna
 
     from models.calibrate import cpu_estimates
 
-    system = overlay.get("system")
-    cpu = system.get("cpu") if isinstance(system, dict) else None
-    if not isinstance(cpu, dict) or before is None or after is None:
+    cpu = _cpu_section(overlay)
+    if cpu is None or before is None or after is None:
         return overlay
     measured = cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0)))
     if not measured:
@@ -730,8 +729,9 @@ def judge_level(
     tol = scenario.validation.tolerances
     ldir.mkdir(parents=True, exist_ok=True)
     level_overlay, inputs = overlay, frozenset[str]()
-    if processor == "calibrated" and speed is not None and isinstance(overlay.get("system"), dict) and "cpu" in overlay["system"]:  # type: ignore[operator]
-        level_overlay = {**overlay, "system": {**overlay["system"], "cpu": scaled_processor(overlay["system"]["cpu"], speed.factor)}}  # type: ignore[dict-item, index]
+    cpu = _cpu_section(overlay)
+    if processor == "calibrated" and speed is not None and cpu is not None:
+        level_overlay = {**overlay, "system": {**overlay["system"], "cpu": scaled_processor(cpu, speed.factor)}}  # type: ignore[dict-item]
         (ldir / "processor.yaml").write_text(yaml.safe_dump(level_overlay["system"]["cpu"], sort_keys=False))  # type: ignore[index]
     if processor == "level":
         level_overlay = _level_processor(overlay, scenario, before, after)
