@@ -593,51 +593,31 @@ def _cpu_section(overlay: dict[str, object]) -> dict[str, Any] | None:
     return cpu if isinstance(cpu, dict) else None
 
 
-def _reference(cpu: dict[str, Any] | None) -> CpuReference | None:
-    """The calibration's processor phase as an overlay's ``system.cpu.reference`` records it (None without one)."""
-    from models.scenario import CpuReference
+def _reference_speed(raw: dict[str, object], scenario: Scenario, cpu: dict[str, Any], reference: CpuReference, run_dir: Path, quiet: bool) -> float | None:
+    """Run the calibration's processor phase again on a fresh server; the machine's speed now against calibration.
 
-    found = cpu.get("reference") if cpu is not None else None
-    if not isinstance(found, dict):
-        return None
-    try:
-        return CpuReference.model_validate(found)
-    except ValueError:
-        return None
-
-
-def _reference_speed(raw: dict[str, object], scenario: Scenario, overlay: dict[str, object], run_dir: Path, quiet: bool) -> float | None:
-    """Run the calibration's processor load again on a fresh server; the machine's speed now against calibration.
-
-    The run is ``system.cpu.reference`` (the calibration's processor phase:
-    its load, length and think times), its first :data:`CPU_WARMUP` left
-    out, as calibration left it out; the answer is
-    :func:`models.calibrate.speed_index` of what it measured against the
-    overlay's CPU work (1.1: the same requests cost 10 % more CPU time than
-    when calibrated).  None when the overlay has no reference load or the run
-    measured no CPU accounting.
+    ``reference`` is that phase (its load, length and think times, from the
+    overlay's ``system.cpu.reference``); its first :data:`CPU_WARMUP` is left
+    out, as calibration left it out.  The answer is
+    :func:`models.calibrate.speed_index` of what it measured against ``cpu``,
+    the overlay's ``system.cpu`` section (1.1: the same requests cost 10 % more
+    CPU time than when calibrated); None when the run measured no CPU accounting.
     """
     from models.calibrate import cpu_estimates, speed_index
 
-    cpu = _cpu_section(overlay)
-    ref = _reference(cpu)
-    if cpu is None or ref is None or not isinstance(cpu.get("work"), dict):
-        return None
-    duration = ref.duration
-    level_file = _level_file(raw, f"{scenario.name}-speed-reference", ref.rate, duration, run_dir, compress=ref.compress)
+    level_file = _level_file(raw, f"{scenario.name}-speed-reference", reference.rate, reference.duration, run_dir, compress=reference.compress)
     _, _, before, after = _measure(level_file, run_dir, None, quiet)
-    before, after = _warm(run_dir / "scrapes.json", duration, before, after)
+    before, after = _warm(run_dir / "scrapes.json", reference.duration, before, after)
     if before is None or after is None:
         return None
-    return speed_index(cpu["work"], cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0))))
+    return speed_index(cpu.get("work", {}), cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0))))
 
 
-def _speed_run(raw: dict[str, object], scenario: Scenario, overlay: dict[str, object], run_dir: Path, when: str, quiet: bool) -> float | None:
+def _speed_run(raw: dict[str, object], scenario: Scenario, cpu: dict[str, Any], reference: CpuReference, run_dir: Path, when: str, quiet: bool) -> float | None:
     """:func:`_reference_speed` with its progress line and its result printed."""
-    ref = _reference(_cpu_section(overlay))
-    if not quiet and ref is not None:
-        print(f"capacity validate: speed reference {when}: the calibration's processor phase again ({ref.rate:.4g} arrivals/s for {format_duration(ref.duration)})", file=sys.stderr)
-    found = _reference_speed(raw, scenario, overlay, run_dir, quiet)
+    if not quiet:
+        print(f"capacity validate: speed reference {when}: the calibration's processor phase again ({reference.rate:.4g} arrivals/s for {format_duration(reference.duration)})", file=sys.stderr)
+    found = _reference_speed(raw, scenario, cpu, reference, run_dir, quiet)
     if not quiet:
         print(
             f"capacity validate: speed reference {when}: "
@@ -800,8 +780,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     done: list[Level] = []
     durations: list[float] = []
     cpu_overlay = _cpu_section(overlay)
-    reference = _reference(cpu_overlay)
-    bracket = args.processor == "calibrated" and args.speed_reference == "bracket" and reference is not None
+    reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None else None
+    bracket = args.processor == "calibrated" and args.speed_reference == "bracket" and cpu_overlay is not None and reference is not None
     if args.processor == "calibrated" and args.speed_reference == "bracket" and cpu_overlay is not None and reference is None and not args.quiet:
         print("capacity validate: the calibration overlay records no processor phase (system.cpu.reference), so there is no speed reference: the calibrated processor is used as it is", file=sys.stderr)
     if bracket and args.host is not None:
@@ -813,7 +793,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if calibrated_now:
             speed_before = 1.0  # the calibration's processor phase, the reference load itself, ran just before the first level
         else:
-            speed_before = _speed_run(raw, scenario, overlay, run_dir / "speed-reference-0", "before the first level", args.quiet)
+            speed_before = _speed_run(raw, scenario, cpu_overlay, reference, run_dir / "speed-reference-0", "before the first level", args.quiet)  # type: ignore[arg-type]
     for i, f in enumerate(levels):
         rate = f * knee.rate
         ldir = run_dir / f"level-{f:g}"
@@ -828,7 +808,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             measured.meta["server_cpu_utilization"] = (after.cpu_seconds - before.cpu_seconds) / (after.at - before.at)
         speed = None
         if bracket:
-            speed_after = _speed_run(raw, scenario, overlay, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", args.quiet)
+            speed_after = _speed_run(raw, scenario, cpu_overlay, reference, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", args.quiet)  # type: ignore[arg-type]
             speed, speed_before = Speed(speed_before, speed_after), speed_after
         lv = judge_level(
             f, rate, level_file, ldir, measured, before, after, overlay, scenario, args.processor, args.replications,
