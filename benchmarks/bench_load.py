@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from capacity_cli import _pool_size, server_config  # noqa: E402
+from workflows.target import pool_size as _pool_size, server_config  # noqa: E402
 from models.loader import load_scenario  # noqa: E402
 from models.results import load  # noqa: E402
 from refserver.serve import free_port, wait_ready  # noqa: E402

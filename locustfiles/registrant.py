@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import hashlib
 import json
 import os
 import random
@@ -43,6 +42,7 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from locust.user.users import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 
+from contracts import decision_seed, registry_mismatch
 from locustfiles.client import JSON_HEADERS, Client
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
@@ -85,12 +85,12 @@ RUN_SALT = int.from_bytes(os.urandom(4), "big")  # runs against one long-lived s
 
 
 MISMATCH = SCENARIO.system.registry.mismatch if SCENARIO.system.registry is not None else 0.0
-DECISION_SEED = SEED * 1_000_003  # as the model's replication 0
+DECISION_SEED = decision_seed(SEED)  # as the model's replication 0
 
 
 def reference_registry_mismatch(nik: str) -> bool:
     """Whether the reference registry answers "does not match" for this NIK (it decides by the NIK's hash)."""
-    return int.from_bytes(hashlib.sha256(nik.encode()).digest()[:4], "big") / 2**32 < MISMATCH
+    return registry_mismatch(nik, MISMATCH)
 
 
 def person(n: int) -> dict[str, str]:
@@ -235,7 +235,7 @@ class Registrant(User):
                     RECORDER.step(step.name, "failed", self.now())
                     return
             if think_time is not None:
-                rng = rng or random.Random(SEED * 1_000_003 + index)
+                rng = rng or random.Random(decision_seed(SEED, index))
                 think = think_time.draw(rng)
                 if think > 0:
                     gevent.sleep(think)
@@ -254,7 +254,7 @@ class Registrant(User):
                 if reason not in retry.retry_on or attempt >= retry.max_attempts or decision(DECISION_SEED, index, give_up_slot(i, attempt)) < retry.give_up:
                     RECORDER.step(step.name, "failed", self.now())
                     return
-                rng = rng or random.Random(SEED * 1_000_003 + index)
+                rng = rng or random.Random(decision_seed(SEED, index))
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
                 wait *= 1.0 + retry.jitter * (2.0 * rng.random() - 1.0)
                 attempt += 1

@@ -25,6 +25,7 @@ import numpy as np
 import simpy
 from simpy.events import NORMAL, URGENT, Event
 
+from contracts import decision_seed
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_base, decisions_at, give_up_slot, proceed_slot, stream
 from models.distributions import Sampler
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
@@ -344,7 +345,7 @@ class FunnelModel:
         self.interval = s.run.interval
         self.n_intervals = max(1, math.ceil((self.end - self.counting_from) / self.interval - 1e-9))
         self.arrivals = arrival_times(scenario, seed, replication)
-        self.seed = seed * 1_000_003 + replication  # the registrants' decisions: one stream per replication
+        self.seed = decision_seed(seed, replication)  # the registrants' decisions: one stream per replication
         mismatch = scenario.system.registry.mismatch if scenario.system.registry is not None else 0.0
         self.mismatched = self._choices(MISMATCH_SLOT, mismatch)  # 1: the registry will not match this registrant's NIK
         service_rng = stream(seed, "service", replication)

@@ -2,56 +2,21 @@
 
 Built by the planner from a scenario (``capacity serve``) or written by hand as
 JSON.  Distributions are plain mappings ``{"dist": ..., "mean": ..., "cv": ...}``
-sampled by :func:`sampler` with the standard library.
+sampled by :func:`contracts.sampler` with the standard library.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "sampler", "ConfigError"]
+__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "ConfigError"]
 
 
 class ConfigError(ValueError):
     """The server configuration is unusable."""
-
-
-def sampler(spec: dict[str, Any] | float | None, rng: random.Random) -> Callable[[], float]:
-    """A function drawing seconds from a plain distribution mapping (or a constant)."""
-    if spec is None:
-        return lambda: 0.0
-    if isinstance(spec, (int, float)):
-        value = float(spec)
-        return lambda: value
-    kind = spec.get("dist", "constant")
-    if kind in ("constant", "deterministic"):
-        value = float(spec.get("value", spec.get("mean", 0.0)))
-        return lambda: value
-    if kind in ("exponential", "exp"):
-        rate = 1.0 / float(spec["mean"])
-        return lambda: rng.expovariate(rate)
-    if kind == "erlang":
-        k, mean = int(spec["k"]), float(spec["mean"])
-        return lambda: rng.gammavariate(k, mean / k)
-    if kind == "gamma":
-        mean, cv = float(spec["mean"]), float(spec["cv"])
-        shape = 1 / cv**2
-        return lambda: rng.gammavariate(shape, mean / shape)
-    if kind == "lognormal":
-        mean, cv = float(spec["mean"]), float(spec["cv"])
-        s2 = math.log1p(cv**2)
-        mu, sigma = math.log(mean) - s2 / 2, math.sqrt(s2)
-        return lambda: rng.lognormvariate(mu, sigma)
-    if kind == "uniform":
-        lo, hi = float(spec["low"]), float(spec["high"])
-        return lambda: rng.uniform(lo, hi)
-    raise ConfigError(f"unknown distribution {kind!r}")
 
 
 @dataclass

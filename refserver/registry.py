@@ -11,7 +11,6 @@ typo fails every time.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 
@@ -20,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from refserver.config import RegistryConfig, sampler
+from contracts import registry_mismatch, sampler
+from refserver.config import RegistryConfig
 from refserver.metrics import station_lines
 from refserver.stations import Overloaded, Station
 
@@ -74,10 +74,7 @@ def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
         except Overloaded:
             return JSONResponse({"error": "registry busy", "reason": "full"}, status_code=503, headers={"Retry-After": "1"})
         state["checks"] += 1
-        # locustfiles/registrant.py (reference_registry_mismatch) mirrors this verdict to pick NIKs that agree
-        # with the model's draw; change both together
-        digest = int.from_bytes(hashlib.sha256(nik.encode()).digest()[:4], "big") / 2**32
-        return JSONResponse({"match": digest >= cfg.mismatch})
+        return JSONResponse({"match": not registry_mismatch(nik, cfg.mismatch)})
 
     async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

@@ -16,6 +16,7 @@ from capacity_cli import main
 from models.arrivals import decision, decision_base, decisions_at
 from models.calibrate import Snapshot, calibration_overlay, cpu_estimates, parse_prometheus, service_estimates, snapshot, station_series
 from models.loader import load_scenario
+from models.results import RunResult
 from models.units import parse_duration
 
 from .conftest import TEST_SCENARIOS
@@ -210,24 +211,28 @@ def test_pending_writes_reach_the_disk_before_every_measured_phase(validated: tu
     # after os.sync, so writes left by whatever ran before (a package install) are not written back mid-phase
     out, _, _ = validated
     assert len(json.loads((out / "flushes.json").read_text())) >= 5
-    from capacity_cli import _pending_writes
+    from workflows.measure import pending_writes
 
     meminfo = "MemTotal:       24683652 kB\nDirty:            521676 kB\nWriteback:          1024 kB\nWritebackTmp:         0 kB\n"
-    assert _pending_writes(meminfo) == (521676 + 1024) * 1024
+    assert pending_writes(meminfo) == (521676 + 1024) * 1024
 
 
 def test_the_speed_reference_reruns_the_calibrations_processor_phase(validated: tuple[Path, int, float], tmp_path: Path) -> None:
     # validate --speed-reference bracket: the calibration's processor phase again on a fresh server, read against
     # the calibration's CPU work; the same machine minutes later (its speed moves by about 10 %, so a wide bound)
-    import capacity_cli
+    from models.overlay import Calibration
+    from workflows.measure import Lab, raw_scenario
+    from workflows.validate import reference_speed
 
     out, _, _ = validated
-    overlay = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
+    calibration = Calibration.read(out / "calibration" / "calibration.yaml")
+    overlay = calibration.overlay
     reference = overlay["system"]["cpu"]["reference"]
     assert reference["rate"] > 0 and reference["duration"] > 0 and reference["compress"] >= 1
     calibrated = load_scenario(SMALL, overlay=overlay).system.cpu
     assert calibrated is not None and calibrated.reference is not None
-    speed = capacity_cli._reference_speed(capacity_cli._raw(str(SMALL)), load_scenario(SMALL), overlay["system"]["cpu"], calibrated.reference, tmp_path / "ref", quiet=True)
+    with Lab(None, quiet=True) as lab:
+        speed = reference_speed(raw_scenario(load_scenario(SMALL)), load_scenario(SMALL), calibration, calibrated.reference, tmp_path / "ref", lab)
     assert speed is not None and 0.6 < speed < 1.6, speed
     assert json.loads((tmp_path / "ref" / "result.json").read_text())  # the rerun is kept like a level
     # the calibration's processor phase as it ran: load, length and think times
@@ -279,7 +284,9 @@ def test_bad_arguments_are_refused_before_any_load(argv: list[str], message: str
 def test_validate_can_take_the_processor_time_from_the_level_itself() -> None:
     # validate --processor level: the overlay's CPU work replaced by the level's own (same figures as above),
     # measured at the level's utilization (0.10 s over 10 s = 1 %), so no speedup is left; the rest stays calibrated
-    from capacity_cli import _level_processor
+    from models.overlay import Calibration
+    from workflows.measure import Measurement
+    from workflows.validate import level_processor
 
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
     after = snapshot(cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0)
@@ -290,21 +297,24 @@ def test_validate_can_take_the_processor_time_from_the_level_itself() -> None:
                     "measured_at": 0.4, "low_at": 0.1, "speedup": 0.8, "background": 0.0},
         }
     }
-    out = _level_processor(calibrated, load_scenario(SMALL), before, after)
+    given = Calibration(calibrated)
+    out = level_processor(given, Measurement(load_scenario(SMALL), RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {}), before, after)).overlay
     cpu = out["system"]["cpu"]
     assert cpu["work"]["register"] == {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}
     assert (cpu["measured_at"], cpu["low_at"], cpu["speedup"]) == (pytest.approx(0.01), pytest.approx(0.01), 0.0)
     assert out["system"]["stations"] == calibrated["system"]["stations"]
     assert calibrated["system"]["cpu"]["speedup"] == 0.8  # the calibration itself is left alone
     # a level without CPU accounting keeps the calibrated processor
-    assert _level_processor(calibrated, load_scenario(SMALL), before, snapshot(metrics_text(0, 0, 0), at=10.0)) is calibrated
+    assert level_processor(given, Measurement(load_scenario(SMALL), RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {}), before, snapshot(metrics_text(0, 0, 0), at=10.0))) is given
 
 
 def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path: Path) -> None:
     # validate's default: the calibrated model decides the verdict, and the model given the level's own CPU time
     # per request (from the level's scrapes) is compared too, so the report can tell the processor's drift from the model
-    from capacity_cli import judge_level
+    from models.overlay import Calibration
     from models.simulate import simulate
+    from workflows.measure import Measurement
+    from workflows.validate import LevelRun, judge_level
 
     scenario = load_scenario(SMALL)
     calibrated = {"system": {"cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}}}
@@ -312,7 +322,7 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
     after = snapshot(cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0)
 
-    lv = judge_level(0.5, 20.0, SMALL, tmp_path / "cal", measured, before, after, calibrated, scenario, "calibrated", replications=2)
+    lv = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "cal", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2)
     assert (tmp_path / "cal" / "model" / "rep-001" / "result.json").exists()
     assert lv.given_cpu is not None and lv.cpu_drift is not None
     cpu = {c.metric: c for c in lv.given_cpu if c.subject == "station cpu"}["utilization"]
@@ -324,7 +334,7 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     # calibrated processor is scaled by their mean before the model runs; the diagnosis names the speed
     from reports.validation import Speed
 
-    slow = judge_level(0.5, 20.0, SMALL, tmp_path / "slow", measured, before, after, calibrated, scenario, "calibrated", replications=2, speed=Speed(1.2, 1.4))
+    slow = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "slow", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2, speed=Speed(1.2, 1.4))
     assert slow.speed is not None and slow.speed.factor == pytest.approx(1.3)
     used = yaml.safe_load((tmp_path / "slow" / "processor.yaml").read_text())
     assert parse_duration(used["work"]["register"]["step"]["mean"]) == pytest.approx(1.3e-3)
@@ -332,11 +342,11 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     assert busy["slow"] == pytest.approx(1.3 * busy["base"], rel=0.1)
     assert "1.300 x calibration's (reference load before 1.200, after 1.400)" in (slow.diagnosis() or "")
     assert Speed(None, 1.1).factor == pytest.approx(1.1) and Speed(None, None).factor == 1.0
-    unexplained = judge_level(0.5, 20.0, SMALL, tmp_path / "slow-quick", measured, before, after, calibrated, scenario, "calibrated", replications=2, diagnose=False, speed=Speed(1.2, 1.4))
+    unexplained = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "slow-quick", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2, diagnose=False, speed=Speed(1.2, 1.4))
     assert unexplained.diagnosis() == "the machine's CPU time per request 1.300 x calibration's (reference load before 1.200, after 1.400)"
 
-    quick = judge_level(0.5, 20.0, SMALL, tmp_path / "quick", measured, before, after, calibrated, scenario, "calibrated", replications=2, diagnose=False)
+    quick = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "quick", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2, diagnose=False)
     assert quick.given_cpu is None and quick.diagnosis() is None
-    level = judge_level(0.5, 20.0, SMALL, tmp_path / "level", measured, before, after, calibrated, scenario, "level", replications=2)
+    level = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "level", Measurement(scenario, measured, before, after)), Calibration(calibrated), "level", replications=2)
     assert level.given_cpu is None and (tmp_path / "level" / "processor.yaml").exists()
     assert next(c for c in level.checks if c.subject == "station cpu").verdict == "info"

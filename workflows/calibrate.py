@@ -1,0 +1,207 @@
+"""``capacity calibrate``: service demands at low load (D = U / X), then the server's processor at a working load.
+
+The result is a :class:`models.overlay.Calibration` written to
+``calibration.yaml`` and a printable table of what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from models.calibrate import CpuEstimate, ServiceEstimate
+from models.overlay import Calibration
+from models.scenario import Scenario
+from models.speed import SpeedModes
+from models.units import format_duration
+from workflows import RunFailed
+from workflows.measure import Lab, flush_writes, level_file, raw_scenario, warm
+from workflows.output import say
+from workflows.target import cpus
+
+__all__ = ["calibrate", "Calibrated", "NoMetrics", "CALIBRATION_LOAD", "CPU_LOAD"]
+
+CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
+# The processor is measured at this fraction of the saturation rate: near the top of the range validated, where
+# its queueing matters most and its CPU time per request is steadiest (docs/validation.md); levels between the two
+# phases are interpolated.
+CPU_LOAD = 0.9
+IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
+SPEED_PROBE = (5.0, 30.0)  # seconds the server's CPU is timed before calibration (a quarter of the phase, within these)
+
+
+class NoMetrics(RunFailed):
+    """The target publishes no station metrics, so its service demands cannot be measured."""
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What :func:`calibrate` found: the calibration (also written to ``path``) and a printable table."""
+
+    calibration: Calibration
+    path: Path
+    text: str
+
+
+def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> Calibrated:
+    """Measure service demands at low load, then the server's processor at a working load.
+
+    The processor is measured apart because its time per request falls as it
+    gets busier (warm caches, wake-ups shared by several requests): demands
+    measured at low load would size the processor for a load it never sees, so
+    its phase runs the scenario's own journey at :data:`CPU_LOAD` of the
+    saturation rate, for half as long.  Raises :class:`NoMetrics` when the
+    target publishes no station metrics.
+    """
+    from models.bottleneck import saturation
+    from models.calibrate import (
+        calibration_overlay,
+        cpu_estimates,
+        cpu_speedup,
+        held_services,
+        overheads,
+        service_estimates,
+        steady_scenario,
+    )
+    from models.loader import load_scenario, parse_scenario
+
+    quiet = lab.quiet
+    raw = raw_scenario(scenario)
+    source = scenario.path or scenario.name
+    # every registrant walks the whole journey, so that rare request types (a batch join) are measured as often as
+    # registration; the rate is set against this journey's own saturation, so every station stays lightly loaded
+    whole = steady_scenario(raw, f"{scenario.name}-calibration", 1.0, duration, everyone=True)
+    knee = saturation(parse_scenario(yaml.safe_dump(whole), source))
+    rate = CALIBRATION_LOAD * knee.rate
+    low_file = level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
+    flush_writes(quiet)
+    modes = speed_modes(duration, quiet) if lab.host is None else None  # before the server starts: the CPU to itself
+    say("calibrate", f"{rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", quiet)
+    low = lab.measure(low_file, run_dir, idle=IDLE_WATCH)
+    before, after = low.before, low.after
+    if before is None or after is None:
+        raise NoMetrics(f"{lab.host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")
+    estimates = service_estimates(before, after)
+    background = before.idle_cpu or 0.0
+    low_cpu = cpu_estimates(before, after, scenario.request_types, background)
+    threads = {name for name, v in after.threaded.items() if v and name in scenario.system.stations}
+    overhead = overheads(low.scenario, low.result, estimates)  # without a processor phase the model has none to add CPU time back
+    overlay = calibration_overlay(scenario, estimates, overhead)
+    cpu: dict[str, CpuEstimate] = {}
+    cpu_rate = speedup = u_low = u_work = 0.0
+    if low_cpu:
+        # the processor at a working load: the scenario's own journey and mix, CPU_LOAD of the stations' saturation
+        cpu_rate = CPU_LOAD * saturation(Calibration(overlay).on(scenario)).rate
+        cpu_duration = max(10.0, duration / 2)
+        cpu_file = level_file(raw, f"{scenario.name}-calibration-cpu", cpu_rate, cpu_duration, run_dir / "cpu")
+        say("calibrate", f"the server's processor at {cpu_rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for {format_duration(cpu_duration)}", quiet)
+        work = lab.measure(cpu_file, run_dir / "cpu")
+        cpu_before, cpu_after = warm(run_dir / "cpu" / "scrapes.json", cpu_duration, work.before, work.after)
+        if cpu_before is not None and cpu_after is not None:
+            cpu = cpu_estimates(cpu_before, cpu_after, scenario.request_types, background)
+        if cpu and cpu_before is not None and cpu_after is not None:
+            # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
+            held = held_services(low.scenario, estimates, low_cpu, threads)
+            overhead = overheads(low.scenario, low.result, held, low_cpu)
+            overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
+            speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)
+            overlay["system"]["cpu"].update(
+                {
+                    "measured_at": round(u_work, 3),
+                    "low_at": round(min(u_low, u_work), 3),
+                    "speedup": round(speedup, 3),
+                    "background": round(background, 4),
+                    "reference": {"rate": round(cpu_rate, 4), "duration": cpu_duration, "compress": round(load_scenario(cpu_file).run.compress, 4)},
+                }
+            )
+    path = run_dir / "calibration.yaml"
+    header = (
+        f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}"
+        + (f", the processor at {cpu_rate:.4g}/s" if cpu else "")
+        + f"\n# (load with: capacity simulate {source} --calibration {path})\n"
+    )
+    calibration = Calibration(overlay, str(path), header)
+    calibration.write(path, header)
+    text = _estimates_text(scenario, estimates)
+    if cpu:
+        text += "\n\n" + _processor_text(low_cpu, cpu, speedup, u_low, u_work)
+        if modes is not None:
+            text += "\n\n" + modes_text(modes)
+    elif not low_cpu:
+        text += "\n\nthe server publishes no CPU accounting (surgecap_cpu_*): the model keeps no processor station"
+    if overhead:
+        text += "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
+        text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
+    return Calibrated(calibration, path, text)
+
+
+def _estimates_text(scenario: Scenario, estimates: dict[tuple[str, str], ServiceEstimate]) -> str:
+    from models.distributions import Distribution
+    from reports.summary import table
+
+    rows = []
+    for (station, rt), est in sorted(estimates.items()):
+        configured: Distribution | None
+        if station == "registry" and scenario.system.registry is not None:
+            configured = scenario.system.registry.latency
+        else:
+            st = scenario.system.stations.get(station)
+            configured = st.service_for(rt) if st is not None else None
+        rows.append(
+            [
+                station, rt, f"{est.n}", f"{est.mean * 1000:.2f}ms", f"{est.cv:.2f}",
+                f"{configured.mean * 1000:.2f}ms" if configured else "-", f"{configured.cv:.2f}" if configured else "-",
+                f"{(est.mean / configured.mean - 1):+.1%}" if configured and configured.mean > 0 else "-", f"{est.utilization:.1%}",
+            ]
+        )
+    return table(["station", "request", "served", "D measured", "cv", "D configured", "cv", "diff", "U"], rows)
+
+
+def _processor_text(low_cpu: dict[str, CpuEstimate], cpu: dict[str, CpuEstimate], speedup: float, u_low: float, u_work: float) -> str:
+    from reports.summary import table
+
+    text = (
+        f"server processor, CPU per request (own work, and with its share of the work no request owns), at low load ({u_low:.1%} of one core) "
+        f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at processor utilization U between {u_low:.3f} and {u_work:.3f}):\n"
+    )
+    return text + table(
+        ["request", "own low", "with share low", "requests", "own", "with share", "steps", "step cv"],
+        [
+            [
+                rt, f"{low_cpu[rt].own * 1000:.3f}ms" if rt in low_cpu else "-", f"{low_cpu[rt].demand * 1000:.3f}ms" if rt in low_cpu else "-",
+                f"{e.n}", f"{e.own * 1000:.3f}ms", f"{e.demand * 1000:.3f}ms", f"{e.steps}", f"{e.cv:.2f}",
+            ]
+            for rt, e in sorted(cpu.items())
+        ],
+    )
+
+
+def speed_modes(duration: float, quiet: bool) -> SpeedModes | None:
+    """Time a fixed piece of work on the server's CPU before the server starts (see :mod:`models.speed`)."""
+    server_cpu, _ = cpus()
+    seconds = min(max(duration / 4, SPEED_PROBE[0]), SPEED_PROBE[1])
+    say("calibrate", f"timing the server's CPU for {format_duration(seconds)} (does its speed change?)", quiet)
+    cmd = [sys.executable, "-m", "models.speed", "--seconds", f"{seconds:g}"] + (["--cpu", str(server_cpu)] if server_cpu is not None else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        print(f"capacity calibrate: the CPU speed probe failed, the model keeps a steady processor: {done.stderr.strip()}", file=sys.stderr)
+        return None
+    return SpeedModes(**json.loads(done.stdout))
+
+
+def modes_text(modes: SpeedModes) -> str:
+    """What the speed probe found, in a sentence."""
+    if modes.steady:
+        return f"the server's CPU ran at a steady speed while timed ({modes.samples} pieces of work)"
+    return (
+        f"the server's CPU changes speed: timed pieces of work took {modes.slow:.2f} x as long {modes.share:.0%} of the time, "
+        f"in spells of {modes.slow_for * 1000:.0f} ms on average (fast ones {modes.fast_for * 1000:.0f} ms).  The CPU time per request "
+        f"measured here holds only while the machine keeps this pace: if validation at high load misses on the processor, "
+        f"compare with --processor level.  To plan for such a CPU, add system.cpu.modes: {modes.to_overlay()}"
+    )

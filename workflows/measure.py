@@ -1,0 +1,182 @@
+"""Measured load levels: one steady level against a target (a fresh, pinned reference server by default).
+
+:class:`Lab` runs the levels of one command (calibrate, validate) and cleans up
+after them; :func:`level_file` writes a level's scenario; :func:`flush_writes`
+lands the machine's pending writes before a measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from models.calibrate import Snapshot
+from models.results import RunResult
+from models.scenario import Scenario
+from workflows import RunFailed
+from workflows.target import cpus, pool_size, server_config
+
+__all__ = ["Lab", "Measurement", "level_file", "raw_scenario", "flush_writes", "pending_writes", "warm", "CPU_WARMUP"]
+
+CPU_WARMUP = 0.25  # share of a processor phase left out: a fresh server's first requests cost more (imports, caches, connections)
+
+
+@dataclass
+class Measurement:
+    """One measured level: its scenario, what Locust recorded, and the station metrics scraped around it (None: none published)."""
+
+    scenario: Scenario
+    result: RunResult
+    before: Snapshot | None
+    after: Snapshot | None
+
+    @property
+    def cpu_utilization(self) -> float | None:
+        """The server process's CPU use over the level, as a share of one core (None without CPU accounting)."""
+        b, a = self.before, self.after
+        if b is None or a is None or b.cpu_seconds is None or a.cpu_seconds is None or a.at <= b.at:
+            return None
+        return (a.cpu_seconds - b.cpu_seconds) / (a.at - b.at)
+
+
+def pending_writes(meminfo: str) -> int:
+    """Bytes the kernel holds to write to disk (Dirty + Writeback in ``/proc/meminfo``)."""
+    total = 0
+    for line in meminfo.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Dirty", "Writeback"):
+            parts = value.split()
+            total += int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+    return total
+
+
+def flush_writes(quiet: bool) -> int:
+    """Write the machine's pending writes to disk before a measurement; return how many bytes were pending.
+
+    The reference server commits every registration with an fsync, so the db
+    station's time is the disk's.  Whatever ran just before (installing
+    packages, copying files) leaves writes that the kernel writes back about
+    30 s later, in the middle of whichever phase runs then; ``os.sync`` lands
+    them first.
+    """
+    try:
+        pending = pending_writes(Path("/proc/meminfo").read_text())
+    except OSError:
+        pending = 0
+    started_at = time.monotonic()
+    os.sync()
+    took = time.monotonic() - started_at
+    if not quiet and (pending >= 16 << 20 or took >= 1.0):
+        print(f"capacity: wrote the machine's pending writes ({pending / 1e6:.0f} MB) to disk before measuring, {took:.1f}s", file=sys.stderr)
+    return pending
+
+
+def raw_scenario(scenario: Scenario) -> dict[str, Any]:
+    """The scenario file's YAML data as written (the base of the level scenarios)."""
+    if scenario.path is None:
+        raise RunFailed(f"scenario {scenario.name!r} was not read from a file, so its level scenarios cannot be written")
+    data = yaml.safe_load(Path(scenario.path).read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def level_file(raw: dict[str, Any], name: str, rate: float, duration: float, run_dir: Path, everyone: bool = False, compress: float | None = None) -> Path:
+    """Write the scenario of one steady level (:func:`models.calibrate.steady_scenario`) to ``run_dir/scenario.yaml``."""
+    from models.calibrate import steady_scenario
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "scenario.yaml"
+    path.write_text(yaml.safe_dump(steady_scenario(raw, name, rate, duration, compress=compress, everyone=everyone), sort_keys=False))
+    return path
+
+
+def warm(scrapes: Path, duration: float, before: Snapshot | None, after: Snapshot | None) -> tuple[Snapshot | None, Snapshot | None]:
+    """A processor phase's scrapes from :data:`CPU_WARMUP` of the run to its end, when the run kept them."""
+    try:
+        snaps = [Snapshot.from_dict(d) for d in json.loads(scrapes.read_text())]
+    except (OSError, ValueError, KeyError, TypeError):
+        return before, after
+    kept = [snap for snap in snaps if snap.at >= CPU_WARMUP * duration - 1e-6]
+    if len(kept) < 2 or kept[-1].at - kept[0].at < duration / 2:
+        return before, after
+    return kept[0], kept[-1]
+
+
+class Lab:
+    """The measured levels of one command, against ``host`` or a fresh reference server per level.
+
+    A fresh server runs pinned to one CPU and its registry and Locust to the
+    other.  Its database stays in the level's directory; the photos the
+    registrants uploaded (filler bytes, about 750 MB a minute at 0.9 of the
+    Prakerja saturation rate) are removed when the lab closes, so that no level
+    is measured while a gigabyte is being deleted.
+    """
+
+    def __init__(self, host: str | None, quiet: bool):
+        self.host = host
+        self.quiet = quiet
+        self.uploads: list[Path] = []
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        while self.uploads:
+            shutil.rmtree(self.uploads.pop(), ignore_errors=True)
+
+    def measure(self, scenario_file: Path, run_dir: Path, idle: float = 0.0) -> Measurement:
+        """One steady level (the scenario in ``scenario_file``, for its whole horizon).
+
+        With ``idle`` seconds, the server is first watched idle for that long:
+        ``before.idle_cpu`` is its CPU use with no load.  The machine's pending
+        writes go to disk first (:func:`flush_writes`).
+        """
+        from locustfiles.launch import LoadRun, LoadTestError, run_locust
+        from models.calibrate import snapshot
+        from models.loader import load_scenario
+        from refserver.serve import scrape, started
+
+        scenario = load_scenario(scenario_file)
+        duration = scenario.horizon
+        server_cpu, load_cpu = cpus()
+        flush_writes(self.quiet)
+        with contextlib.ExitStack() as stack:
+            try:
+                target = self.host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server", cpu=server_cpu, registry_cpu=load_cpu))
+            except (OSError, RuntimeError) as exc:
+                raise RunFailed(f"the reference server did not start: {exc}") from None
+
+            def snap() -> Snapshot | None:
+                try:
+                    found = snapshot(scrape(target), time.monotonic())
+                except OSError:
+                    return None
+                return found if found.has_stations else None
+
+            before = snap()
+            if idle > 0 and before is not None and before.cpu_seconds is not None:
+                time.sleep(idle)  # the measurement itself: the server's CPU use over this much idle time
+                quiet_end = snap()
+                if quiet_end is not None and quiet_end.cpu_seconds is not None:
+                    quiet_end.idle_cpu = max(0.0, (quiet_end.cpu_seconds - before.cpu_seconds) / (quiet_end.at - before.at))
+                    before = quiet_end
+            run = LoadRun(scenario_file, target, duration, run_dir, pool_size(scenario, duration), quiet=self.quiet, metrics=before is not None, cpu=load_cpu)
+            try:
+                measured, interrupted = run_locust(run)
+            except LoadTestError as exc:
+                raise RunFailed(f"the load run in {run_dir} failed: {exc}") from None
+            after = snap()
+        if self.host is None:
+            self.uploads.append(run_dir / "server" / "photos")
+        if interrupted:
+            raise KeyboardInterrupt
+        return Measurement(scenario, measured, before, after)

@@ -1,0 +1,63 @@
+"""What a command sends load to: the loopback rule, the reference server's configuration, the user pool, the CPUs."""
+
+from __future__ import annotations
+
+import os
+
+from contracts import is_loopback_url
+from models.scenario import REGISTRY, Scenario
+from workflows import BadInput
+
+__all__ = ["refuse_remote", "server_config", "pool_size", "cpus"]
+
+
+def refuse_remote(host: str | None, allow_remote: bool) -> None:
+    """Raise :class:`BadInput` when ``host`` lies outside loopback and ``--allow-remote`` was not given."""
+    if host and not is_loopback_url(host) and not allow_remote:
+        raise BadInput(f"refusing to send load to {host}: only loopback targets unless --allow-remote is given")
+
+
+def server_config(scenario: Scenario, test_mode: bool = False) -> dict[str, object]:
+    """The reference server's plain configuration (``refserver.config.ServerConfig``) for a scenario's system."""
+    sysd = scenario.system
+    stations = {
+        name: {"servers": st.servers, "queue": st.queue, "service": {rt: dist.model_dump(by_alias=True) for rt, dist in st.service.items()}}
+        for name, st in sysd.stations.items()
+    }
+    routes = {step.request_type: [n for n in step.stations if n != REGISTRY] for step in scenario.journey}
+    cfg: dict[str, object] = {"stations": stations, "routes": routes, "test_mode": test_mode, "seed": scenario.seed}
+    if sysd.registry is not None:
+        r = sysd.registry
+        cfg["registry"] = {
+            "concurrency": r.concurrency,
+            "queue": r.queue,
+            "latency": r.latency.model_dump(by_alias=True),
+            "timeout": r.timeout,
+            "rate_limit": r.rate_limit,
+            "burst": r.burst,
+            "daily_quota": r.daily_quota,
+            "mismatch": r.mismatch,
+        }
+    if sysd.email is not None:
+        cfg["email_rate"] = sysd.email.rate
+    if sysd.batch is not None:
+        cfg["batch_quota"] = sysd.batch.quota
+    return cfg
+
+
+def pool_size(scenario: Scenario, duration: float) -> int:
+    """Users enough for the open model: peak arrival rate x expected journey length, with room."""
+    import numpy as np
+
+    from models.arrivals import rate_at
+
+    start = scenario.window[0]
+    grid = np.linspace(start, start + duration, 200)
+    peak = float(rate_at(scenario.arrivals, grid, scenario.horizon).max()) * scenario.run.scale
+    journey = sum(step.think.mean / scenario.run.compress + 2.0 for step in scenario.journey)
+    return int(min(5000, max(20, peak * journey * 1.5 + 10)))
+
+
+def cpus() -> tuple[int | None, int | None]:
+    """CPUs for the server and the load generator: apart when the machine has two or more."""
+    return (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)

@@ -1,0 +1,260 @@
+"""``capacity validate``: the calibrated model against load tests at several load levels.
+
+For each level (a fraction of the model's saturation rate) a fresh reference
+server is measured, the model runs the same level, and :func:`models.compare.compare`
+judges them; the report goes to ``validation.html`` and ``validation.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.bottleneck import Limit
+from models.overlay import Calibration
+from models.scenario import CpuReference, Scenario
+from models.units import format_duration
+from reports.validation import Knee, Level, Speed
+from workflows.calibrate import NoMetrics, calibrate
+from workflows.measure import Lab, Measurement, level_file, raw_scenario, warm
+from workflows.output import say
+
+__all__ = ["ValidateOptions", "LevelRun", "validate", "judge_level", "level_processor", "reference_speed"]
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """How ``capacity validate`` runs (its command-line options, checked)."""
+
+    levels: list[float]
+    duration: float
+    calibration: Calibration | None  # None: calibrate first
+    processor: str = "calibrated"  # or "level": each level's own CPU time per request (operational validation)
+    speed_reference: str = "bracket"  # or "none"
+    replications: int = 5
+    diagnose: bool = True
+    host: str | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class LevelRun:
+    """One measured level: its fraction of the saturation rate, rate, scenario file, directory and measurement."""
+
+    fraction: float
+    rate: float
+    file: Path
+    dir: Path
+    measurement: Measurement
+
+
+def level_processor(calibration: Calibration, measurement: Measurement) -> Calibration:
+    """The calibration with the processor's CPU time per request as measured over this level (``--processor level``).
+
+    Everything else stays calibrated.  The work is measured at this level's own
+    load, so the speedup law has nothing left to do.  The calibration comes back
+    unchanged (the same object) when the level has no CPU accounting or the
+    calibration no processor.
+    """
+    from models.calibrate import cpu_estimates
+
+    cpu, before, after = calibration.cpu, measurement.before, measurement.after
+    busy = measurement.cpu_utilization
+    if cpu is None or before is None or after is None or busy is None:
+        return calibration
+    measured = cpu_estimates(before, after, measurement.scenario.request_types, float(cpu.get("background", 0.0)))
+    if not measured:
+        return calibration
+    at = round(min(max(busy, 0.0), 1.0), 3)
+    work = {**cpu.get("work", {}), **{rt: est.as_work() for rt, est in measured.items()}}
+    return calibration.with_cpu({**cpu, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
+
+
+def judge_level(run: LevelRun, calibration: Calibration, processor: str, replications: int, diagnose: bool = True, quiet: bool = True, speed: Speed | None = None) -> Level:
+    """Run the model on one measured level and compare; the model's runs are saved under ``run.dir / "model"``.
+
+    ``processor`` "calibrated" takes the server's CPU time per request from the
+    calibration and, with ``diagnose``, runs the model once more given the
+    level's own (``Level.given_cpu``); "level" takes the level's own outright,
+    and the cpu station's utilization is then an input.  With ``speed`` (the
+    machine's speed around the level, from the reference runs), the calibrated
+    processor's CPU times are scaled by its factor first.
+    """
+    from models.calibrate import scaled_processor
+    from models.compare import CPU_SUBJECT, compare
+    from models.results import save
+    from models.simulate import simulate
+
+    tol = run.measurement.scenario.validation.tolerances
+    measured = run.measurement.result
+    overload = run.fraction > 1.0
+    run.dir.mkdir(parents=True, exist_ok=True)
+    used, inputs = calibration, frozenset[str]()
+    if processor == "calibrated" and speed is not None and calibration.cpu is not None:
+        used = calibration.with_cpu(scaled_processor(calibration.cpu, speed.factor))
+    if processor == "level":
+        used = level_processor(calibration, run.measurement)
+        if used is calibration:
+            say("validate", f"level {run.fraction:g}: no CPU accounting in this level, so the calibrated processor stays", quiet)
+        else:
+            inputs = frozenset({CPU_SUBJECT})
+    if used is not calibration and used.cpu is not None:
+        (run.dir / "processor.yaml").write_text(yaml.safe_dump(used.cpu, sort_keys=False))
+    models = simulate(used.apply(run.file), replications=replications)
+    for r, m in enumerate(models):
+        save(m, run.dir / "model" / f"rep-{r:03d}")
+    lv = Level(run.fraction, run.rate, models, measured, compare(models, measured, tol, overload=overload, inputs=inputs), speed=speed)
+    if processor == "calibrated" and diagnose:
+        # the same level once more with the model given the CPU time per request measured in it: whether a
+        # miss is the processor's speed having moved since calibration or the model's structure
+        given = level_processor(calibration, run.measurement)
+        if given is not calibration:
+            again = simulate(given.apply(run.file), replications=replications)
+            lv.given_cpu = compare(again, measured, tol, overload=overload, inputs=frozenset({CPU_SUBJECT}))
+    return lv
+
+
+def reference_speed(raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, lab: Lab) -> float | None:
+    """Run the calibration's processor phase again on a fresh server; the machine's speed now against calibration.
+
+    ``reference`` is that phase (its load, length and think times, from the
+    calibration's ``system.cpu.reference``); its first quarter is left out, as
+    calibration left it out.  The answer is :func:`models.calibrate.speed_index`
+    of what it measured against the calibrated CPU work (1.1: the same requests
+    cost 10 % more CPU time than when calibrated); None when the run measured no
+    CPU accounting.
+    """
+    from models.calibrate import cpu_estimates, speed_index
+
+    cpu = calibration.cpu or {}
+    path = level_file(raw, f"{scenario.name}-speed-reference", reference.rate, reference.duration, run_dir, compress=reference.compress)
+    done = lab.measure(path, run_dir)
+    before, after = warm(run_dir / "scrapes.json", reference.duration, done.before, done.after)
+    if before is None or after is None:
+        return None
+    return speed_index(cpu.get("work", {}), cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0))))
+
+
+def _speed_run(raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, when: str, lab: Lab) -> float | None:
+    """:func:`reference_speed` with its progress line and its result printed."""
+    say("validate", f"speed reference {when}: the calibration's processor phase again ({reference.rate:.4g} arrivals/s for {format_duration(reference.duration)})", lab.quiet)
+    found = reference_speed(raw, scenario, calibration, reference, run_dir, lab)
+    say(
+        "validate",
+        f"speed reference {when}: "
+        + (f"the same requests took {found:.3f} x calibration's CPU time" if found is not None else "no CPU accounting measured; the level around it keeps the other reference"),
+        lab.quiet,
+    )
+    return found
+
+
+def _calibration(scenario: Scenario, opts: ValidateOptions, run_dir: Path, lab: Lab) -> tuple[Calibration, bool]:
+    """The calibration the levels use, and whether it was measured just now."""
+    if opts.calibration is not None:
+        return opts.calibration, False
+    try:
+        # twice a level's length: every level's model rests on these estimates, and their noise is the model's
+        found = calibrate(scenario, run_dir / "calibration", min(2 * opts.duration, 300.0), lab)
+    except NoMetrics as exc:
+        say("validate", f"calibration skipped: {exc}")
+        return Calibration(), False
+    if not opts.quiet:
+        print(found.text, file=sys.stderr)
+    return found.calibration, True
+
+
+def _bracket(opts: ValidateOptions, calibration: Calibration, reference: CpuReference | None) -> bool:
+    """Whether each level is bracketed by speed-reference runs, saying why not when it was asked for and cannot be."""
+    if opts.processor != "calibrated" or opts.speed_reference != "bracket" or calibration.cpu is None:
+        return False
+    if reference is None:
+        say("validate", "the calibration overlay records no processor phase (system.cpu.reference), so there is no speed reference: the calibrated processor is used as it is", opts.quiet)
+        return False
+    if opts.host is not None:
+        say("validate", "no speed reference with --host (it needs fresh reference servers): the calibrated processor is used as it is", opts.quiet)
+        return False
+    return True
+
+
+def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
+    """Calibrate (unless given a calibration), measure and judge every level, write the report; True when every check passed."""
+    from models.bottleneck import level_duration, saturation
+    from reports.validation import verdict_table, write_report
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    raw = raw_scenario(scenario)
+    with Lab(opts.host, opts.quiet) as lab:
+        calibration, calibrated_now = _calibration(scenario, opts, run_dir, lab)
+        calibrated = calibration.on(scenario)
+        knee = saturation(calibrated)
+        reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None else None
+        bracket = _bracket(opts, calibration, reference)
+        speed_before: float | None = None
+        if bracket and reference is not None:
+            # after a calibration just now, its processor phase (the reference load itself) ran just before the first level
+            speed_before = 1.0 if calibrated_now else _speed_run(raw, scenario, calibration, reference, run_dir / "speed-reference-0", "before the first level", lab)
+        done: list[Level] = []
+        durations: list[float] = []
+        for i, f in enumerate(opts.levels):
+            rate = f * knee.rate
+            ldir = run_dir / f"level-{f:g}"
+            lasts = level_duration(calibrated, rate, opts.duration, scenario.validation.samples, 4 * opts.duration)
+            durations.append(lasts)
+            longer = f" (so that every request type can reach {scenario.validation.samples} requests)" if lasts > opts.duration else ""
+            say("validate", f"level {f:g}: {rate:.4g} arrivals/s for {format_duration(lasts)}{longer}", opts.quiet)
+            path = level_file(raw, f"{scenario.name}-level-{f:g}", rate, lasts, ldir)
+            measurement = lab.measure(path, ldir)
+            if (cpu := measurement.cpu_utilization) is not None:
+                measurement.result.meta["server_cpu_utilization"] = cpu
+            speed = None
+            if bracket and reference is not None:
+                speed_after = _speed_run(raw, scenario, calibration, reference, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", lab)
+                speed, speed_before = Speed(speed_before, speed_after), speed_after
+            lv = judge_level(LevelRun(f, rate, path, ldir, measurement), calibration, opts.processor, opts.replications, diagnose=opts.diagnose, quiet=opts.quiet, speed=speed)
+            done.append(lv)
+            print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
+            print(verdict_table(lv.checks, judged_only=True))
+            if (why := lv.diagnosis()) is not None:
+                print(f"processor: {why}")
+    knee_check = _knee(calibrated, knee, done, durations, opts.levels)
+    meta = {
+        "scenario_file": scenario.path,
+        "levels": opts.levels,
+        "duration_per_level": durations,
+        "samples": scenario.validation.samples,
+        "replications": opts.replications,
+        "calibration": calibration.source,
+        "processor": "the CPU time per request measured in each level (operational validation)" if opts.processor == "level" else "calibrated",
+        "speed_reference": (
+            f"bracket: the calibration's processor phase ({reference.rate:.4g} arrivals/s for {reference.duration:g}s) run again on a fresh server "
+            "after every level (and before the first, unless calibrated just before); each level's calibrated CPU times scaled by the mean of the two around it"
+            if bracket and reference is not None
+            else "none"
+        ),
+        "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
+        "tolerances": scenario.validation.tolerances.model_dump(),
+        "host": opts.host or "a fresh reference server per level",
+    }
+    html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta)
+    print(f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} {knee_check.request}/s; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}")
+    print(f"validation report: {html_path} and {json_path}")
+    failed = [lv.fraction for lv in done if not lv.passed]
+    if failed or knee_check.verdict == "fail":
+        say("validate", f"FAILED at level(s) {', '.join(f'{x:g}' for x in failed) or '-'}{'; knee check failed' if knee_check.verdict == 'fail' else ''}")
+        return False
+    print("capacity validate: every check passed")
+    return True
+
+
+def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[float], levels: list[float]) -> Knee:
+    """The bottleneck's request type at saturation against the highest measured throughput."""
+    from models.bottleneck import busiest_step
+
+    i_top, visits_top = busiest_step(calibrated, knee)
+    rt = calibrated.journey[i_top].request_type
+    served = [(sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / lasts for lv, lasts in zip(done, durations, strict=True)]
+    return Knee(knee.resource, rt, knee.rate, knee.rate * visits_top, max(served), max(levels) >= 1.0, calibrated.validation.tolerances.throughput)
