@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-server clean
+.PHONY: demo test test-quick lint bench bench-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# everything but the tests that start servers, Locust or a full-day run (marked slow): under a minute
+test-quick: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy models reports refserver capacity_cli.py
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy models reports refserver locustfiles workflows capacity_cli.py contracts.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py

@@ -106,7 +106,9 @@ def cmd_simulate(args: argparse.Namespace, scenario: Scenario) -> int:
     if args.replications < 1:
         raise BadInput("--replications must be at least 1")
     scenario = _slice(scenario, args.scale, args.window)
-    done = run_simulation(scenario, run_dir(args.out, scenario.name), args.replications, args.seed, args.quiet, calibration=args.calibration)
+    done = run_simulation(
+        scenario, run_dir(args.out, scenario.name), args.replications, args.seed, args.quiet, calibration=args.calibration
+    )
     print(done.text)
     print(f"\nsimulated in {done.wall:.1f}s; results in {done.run_dir}/ (summary.md, summary.json, rep-*/result.json and CSV)")
     return EXIT_OK
@@ -138,8 +140,17 @@ def cmd_loadtest(args: argparse.Namespace, scenario: Scenario) -> int:
     window = scenario.window[1] - scenario.window[0]
     role = "master" if args.master else "worker" if args.worker else "local"
     opts = LoadtestOptions(
-        _duration(args.duration, window, low=1e-9, high=window), args.users, args.workers, role, args.master_host,
-        args.master_bind_host, args.master_port, args.worker_index, args.host, args.seed, args.quiet,
+        _duration(args.duration, window, low=1e-9, high=window),
+        args.users,
+        args.workers,
+        role,
+        args.master_host,
+        args.master_bind_host,
+        args.master_port,
+        args.worker_index,
+        args.host,
+        args.seed,
+        args.quiet,
     )
     opts.check(window)
     out = run_dir(args.out, f"loadtest-{scenario.name}")
@@ -204,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("simulate", help="run the SimPy model of a scenario and summarize it")
     _common(p, "")
-    p.add_argument("--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: the configured service times)")
+    p.add_argument(
+        "--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: the configured service times)"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
     p.add_argument("--replications", "-r", type=int, default=1, help="independent replications (default 1)")
     p.add_argument("--scale", default=None, help="share of arrivals kept, e.g. 0.1 or 10%% (overrides run.scale)")
@@ -221,30 +234,55 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "loadtest-", "target URL (default: start the reference server for the scenario)")
     p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
     p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
-    p.add_argument("--workers", type=int, default=1, help="Locust worker processes (distributed mode); with --master or --worker: the number of workers in all")
-    p.add_argument("--master", action="store_true", help="run only the master and wait for --workers workers started elsewhere (capacity loadtest ... --worker)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Locust worker processes (distributed mode); with --master or --worker: the number of workers in all",
+    )
+    p.add_argument(
+        "--master",
+        action="store_true",
+        help="run only the master and wait for --workers workers started elsewhere (capacity loadtest ... --worker)",
+    )
     p.add_argument("--master-bind-host", default="127.0.0.1", help="with --master: the address workers connect to (default loopback)")
     p.add_argument("--master-port", type=int, default=5557, help="the master's port (default 5557)")
     p.add_argument("--worker", action="store_true", help="run one worker for a master started with --master (on this or another machine)")
     p.add_argument("--master-host", default=None, help="with --worker: the master's address")
-    p.add_argument("--worker-index", type=int, default=0, help="with --worker: this worker's index K in 0..N-1; it takes every arrival whose index is K mod N")
+    p.add_argument(
+        "--worker-index",
+        type=int,
+        default=0,
+        help="with --worker: this worker's index K in 0..N-1; it takes every arrival whose index is K mod N",
+    )
     p.add_argument("--seed", type=int, default=None, help="arrival seed (default: the scenario's)")
     p = sub.add_parser("calibrate", help="measure service demands at low load (D = U / X) and write a calibration overlay")
     _common(p, "calibrate-", "target URL with surgecap station metrics (default: a fresh reference server)")
     p.add_argument("--duration", default=None, help="length of the low-load run (default 120s)")
     p = sub.add_parser("validate", help="check the model against load tests at several load levels (HTML + JSON report)")
     _common(p, "validate-", "validate against this server instead of fresh reference servers")
-    p.add_argument("--levels", default=None, help="fractions of the saturation rate, e.g. 0.3,0.6,0.9,1.1 (default: the scenario's validation.levels)")
+    p.add_argument(
+        "--levels", default=None, help="fractions of the saturation rate, e.g. 0.3,0.6,0.9,1.1 (default: the scenario's validation.levels)"
+    )
     p.add_argument("--duration", default=None, help="measured time per level (default: the scenario's validation.duration)")
     p.add_argument("--calibration", default=None, help="a calibration overlay to use, or 'none' (default: calibrate first)")
     p.add_argument(
-        "--processor", choices=["calibrated", "level"], default="calibrated",
-        help="the server's CPU time per request in the model: from calibration (default), or measured in each level itself (operational validation; "
+        "--processor",
+        choices=["calibrated", "level"],
+        default="calibrated",
+        help="the server's CPU time per request in the model: from calibration (default), or measured in each level itself "
+        "(operational validation; "
         "the cpu station's utilization is then an input, shown but not judged)",
     )
-    p.add_argument("--no-diagnosis", action="store_true", help="with the calibrated processor, skip the model's second run per level given the level's own CPU time")
     p.add_argument(
-        "--speed-reference", choices=["bracket", "none"], default="bracket",
+        "--no-diagnosis",
+        action="store_true",
+        help="with the calibrated processor, skip the model's second run per level given the level's own CPU time",
+    )
+    p.add_argument(
+        "--speed-reference",
+        choices=["bracket", "none"],
+        default="bracket",
         help="with the calibrated processor: rerun the calibration's processor phase after every level and scale each level's CPU times "
         "by the machine's speed measured just before and after it (default bracket; none: as calibrated)",
     )
@@ -258,7 +296,13 @@ def _terminated(_signum: int, _frame: object) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"simulate": cmd_simulate, "serve": cmd_serve, "loadtest": cmd_loadtest, "calibrate": cmd_calibrate, "validate": cmd_validate}[args.command]
+    command = {
+        "simulate": cmd_simulate,
+        "serve": cmd_serve,
+        "loadtest": cmd_loadtest,
+        "calibrate": cmd_calibrate,
+        "validate": cmd_validate,
+    }[args.command]
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(command(args, _scenario(args)))

@@ -31,10 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workflows.target import pool_size as _pool_size, server_config  # noqa: E402
+
 from models.loader import load_scenario  # noqa: E402
 from models.results import load  # noqa: E402
 from refserver.serve import free_port, wait_ready  # noqa: E402
+from workflows.target import pool_size, server_config  # noqa: E402
 
 PEAK = ROOT / "scenarios" / "peak-register.yaml"
 
@@ -52,9 +53,30 @@ def run_locust(locustfile: Path, host: str, users: int, seconds: float, env: dic
     second with requests to the last.
     """
     cmd = [
-        "taskset", "-c", "1", sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", host,
-        "-u", str(users), "-r", str(users), "--run-time", f"{int(seconds)}s", "--stop-timeout", "3", "--only-summary",
-        "--csv", str(csv), "--loglevel", "ERROR",
+        "taskset",
+        "-c",
+        "1",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "--run-time",
+        f"{int(seconds)}s",
+        "--stop-timeout",
+        "3",
+        "--only-summary",
+        "--csv",
+        str(csv),
+        "--loglevel",
+        "ERROR",
     ]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples: list[tuple[float, float]] = []
@@ -88,7 +110,20 @@ def main() -> None:
         (data / "server.json").write_text(json.dumps(server_config(scenario, test_mode=True)))
         port = free_port()
         server = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "refserver.serve", "--config", str(data / "server.json"), "--port", str(port), "--data-dir", str(data)],
+            [
+                "taskset",
+                "-c",
+                "0",
+                sys.executable,
+                "-m",
+                "refserver.serve",
+                "--config",
+                str(data / "server.json"),
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data),
+            ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
@@ -104,15 +139,28 @@ def main() -> None:
                 cpu, n = run_locust(ROOT / "benchmarks" / "bare_locustfile.py", host, 100, args.cost_seconds, {}, Path(tmp) / f"bare{k}")
                 bare_cpu, bare_n = bare_cpu + cpu, bare_n + n
                 out1 = Path(tmp) / f"cost-run{k}"
-                env = {"SURGECAP_SCENARIO": str(cost_scn), "SURGECAP_DURATION": str(args.cost_seconds), "SURGECAP_OUT": str(out1), "SURGECAP_PROGRESS": "0"}
+                env = {
+                    "SURGECAP_SCENARIO": str(cost_scn),
+                    "SURGECAP_DURATION": str(args.cost_seconds),
+                    "SURGECAP_OUT": str(out1),
+                    "SURGECAP_PROGRESS": "0",
+                }
                 cpu, n = run_locust(ROOT / "locustfiles" / "registrant.py", host, 300, args.cost_seconds + 2, env, Path(tmp) / f"reg{k}")
                 reg_cpu, reg_n = reg_cpu + cpu, reg_n + n
-                print(f"  round {k + 1}: bare {bare_cpu / bare_n * 1e6:.0f} µs, registrant {reg_cpu / reg_n * 1e6:.0f} µs per request so far", flush=True)
+                print(
+                    f"  round {k + 1}: bare {bare_cpu / bare_n * 1e6:.0f} µs, registrant {reg_cpu / reg_n * 1e6:.0f} µs per request so far",
+                    flush=True,
+                )
             # 2. the peak at 1:1
             out2 = Path(tmp) / "peak-run"
-            env = {"SURGECAP_SCENARIO": str(PEAK), "SURGECAP_DURATION": str(args.seconds), "SURGECAP_OUT": str(out2), "SURGECAP_PROGRESS": "0"}
+            env = {
+                "SURGECAP_SCENARIO": str(PEAK),
+                "SURGECAP_DURATION": str(args.seconds),
+                "SURGECAP_OUT": str(out2),
+                "SURGECAP_PROGRESS": "0",
+            }
             before = sqlite3.connect(data / "refserver.sqlite").execute("SELECT count(*) FROM registrants").fetchone()[0]
-            users = _pool_size(scenario, args.seconds)  # as capacity loadtest sizes its pool
+            users = pool_size(scenario, args.seconds)  # as capacity loadtest sizes its pool
             run_locust(ROOT / "locustfiles" / "registrant.py", host, users, args.seconds + 3, env, Path(tmp) / "peak")
             stats = (Path(tmp) / "peak_stats.csv").read_text().splitlines()
             reg = next(line for line in stats if ",register," in line).split(",")
@@ -126,14 +174,28 @@ def main() -> None:
         peak = load(out2)
     per_bare, per_reg = bare_cpu / bare_n, reg_cpu / reg_n
     print("Locust pinned to CPU 1, reference server to CPU 0")
-    print(f"  bare FastHttpUser GET loop: {bare_n:,.0f} requests, {bare_cpu:.1f} CPU s = {per_bare * 1e6:.0f} µs/request -> {1 / per_bare:,.0f} requests/s per process")
-    print(f"  registrant user (register): {reg_n:,.0f} requests, {reg_cpu:.1f} CPU s = {per_reg * 1e6:.0f} µs/request -> {1 / per_reg:,.0f} requests/s per process")
+    print(
+        f"  bare FastHttpUser GET loop: {bare_n:,.0f} requests, {bare_cpu:.1f} CPU s = {per_bare * 1e6:.0f} µs/request -> "
+        f"{1 / per_bare:,.0f} requests/s per process"
+    )
+    print(
+        f"  registrant user (register): {reg_n:,.0f} requests, {reg_cpu:.1f} CPU s = {per_reg * 1e6:.0f} µs/request -> "
+        f"{1 / per_reg:,.0f} requests/s per process"
+    )
     print(f"  ratio registrant/bare: {per_bare / per_reg:.0%}   (target >= 80 %)")
     m = peak.meta
     created = sum(sum(r.ok) for r in peak.requests.values())
-    print(f"Peak replay, {args.seconds:g} s at 1,333/s, a pool of {users:,} users: {m['arrivals_started']:,} of {m['arrivals_planned']:,} arrivals started, {m['arrivals_dropped']:,} dropped")
-    print(f"  started within 100 ms of their time: {m['share_on_time_100ms']:.2%} (target >= 99 %), latest {m['max_lateness'] * 1000:.0f} ms")
-    print(f"  201 answers {answered_201:,} (of which sent within the window {created:,}); rows added to the database {rows:,} ({'equal' if answered_201 == rows else 'DIFFERENT'})")
+    print(
+        f"Peak replay, {args.seconds:g} s at 1,333/s, a pool of {users:,} users: {m['arrivals_started']:,} of "
+        f"{m['arrivals_planned']:,} arrivals started, {m['arrivals_dropped']:,} dropped"
+    )
+    print(
+        f"  started within 100 ms of their time: {m['share_on_time_100ms']:.2%} (target >= 99 %), latest {m['max_lateness'] * 1000:.0f} ms"
+    )
+    print(
+        f"  201 answers {answered_201:,} (of which sent within the window {created:,}); rows added to the database {rows:,} "
+        f"({'equal' if answered_201 == rows else 'DIFFERENT'})"
+    )
     print(f"  Locust counted {sent:,} register requests, {failed:,} failed" + "".join(f"\n    {line}" for line in failures))
 
 

@@ -63,7 +63,9 @@ def segment_store(folder: Path) -> tuple[Callable[[int], None], Callable[[], Non
     return lambda _k: store.put(PHOTO) and None, store.close
 
 
-def run_round(make: Callable[[Path], tuple[Callable[[int], None], Callable[[], None]]], folder: Path, rate: float, seconds: float, threads: int) -> tuple[float, int]:
+def run_round(
+    make: Callable[[Path], tuple[Callable[[int], None], Callable[[], None]]], folder: Path, rate: float, seconds: float, threads: int
+) -> tuple[float, int]:
     """CPU seconds per photo over one round, and the photos written."""
     folder.mkdir(parents=True)
     put, close = make(folder)
@@ -101,7 +103,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each round")
-    ap.add_argument("--rate", type=float, default=57.0, help="photos a second (57: the upload rate at 0.9 of the Prakerja validation's saturation)")
+    ap.add_argument(
+        "--rate", type=float, default=57.0, help="photos a second (57: the upload rate at 0.9 of the Prakerja validation's saturation)"
+    )
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory under the project)")
     args = ap.parse_args()

@@ -74,7 +74,20 @@ def main() -> None:
         cfg_path.write_text(json.dumps(CONFIG))
         port = free_port()
         proc = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", str(port), "--data-dir", tmp],
+            [
+                "taskset",
+                "-c",
+                "0",
+                sys.executable,
+                "-m",
+                "refserver.serve",
+                "--config",
+                str(cfg_path),
+                "--port",
+                str(port),
+                "--data-dir",
+                tmp,
+            ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
@@ -88,7 +101,10 @@ def main() -> None:
             proc.wait(timeout=30)
         rows = sqlite3.connect(Path(tmp) / "refserver.sqlite").execute("SELECT count(*) FROM registrants").fetchone()[0]
     print(f"server pinned to CPU 0, wrk to CPU 1, {args.connections} connections, {args.seconds}s each")
-    print(f"  /healthz:          {health['rps']:>8,.0f} req/s   p50 {health['p50']:.1f} ms  p90 {health['p90']:.1f} ms  p99 {health['p99']:.1f} ms")
+    print(
+        f"  /healthz:          {health['rps']:>8,.0f} req/s   p50 {health['p50']:.1f} ms  p90 {health['p90']:.1f} ms  p99 "
+        f"{health['p99']:.1f} ms"
+    )
     print(f"  /api/register:     {reg['rps']:>8,.0f} req/s   p50 {reg['p50']:.1f} ms  p90 {reg['p90']:.1f} ms  p99 {reg['p99']:.1f} ms")
     print(f"  ratio register/healthz: {reg['rps'] / health['rps']:.2f}")
     extra = rows - int(reg["created"])

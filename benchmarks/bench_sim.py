@@ -87,7 +87,10 @@ def main() -> None:
     print("Full-scale Prakerja launch, one replication (child process)")
     out = subprocess.run([sys.executable, __file__, "--full-child"], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {res['registrants']:,} registrants simulated in {res['wall']:.1f}s (target <= 120 s), peak RSS {res['peak_mb']:,.0f} MB (target <= 2048 MB)")
+    print(
+        f"  {res['registrants']:,} registrants simulated in {res['wall']:.1f}s (target <= 120 s), peak RSS {res['peak_mb']:,.0f} MB "
+        f"(target <= 2048 MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,21 @@ def main() -> int:
         cfg_path, port_file = Path(tmp) / "config.json", Path(tmp) / "registry-port"
         cfg_path.write_text(json.dumps(CONFIG))
         registry = subprocess.Popen(
-            ["taskset", "-c", "1", sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--registry-port", "0",
-             "--port-file", str(port_file), "--registry-only"],
+            [
+                "taskset",
+                "-c",
+                "1",
+                sys.executable,
+                "-m",
+                "refserver.serve",
+                "--config",
+                str(cfg_path),
+                "--registry-port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--registry-only",
+            ],
             cwd=ROOT,
         )
         try:
@@ -103,7 +116,10 @@ def main() -> int:
             stop(registry, 10.0)
     base = statistics.median(c for c, _ in seen["httpx"])
     ours = statistics.median(c for c, _ in seen["upstream"])
-    print(f"median CPU per call: httpx {base:.3f} ms, HttpUpstream {ours:.3f} ms; HttpUpstream costs {ours / base:.1%} of httpx ({base / ours:.1f}x less)")
+    print(
+        f"median CPU per call: httpx {base:.3f} ms, HttpUpstream {ours:.3f} ms; HttpUpstream costs {ours / base:.1%} of httpx "
+        f"({base / ours:.1f}x less)"
+    )
     return 0
 
 

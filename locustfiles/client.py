@@ -33,7 +33,9 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 TRANSPORT_ERRORS = (OSError, gevent.Timeout, HTTPConnectionClosed, HTTPParseError)  # socket timeouts are OSErrors
 JSON_HEADERS = {"Content-Type": "application/json"}
 USER_AGENT = "surgecap-loadtest"
-RETRIED = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # idempotent: sent again once when a kept-alive connection turns out closed
+RETRIED = frozenset(
+    {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+)  # idempotent: sent again once when a kept-alive connection turns out closed
 SENT_BROKEN = (errno.ECONNRESET, errno.EPIPE)  # the server closed while the request went out: its answer may still be there
 
 
@@ -61,11 +63,15 @@ class Client:
 
     def __init__(self, host: str, fire: Any, connections: int, connection_timeout: float, network_timeout: float) -> None:
         self.fire = fire  # Locust's events.request.fire
-        self.http = HTTPClient.from_url(host, concurrency=connections, connection_timeout=connection_timeout, network_timeout=network_timeout)
+        self.http = HTTPClient.from_url(
+            host, concurrency=connections, connection_timeout=connection_timeout, network_timeout=network_timeout
+        )
         self.pool = self.http._connection_pool
         self.prefix = urlsplit(host).path.rstrip("/")  # a target under a base path, as Locust's --host allows
         netloc = self.http.host if ":" not in self.http.host else f"[{self.http.host}]"  # an IPv6 literal goes in brackets
-        self.host_line = f"Host: {netloc}" + (f":{self.http.port}" if self.http.port not in (80, 443) else "") + f"\r\nUser-Agent: {USER_AGENT}\r\n"
+        self.host_line = (
+            f"Host: {netloc}" + (f":{self.http.port}" if self.http.port not in (80, 443) else "") + f"\r\nUser-Agent: {USER_AGENT}\r\n"
+        )
 
     def message(self, method: str, path: str, body: bytes, headers: dict[str, str] | None) -> bytes:
         """The request as it goes on the wire: head and body in one buffer, so in one send."""

@@ -81,7 +81,20 @@ def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
 
 
 def _worker_cmd(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host, "--master-port", str(port), "--loglevel", "WARNING"]
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--worker",
+        "--master-host",
+        host,
+        "--master-port",
+        str(port),
+        "--loglevel",
+        "WARNING",
+    ]
 
 
 def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
@@ -98,9 +111,27 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
     env = _env(run)
     deadline = run.duration + GRACE + 60
     cmd = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", run.host,
-        "-u", str(run.users), "-r", str(run.users), "--run-time", f"{int(run.duration + GRACE)}s", "--stop-timeout", "5",
-        "--only-summary", "--csv", str(run.run_dir / "locust"), "--loglevel", "WARNING",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        run.host,
+        "-u",
+        str(run.users),
+        "-r",
+        str(run.users),
+        "--run-time",
+        f"{int(run.duration + GRACE)}s",
+        "--stop-timeout",
+        "5",
+        "--only-summary",
+        "--csv",
+        str(run.run_dir / "locust"),
+        "--loglevel",
+        "WARNING",
     ]
     interrupted = False
     workers: list[subprocess.Popen[bytes]] = []
@@ -120,7 +151,15 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
                     wenv = {**env, "SURGECAP_OUT": str(run.run_dir / f"worker-{k}"), "SURGECAP_WORKER_INDEX": str(k)}
                     wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
                     wenv["SURGECAP_METRICS"] = env["SURGECAP_METRICS"] if k == 0 else "0"
-                    workers.append(subprocess.Popen(_pinned(_worker_cmd("127.0.0.1", port), run.cpu), env=wenv, stderr=log, start_new_session=True, preexec_fn=die_with_parent))
+                    workers.append(
+                        subprocess.Popen(
+                            _pinned(_worker_cmd("127.0.0.1", port), run.cpu),
+                            env=wenv,
+                            stderr=log,
+                            start_new_session=True,
+                            preexec_fn=die_with_parent,
+                        )
+                    )
         # own sessions: a terminal's Ctrl-C reaches this process, which stops them in order; and they stop if it is killed
         locust = subprocess.Popen(_pinned(cmd, run.cpu), env=env, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         try:
@@ -150,5 +189,7 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
     reported = result.meta.get("workers_reported")
     if reported is not None and len(reported) < run.workers:
         missing = sorted(set(range(run.workers)) - set(reported))
-        raise LoadTestError(f"workers {missing} sent no result; the merged result in {run.run_dir} lacks their arrivals; see {run.run_dir}/locust.log")
+        raise LoadTestError(
+            f"workers {missing} sent no result; the merged result in {run.run_dir} lacks their arrivals; see {run.run_dir}/locust.log"
+        )
     return result, interrupted

@@ -14,7 +14,9 @@ __all__ = ["Recorder"]
 class Recorder:
     """Per-interval counts and latency histograms of one run, as the model records them."""
 
-    def __init__(self, scenario_name: str, request_types: list[str], steps: list[str], interval: float, duration: float, start: float = 0.0):
+    def __init__(
+        self, scenario_name: str, request_types: list[str], steps: list[str], interval: float, duration: float, start: float = 0.0
+    ):
         self.interval = interval
         self.n = max(1, math.ceil(duration / interval - 1e-9))
         self.result = RunResult(

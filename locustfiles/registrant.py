@@ -189,7 +189,9 @@ class Registrant(User):
                 self.walk(index, intended)
         raise StopUser
 
-    def call(self, rt: str, step_name: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[str | None, dict[str, Any]]:
+    def call(
+        self, rt: str, step_name: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[str | None, dict[str, Any]]:
         """Send one request of type ``rt``, validate and record it: (why it failed or None, JSON body)."""
         sent = self.now()
         IN_FLIGHT[0] += 1
@@ -251,7 +253,11 @@ class Registrant(User):
                 if reason is None:
                     break
                 retry = step.retry
-                if reason not in retry.retry_on or attempt >= retry.max_attempts or decision(DECISION_SEED, index, give_up_slot(i, attempt)) < retry.give_up:
+                if (
+                    reason not in retry.retry_on
+                    or attempt >= retry.max_attempts
+                    or decision(DECISION_SEED, index, give_up_slot(i, attempt)) < retry.give_up
+                ):
                     RECORDER.step(step.name, "failed", self.now())
                     return
                 rng = rng or random.Random(decision_seed(SEED, index))
@@ -279,7 +285,9 @@ class Registrant(User):
             gevent.sleep(0.1)
         return None
 
-    def send(self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None) -> tuple[str | None, dict[str, Any]]:
+    def send(
+        self, rt: str, name: str, me: dict[str, str], rid: str | None, token: str | None, payload: float | None
+    ) -> tuple[str | None, dict[str, Any]]:
         if rt == "register":
             return self.call(rt, name, "POST", "/api/register", _json(me), JSON_HEADERS)
         if rt == "verify_email":
@@ -289,9 +297,13 @@ class Registrant(User):
             photo = JPEG_HEADER + b"\x00" * max(0, size - len(JPEG_HEADER))
             boundary = "surgecapboundary"
             body = (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="registrant_id"\r\n\r\n{rid}\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="me.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
-            ).encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="registrant_id"\r\n\r\n{rid}\r\n'
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="me.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+                ).encode()
+                + photo
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             return self.call(rt, name, "POST", "/api/photo", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         if rt == "verify_nik":
             return self.call(rt, name, "POST", "/api/verify-nik", _json({"registrant_id": rid or "", "nik": me["nik"]}), JSON_HEADERS)
@@ -360,7 +372,8 @@ def _finish_early(environment: Environment) -> None:
         idle = PACER.done and QUEUE.empty() and IN_FLIGHT[0] == 0
         if idle and ("scraper" not in CLOCK or "scraped" in CLOCK):
             environment.stop_timeout = 0  # nothing is in flight: journeys between requests are stopped at once
-            gevent.spawn(environment.runner.quit)  # not from this greenlet: stopping kills it
+            if environment.runner is not None:
+                gevent.spawn(environment.runner.quit)  # not from this greenlet: stopping kills it
             return
         gevent.sleep(0.1)
 
@@ -419,7 +432,9 @@ RESULT_WAIT = 60.0  # seconds the master waits for the workers' results
 def _init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
-        runner.register_message(RESULT_MESSAGE, lambda environment, msg, **_: PARTS.__setitem__(int(msg.data["worker"]), msg.data["result"]))
+        runner.register_message(
+            RESULT_MESSAGE, lambda environment, msg, **_: PARTS.__setitem__(int(msg.data["worker"]), msg.data["result"])
+        )
     elif isinstance(runner, WorkerRunner):
         runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: gevent.spawn(runner.stop))
 
@@ -484,7 +499,6 @@ def _stop(environment: Environment, **_: Any) -> None:
         environment.runner.send_message(RESULT_MESSAGE, {"worker": WORKER_INDEX, "result": result.to_dict()})
 
 
-
 @events.quitting.add_listener
 def _final_csv(environment: Environment, **_: Any) -> None:
     """Write Locust's CSV files once more, complete.
@@ -497,9 +511,14 @@ def _final_csv(environment: Environment, **_: Any) -> None:
     if not prefix or isinstance(environment.runner, WorkerRunner):
         return
     writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
-    for suffix, rows in (("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv), ("_exceptions.csv", writer.exceptions_csv)):
+    for suffix, rows in (
+        ("_stats.csv", writer.requests_csv),
+        ("_failures.csv", writer.failures_csv),
+        ("_exceptions.csv", writer.exceptions_csv),
+    ):
         with open(f"{prefix}{suffix}", "w", newline="") as f:
             rows(csv.writer(f))
+
 
 if __name__ == "__main__":
     from locust import run_single_user

@@ -37,7 +37,7 @@ def level_duration(scenario: Scenario, rate: float, duration: float, samples: in
     long enough that the rarest request type (by visit ratios) can reach ``samples``
     requests, but never longer than ``longest``."""
     per_type: dict[str, float] = {}
-    for v, step in zip(visit_ratios(scenario), scenario.journey):
+    for v, step in zip(visit_ratios(scenario), scenario.journey, strict=True):
         per_type[step.request_type] = per_type.get(step.request_type, 0.0) + v
     rarest = min((v for v in per_type.values() if v > 0), default=0.0)
     if samples <= 0 or rarest <= 0 or rate <= 0 or math.isinf(rarest):
@@ -61,7 +61,7 @@ def limits(scenario: Scenario) -> list[Limit]:
     visits = visit_ratios(scenario)
     sysd = scenario.system
     demand: dict[str, float] = {}
-    for v, step in zip(visits, scenario.journey):
+    for v, step in zip(visits, scenario.journey, strict=True):
         for name in step.stations:
             if name == REGISTRY:
                 assert sysd.registry is not None
@@ -70,7 +70,7 @@ def limits(scenario: Scenario) -> list[Limit]:
                 dist = sysd.stations[name].service_for(step.request_type)
                 demand[name] = demand.get(name, 0.0) + v * (dist.mean if dist is not None else 0.0)
     if sysd.cpu is not None:
-        for v, step in zip(visits, scenario.journey):
+        for v, step in zip(visits, scenario.journey, strict=True):
             work = sysd.cpu.work_for(step.request_type)
             if work is not None:
                 demand[CPU] = demand.get(CPU, 0.0) + v * work.steps * work.step.mean * sysd.cpu.factor(1.0)  # at saturation
@@ -80,11 +80,21 @@ def limits(scenario: Scenario) -> list[Limit]:
             assert sysd.cpu is not None
             out.append(Limit(CPU, d, sysd.cpu.cores, sysd.cpu.cores / d if d > 0 else math.inf, "servers"))
             continue
-        servers = sysd.registry.concurrency if name == REGISTRY and sysd.registry is not None else sysd.stations[name].servers if name != REGISTRY else 0
+        servers = (
+            sysd.registry.concurrency
+            if name == REGISTRY and sysd.registry is not None
+            else sysd.stations[name].servers
+            if name != REGISTRY
+            else 0
+        )
         out.append(Limit(name, d, servers, servers / d if d > 0 else math.inf, "servers"))
-    registry_calls = sum(v for v, step in zip(visits, scenario.journey) if REGISTRY in step.stations)
+    registry_calls = sum(v for v, step in zip(visits, scenario.journey, strict=True) if REGISTRY in step.stations)
     if sysd.registry is not None and sysd.registry.rate_limit is not None and registry_calls > 0:
-        out.append(Limit(f"{REGISTRY} rate limit", registry_calls, sysd.registry.rate_limit, sysd.registry.rate_limit / registry_calls, "rate limit"))
+        out.append(
+            Limit(
+                f"{REGISTRY} rate limit", registry_calls, sysd.registry.rate_limit, sysd.registry.rate_limit / registry_calls, "rate limit"
+            )
+        )
     emails = sum(visits[i - 1] for i, step in enumerate(scenario.journey) if i > 0 and step.waits_for == EMAIL)
     if sysd.email is not None and emails > 0:
         out.append(Limit(EMAIL, emails, sysd.email.rate, sysd.email.rate / emails, "send rate"))
@@ -108,7 +118,7 @@ def busiest_step(scenario: Scenario, limit: Limit) -> tuple[int, float]:
     resource = REGISTRY if limit.resource.startswith(REGISTRY) else limit.resource
     visits = visit_ratios(scenario)
     best, best_load = 0, -1.0
-    for i, (v, step) in enumerate(zip(visits, scenario.journey)):
+    for i, (v, step) in enumerate(zip(visits, scenario.journey, strict=True)):
         if resource == EMAIL:
             load = v if step.waits_for == EMAIL else 0.0
         elif resource == CPU:

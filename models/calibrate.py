@@ -92,7 +92,9 @@ class Snapshot:
     typed: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (station, request) -> [served, Σt, Σt², Σln t, Σ(ln t)²]
     threaded: dict[str, float] = field(default_factory=dict)  # station -> 1 when its work runs in a worker thread
     cpu_seconds: float | None = None
-    cpu_typed: dict[str, list[float]] = field(default_factory=dict)  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls]
+    cpu_typed: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls]
     idle_cpu: float | None = None  # the server's CPU use with no load (CPU seconds per second), when it was watched idle
     writer: dict[str, float] = field(default_factory=dict)  # the database writer: batches, batch_seconds, commit_seconds
     writes: dict[str, list[float]] = field(default_factory=dict)  # request -> [writes, Σ queued-to-committed seconds, Σ their squares]
@@ -104,17 +106,31 @@ class Snapshot:
     def to_dict(self, start: float = 0.0) -> dict[str, Any]:
         """JSON-ready, with ``at`` relative to ``start`` (a run's raw scrapes, kept beside its result)."""
         return {
-            "at": self.at - start, "servers": self.servers, "queue": self.queue, "shed": self.shed,
-            "typed": [[st, rt, *v] for (st, rt), v in self.typed.items()], "cpu_seconds": self.cpu_seconds, "cpu_typed": self.cpu_typed,
-            "threaded": self.threaded, "writer": self.writer, "writes": self.writes,
+            "at": self.at - start,
+            "servers": self.servers,
+            "queue": self.queue,
+            "shed": self.shed,
+            "typed": [[st, rt, *v] for (st, rt), v in self.typed.items()],
+            "cpu_seconds": self.cpu_seconds,
+            "cpu_typed": self.cpu_typed,
+            "threaded": self.threaded,
+            "writer": self.writer,
+            "writes": self.writes,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Snapshot:
         return cls(
-            at=d["at"], servers=d["servers"], queue=d["queue"], shed=d["shed"],
-            typed={(row[0], row[1]): list(row[2:]) for row in d["typed"]}, cpu_seconds=d["cpu_seconds"], cpu_typed=d["cpu_typed"],
-            threaded=d.get("threaded", {}), writer=d.get("writer", {}), writes=d.get("writes", {}),
+            at=d["at"],
+            servers=d["servers"],
+            queue=d["queue"],
+            shed=d["shed"],
+            typed={(row[0], row[1]): list(row[2:]) for row in d["typed"]},
+            cpu_seconds=d["cpu_seconds"],
+            cpu_typed=d["cpu_typed"],
+            threaded=d.get("threaded", {}),
+            writer=d.get("writer", {}),
+            writes=d.get("writes", {}),
         )
 
     def served(self, station: str) -> float:
@@ -148,7 +164,11 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_thread_seconds_total": 4,
         "surgecap_cpu_thread_calls_total": 5,
     }
-    writer = {"surgecap_db_batches_total": "batches", "surgecap_db_batch_seconds_total": "batch_seconds", "surgecap_db_commit_seconds_total": "commit_seconds"}
+    writer = {
+        "surgecap_db_batches_total": "batches",
+        "surgecap_db_batch_seconds_total": "batch_seconds",
+        "surgecap_db_commit_seconds_total": "commit_seconds",
+    }
     writes = {"surgecap_db_writes_total": 0, "surgecap_db_write_seconds_total": 1, "surgecap_db_write_seconds_squared_total": 2}
     for name, labels, value in parse_prometheus(text):
         if name in writer:
@@ -254,7 +274,10 @@ class CpuEstimate:
         return self.own + self.shared
 
     def as_work(self) -> dict[str, Any]:
-        work: dict[str, Any] = {"steps": self.steps, "step": {"dist": "gamma", "mean": _round(self.demand / self.steps), "cv": round(self.cv, 3)}}
+        work: dict[str, Any] = {
+            "steps": self.steps,
+            "step": {"dist": "gamma", "mean": _round(self.demand / self.steps), "cv": round(self.cv, 3)},
+        }
         if self.locks > 0:
             work["locks"] = round(self.locks, 2)
         return work
@@ -271,7 +294,10 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
     if after.cpu_seconds is None or before.cpu_seconds is None or not after.cpu_typed or elapsed <= 0:
         return {}
     total = after.cpu_seconds - before.cpu_seconds
-    delta = {rt: [a - b for a, b in zip([*acc, 0.0][:6], [*before.cpu_typed.get(rt, []), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0][:6])] for rt, acc in after.cpu_typed.items()}
+    delta = {
+        rt: [a - b for a, b in zip([*acc, 0.0][:6], [*before.cpu_typed.get(rt, []), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0][:6], strict=True)]
+        for rt, acc in after.cpu_typed.items()
+    }
     kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] >= MIN_SAMPLES}
     if not kept:
         return {}
@@ -282,17 +308,34 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
         per_step = loop / steps if steps > 0 else 0.0
         cv = math.sqrt(max(0.0, squares / steps / per_step**2 - 1)) if per_step > 0 else 1.0
         own = (loop + thread) / n
-        out[rt] = CpuEstimate(rt, int(n), own, thread / n, shared, max(1, round(steps / n)) + 1, min(max(cv, 0.05), 4.0), n * (own + shared) / elapsed, locks=calls / n)
+        out[rt] = CpuEstimate(
+            rt,
+            int(n),
+            own,
+            thread / n,
+            shared,
+            max(1, round(steps / n)) + 1,
+            min(max(cv, 0.05), 4.0),
+            n * (own + shared) / elapsed,
+            locks=calls / n,
+        )
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
     lam = sum(e.n * e.steps for e in out.values()) / elapsed
     rho = min(background + sum(e.utilization for e in out.values()), 0.95)
-    second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(1.0, sum(e.n * e.steps for e in out.values()))
+    second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(
+        1.0, sum(e.n * e.steps for e in out.values())
+    )
     wait = lam * second / (2 * (1 - rho))
     return {rt: dataclasses.replace(e, wait=wait, rho=rho) for rt, e in out.items()}
 
 
 def cpu_speedup(
-    low: dict[str, CpuEstimate], work: dict[str, CpuEstimate], low_before: Snapshot, low_after: Snapshot, work_before: Snapshot, work_after: Snapshot
+    low: dict[str, CpuEstimate],
+    work: dict[str, CpuEstimate],
+    low_before: Snapshot,
+    low_after: Snapshot,
+    work_before: Snapshot,
+    work_after: Snapshot,
 ) -> tuple[float, float, float]:
     """How much cheaper a request's CPU work gets as the processor gets busier: (speedup, U low, U working).
 
@@ -464,7 +507,7 @@ def station_series(snaps: list[Snapshot], start: float, interval: float, n: int)
     """
     out: dict[str, StationSeries] = {}
     seen: dict[tuple[str, int], int] = {}  # scrapes per (station, interval), for the queue's mean
-    for prev, cur in zip(snaps, snaps[1:]):
+    for prev, cur in zip(snaps, snaps[1:], strict=False):
         k = int(((prev.at + cur.at) / 2 - start) // interval)
         if not 0 <= k < n:
             continue
@@ -490,7 +533,9 @@ def station_series(snaps: list[Snapshot], start: float, interval: float, n: int)
     return out
 
 
-def steady_scenario(raw: dict[str, Any], name: str, rate: float, duration: float, compress: float | None = None, everyone: bool = False) -> dict[str, Any]:
+def steady_scenario(
+    raw: dict[str, Any], name: str, rate: float, duration: float, compress: float | None = None, everyone: bool = False
+) -> dict[str, Any]:
     """A scenario (as YAML data) for one steady load level: ``rate`` arrivals/s for ``duration`` seconds.
 
     The journey and system are the scenario's; capacity changes and reported

@@ -102,10 +102,12 @@ def queue_growth(r: RunResult, station: str) -> float:
     xs = [(k + 0.5) * r.interval for k in range(len(ys))]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else math.nan
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 else math.nan
 
 
-def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool = False, inputs: frozenset[str] = frozenset()) -> list[Check]:
+def compare(
+    models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool = False, inputs: frozenset[str] = frozenset()
+) -> list[Check]:
     """Every check of one load level: per request type, per funnel step, per station.
 
     ``inputs`` names subjects (e.g. :data:`CPU_SUBJECT`) whose figures the model
@@ -125,13 +127,47 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         judged = min(n_model, n_meas) >= enough
         note = "" if judged else f"fewer than {enough} requests"
         checks.append(
-            Check(rt, "throughput /s", sum(ms.ok) / duration, sum(ss.ok) / duration, tol.throughput if judged else None, True,
-                  _band([sum(m.requests[rt].ok) / duration for m in models]), note)
+            Check(
+                rt,
+                "throughput /s",
+                sum(ms.ok) / duration,
+                sum(ss.ok) / duration,
+                tol.throughput if judged else None,
+                True,
+                _band([sum(m.requests[rt].ok) / duration for m in models]),
+                note,
+            )
         )
-        for metric, reasons, t in (("error rate", None, tol.error_rate), ("shed rate", ("full",), tol.error_rate), ("abandon rate", ("abandoned", "timeout"), tol.error_rate)):
-            checks.append(Check(rt, metric, _rate(_failed(m0, rt, reasons), n_model), _rate(_failed(measured, rt, reasons), n_meas), t if judged else None, False, None, note))
+        for metric, reasons, t in (
+            ("error rate", None, tol.error_rate),
+            ("shed rate", ("full",), tol.error_rate),
+            ("abandon rate", ("abandoned", "timeout"), tol.error_rate),
+        ):
+            checks.append(
+                Check(
+                    rt,
+                    metric,
+                    _rate(_failed(m0, rt, reasons), n_model),
+                    _rate(_failed(measured, rt, reasons), n_meas),
+                    t if judged else None,
+                    False,
+                    None,
+                    note,
+                )
+            )
         if overload:
-            checks.append(Check(rt, "refused rate", _rate(_failed(m0, rt, REFUSED), n_model), _rate(_failed(measured, rt, REFUSED), n_meas), tol.error_rate if judged else None, False, None, note))
+            checks.append(
+                Check(
+                    rt,
+                    "refused rate",
+                    _rate(_failed(m0, rt, REFUSED), n_model),
+                    _rate(_failed(measured, rt, REFUSED), n_meas),
+                    tol.error_rate if judged else None,
+                    False,
+                    None,
+                    note,
+                )
+            )
         pooled = Histogram.merged(m.requests[rt].total_latency for m in models)
         mh = ss.total_latency
         lat_judged = min(pooled.count / len(models), mh.count) >= enough
@@ -141,8 +177,16 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         pcts: tuple[tuple[int, float | None], ...] = ((50, tol.p50), (95, tol.p95), (99, tol.p99))
         for p, limit in pcts:
             checks.append(
-                Check(rt, f"p{p}", pooled.percentile(p), mh.percentile(p), limit if lat_judged else None, True,
-                      _band([m.requests[rt].total_latency.percentile(p) for m in models]), lat_note)
+                Check(
+                    rt,
+                    f"p{p}",
+                    pooled.percentile(p),
+                    mh.percentile(p),
+                    limit if lat_judged else None,
+                    True,
+                    _band([m.requests[rt].total_latency.percentile(p) for m in models]),
+                    lat_note,
+                )
             )
     for name, step in measured.steps.items():
         if name not in m0.steps:
@@ -150,8 +194,18 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         for what in ("reached", "completed"):
             a, b = sum(getattr(m0.steps[name], what)), sum(getattr(step, what))
             judged = min(a, b) >= enough
-            checks.append(Check(f"step {name}", what, float(a), float(b), tol.throughput if judged else None, True,
-                                _band([float(sum(getattr(m.steps[name], what))) for m in models]), "" if judged else f"fewer than {enough}"))
+            checks.append(
+                Check(
+                    f"step {name}",
+                    what,
+                    float(a),
+                    float(b),
+                    tol.throughput if judged else None,
+                    True,
+                    _band([float(sum(getattr(m.steps[name], what))) for m in models]),
+                    "" if judged else f"fewer than {enough}",
+                )
+            )
     for name, st in measured.stations.items():
         if name not in m0.stations:
             continue
@@ -159,12 +213,33 @@ def compare(models: list[RunResult], measured: RunResult, tol: Tolerances, overl
         mu = _mean_utilization(m0, name, seen)
         su = _mean_utilization(measured, name, seen)
         given = station_subject(name) in inputs
-        checks.append(Check(station_subject(name), "utilization", mu, su, None if given else tol.utilization, False,
-                            _band([_mean_utilization(m, name, seen) for m in models]), "an input: measured in this level" if given else ""))
+        checks.append(
+            Check(
+                station_subject(name),
+                "utilization",
+                mu,
+                su,
+                None if given else tol.utilization,
+                False,
+                _band([_mean_utilization(m, name, seen) for m in models]),
+                "an input: measured in this level" if given else "",
+            )
+        )
         if overload:
             a, b = queue_growth(m0, name), queue_growth(measured, name)
             judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
-            checks.append(Check(station_subject(name), "queue growth /s", a, b, tol.queue_growth if judged else None, True, None, "" if judged else "no growth on either side"))
+            checks.append(
+                Check(
+                    station_subject(name),
+                    "queue growth /s",
+                    a,
+                    b,
+                    tol.queue_growth if judged else None,
+                    True,
+                    None,
+                    "" if judged else "no growth on either side",
+                )
+            )
     return checks
 
 
@@ -173,6 +248,6 @@ def _mean_utilization(r: RunResult, station: str, within: list[bool]) -> float:
     s = r.stations.get(station)
     if s is None:
         return math.nan
-    busy = sum(b for b, w in zip(s.busy, within) if w)
-    cap = sum(c for c, w in zip(s.capacity, within) if w)
+    busy = sum(b for b, w in zip(s.busy, within, strict=True) if w)
+    cap = sum(c for c, w in zip(s.capacity, within, strict=True) if w)
     return busy / cap if cap > 0 else math.nan

@@ -190,7 +190,9 @@ class _Route:
 
     __slots__ = ("model", "visits", "i", "deadline", "reply", "u")
 
-    def __init__(self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event, u: float | None = None):
+    def __init__(
+        self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event, u: float | None = None
+    ):
         self.model = model
         self.visits = visits
         self.i = 0
@@ -356,9 +358,7 @@ class FunnelModel:
 
         env = self.env
         sysd = s.system
-        self.stations: dict[str, Station] = {
-            name: Station(env, name, st.servers, st.queue) for name, st in sysd.stations.items()
-        }
+        self.stations: dict[str, Station] = {name: Station(env, name, st.servers, st.queue) for name, st in sysd.stations.items()}
         self.registry: Registry | None = None
         if sysd.registry is not None:
             r = sysd.registry
@@ -376,7 +376,13 @@ class FunnelModel:
                 speed_rng = stream(seed, "cpu_speed", replication)
                 spells = (*modes.factors(), modes.fast_for, modes.slow_for), lambda: float(speed_rng.exponential())
             self.stations[CPU] = Processor(
-                env, CPU, sysd.cpu.cores, sysd.cpu.factor, sysd.cpu.measured_at, modes=spells[0] if spells else None, exponential=spells[1] if spells else None
+                env,
+                CPU,
+                sysd.cpu.cores,
+                sysd.cpu.factor,
+                sysd.cpu.measured_at,
+                modes=spells[0] if spells else None,
+                exponential=spells[1] if spells else None,
             )
             cpu_rng = stream(seed, "cpu", replication)
             for rt in s.request_types:
@@ -518,7 +524,8 @@ class FunnelModel:
                     reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
                 else:
                     reply = Event(env)
-                    self.route(self, visits, deadline, reply, (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None).next(None)  # type: ignore[arg-type]
+                    verdict = (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None
+                    self.route(self, visits, deadline, reply, verdict).next(None)  # type: ignore[arg-type]
                     reason = yield reply
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())
@@ -536,7 +543,11 @@ class FunnelModel:
                 fails = tally.fails
                 fails[reason] = fails.get(reason, 0) + 1
                 retry = plan.step.retry
-                if reason not in plan.retry_on or attempt >= retry.max_attempts or (retry.give_up > 0 and decision_at(plan.give_up_bases[attempt], index) < retry.give_up):
+                if (
+                    reason not in plan.retry_on
+                    or attempt >= retry.max_attempts
+                    or (retry.give_up > 0 and decision_at(plan.give_up_bases[attempt], index) < retry.give_up)
+                ):
                     plan.failed += 1
                     return
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
@@ -628,7 +639,7 @@ class FunnelModel:
                 ss.busy[k], ss.capacity[k], ss.queue_max[k] = busy, cap, qmax
                 ss.queue_mean[k] = qarea / span if span > 0 else 0.0
                 ss.wait.record_many(waits)
-        for plan, hist in zip(self.plans, self.step_hist):
+        for plan, hist in zip(self.plans, self.step_hist, strict=True):
             if k is not None:
                 fs = res.steps[plan.step.name]
                 fs.reached[k], fs.completed[k], fs.dropped[k], fs.failed[k] = plan.reached, plan.completed, plan.dropped, plan.failed
@@ -705,4 +716,3 @@ def simulate_once(scenario: Scenario, seed: int | None = None, replication: int 
     result = model.run(progress)
     result.meta.update({"seed": seed, "replication": replication})
     return result
-

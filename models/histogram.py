@@ -63,7 +63,7 @@ class Histogram:
             return
         idx = np.where(v <= LOWEST, 0, (np.log(np.maximum(v, LOWEST) / LOWEST) / _LOG_RATIO).astype(np.int64) + 1)
         uniq, n = np.unique(idx, return_counts=True)
-        for i, c in zip(uniq.tolist(), n.tolist()):
+        for i, c in zip(uniq.tolist(), n.tolist(), strict=True):
             self.counts[i] = self.counts.get(i, 0) + c
         self.count += int(v.size)
         self.total += float(v.sum())
@@ -128,7 +128,7 @@ class Histogram:
         if d.get("ratio") != RATIO or d.get("lowest") != LOWEST:
             raise ValueError(f"histogram with ratio {d.get('ratio')} / lowest {d.get('lowest')} cannot be read by this version")
         h = cls()
-        h.counts = dict(zip(d["buckets"], d["counts"]))
+        h.counts = dict(zip(d["buckets"], d["counts"], strict=True))
         h.count = int(d["count"])
         h.total = float(d["sum"])
         h.min = d["min"] if d["min"] is not None else math.inf

@@ -111,7 +111,11 @@ def _describe(err: dict[str, Any]) -> tuple[tuple[object, ...], str]:
         return loc, "required field is missing"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        return loc, f"unknown {str(ctx.get('discriminator', 'kind')).strip(chr(39))} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        return (
+            loc,
+            f"unknown {str(ctx.get('discriminator', 'kind')).strip(chr(39))} {ctx.get('tag')!r}; expected one of "
+            f"{ctx.get('expected_tags')}",
+        )
     if kind == "union_tag_not_found":
         ctx = err.get("ctx", {})
         return loc, f"missing {ctx.get('discriminator', 'kind')!s} key (what kind of distribution or curve this is)"
@@ -122,7 +126,24 @@ def _describe(err: dict[str, Any]) -> tuple[tuple[object, ...], str]:
 
 
 _UNION_TAGS = {"constant", "deterministic", "exponential", "exp", "erlang", "gamma", "lognormal", "uniform", "piecewise", "launch-surge"}
-_SHOW_INPUT = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "int_parsing", "float_parsing", "int_type", "float_type", "string_type", "bool_type", "literal_error", "list_type", "dict_type", "model_type", "too_short", "int_from_float"}
+_SHOW_INPUT = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "int_parsing",
+    "float_parsing",
+    "int_type",
+    "float_type",
+    "string_type",
+    "bool_type",
+    "literal_error",
+    "list_type",
+    "dict_type",
+    "model_type",
+    "too_short",
+    "int_from_float",
+}
 
 
 def parse_scenario(text: str, source: str = "<scenario>", overlay: dict[str, Any] | None = None) -> Scenario:

@@ -175,8 +175,8 @@ def jackson(gamma: Sequence[float], routing: Sequence[Sequence[float]], mu: Sequ
     g = np.asarray(gamma, dtype=float)
     p = np.asarray(routing, dtype=float)
     lam = np.linalg.solve(np.eye(len(g)) - p.T, g)
-    st = [mmc(float(lam_i), float(mu_i), int(c_i)) for lam_i, mu_i, c_i in zip(lam, mu, c)]
-    sojourn = float(sum(li * s.w for li, s in zip(lam, st)) / g.sum())
+    st = [mmc(float(lam_i), float(mu_i), int(c_i)) for lam_i, mu_i, c_i in zip(lam, mu, c, strict=True)]
+    sojourn = float(sum(li * s.w for li, s in zip(lam, st, strict=True)) / g.sum())
     return JacksonResult(lam, st, sojourn, lam / g.sum())
 
 
@@ -189,7 +189,7 @@ def mva(demands: Sequence[float], n_users: int, think: float = 0.0) -> tuple[flo
     x = 0.0
     r = list(demands)
     for n in range(1, n_users + 1):
-        r = [d * (1 + qk) for d, qk in zip(demands, q)]
+        r = [d * (1 + qk) for d, qk in zip(demands, q, strict=True)]
         x = n / (think + sum(r))
         q = [x * rk for rk in r]
     return x, r
@@ -223,7 +223,7 @@ def response_time_law(users: int, throughput: float, think: float = 0.0) -> floa
 def saturation_throughput(demands: Sequence[float], servers: Sequence[int] | None = None) -> float:
     """Bottleneck bound: X ≤ min over stations of cₖ / Dₖ."""
     cs = servers or [1] * len(demands)
-    return min(c / d for d, c in zip(demands, cs) if d > 0)
+    return min(c / d for d, c in zip(demands, cs, strict=True) if d > 0)
 
 
 def psa(rates: Sequence[float] | np.ndarray, mu: float, c: int) -> dict[str, np.ndarray]:

@@ -79,7 +79,7 @@ class StationSeries:
         return cls(_zeros(n), _zeros(n), _zeros(n), _zeros(n), [0.0] * n, [0.0] * n, [0.0] * n, _zeros(n))
 
     def utilization(self) -> list[float]:
-        return [b / c if c > 0 else math.nan for b, c in zip(self.busy, self.capacity)]
+        return [b / c if c > 0 else math.nan for b, c in zip(self.busy, self.capacity, strict=True)]
 
     @property
     def peak_utilization(self) -> float:
@@ -159,7 +159,13 @@ class RunResult:
                 for k, s in self.stations.items()
             },
             "steps": {
-                k: {"reached": s.reached, "completed": s.completed, "dropped": s.dropped, "failed": s.failed, "duration": s.duration.to_dict()}
+                k: {
+                    "reached": s.reached,
+                    "completed": s.completed,
+                    "dropped": s.dropped,
+                    "failed": s.failed,
+                    "duration": s.duration.to_dict(),
+                }
                 for k, s in self.steps.items()
             },
         }
@@ -181,7 +187,14 @@ class RunResult:
             },
             stations={
                 k: StationSeries(
-                    s["arrivals"], s["shed"], s["abandoned"], s["waited"], s["busy"], s["capacity"], s["queue_mean"], s["queue_max"],
+                    s["arrivals"],
+                    s["shed"],
+                    s["abandoned"],
+                    s["waited"],
+                    s["busy"],
+                    s["capacity"],
+                    s["queue_mean"],
+                    s["queue_max"],
                     Histogram.from_dict(s["wait"]),
                 )
                 for k, s in d["stations"].items()
@@ -218,22 +231,37 @@ def save(result: RunResult, directory: str | Path) -> Path:
         for k, t in enumerate(starts):
             h = r.latency[k]
             rows.append(
-                [t, name, r.started[k], r.ok[k], *[r.failed.get(x, [0] * len(starts))[k] for x in reasons],
-                 _num(h.mean), _num(h.percentile(50)), _num(h.percentile(95)), _num(h.percentile(99))]
+                [
+                    t,
+                    name,
+                    r.started[k],
+                    r.ok[k],
+                    *[r.failed.get(x, [0] * len(starts))[k] for x in reasons],
+                    _num(h.mean),
+                    _num(h.percentile(50)),
+                    _num(h.percentile(95)),
+                    _num(h.percentile(99)),
+                ]
             )
-    _write_csv(d / "requests.csv", ["t", "request", "started", "ok", *[f"failed_{x}" for x in reasons], "mean_s", "p50_s", "p95_s", "p99_s"], rows)
+    _write_csv(
+        d / "requests.csv", ["t", "request", "started", "ok", *[f"failed_{x}" for x in reasons], "mean_s", "p50_s", "p95_s", "p99_s"], rows
+    )
     rows = []
     for name, s in result.stations.items():
         util = s.utilization()
         for k, t in enumerate(starts):
-            rows.append([t, name, s.arrivals[k], s.shed[k], s.abandoned[k], s.waited[k], _num(util[k]), _num(s.queue_mean[k]), s.queue_max[k]])
-    _write_csv(d / "stations.csv", ["t", "station", "arrivals", "shed", "abandoned", "waited", "utilization", "queue_mean", "queue_max"], rows)
+            rows.append(
+                [t, name, s.arrivals[k], s.shed[k], s.abandoned[k], s.waited[k], _num(util[k]), _num(s.queue_mean[k]), s.queue_max[k]]
+            )
+    _write_csv(
+        d / "stations.csv", ["t", "station", "arrivals", "shed", "abandoned", "waited", "utilization", "queue_mean", "queue_max"], rows
+    )
     rows = []
     for name, st in result.steps.items():
         for k, t in enumerate(starts):
             rows.append([t, name, st.reached[k], st.completed[k], st.dropped[k], st.failed[k]])
     _write_csv(d / "funnel.csv", ["t", "step", "reached", "completed", "dropped", "failed"], rows)
-    _write_csv(d / "arrivals.csv", ["t", "arrivals"], [[t, a] for t, a in zip(starts, result.arrivals)])
+    _write_csv(d / "arrivals.csv", ["t", "arrivals"], [[t, a] for t, a in zip(starts, result.arrivals, strict=True)])
     return d
 
 
@@ -259,12 +287,18 @@ def merge(results: list[RunResult]) -> RunResult:
         raise ValueError("nothing to merge")
     first = results[0]
     for r in results[1:]:
-        if (r.source, r.scenario, r.start, r.interval, r.n_intervals) != (first.source, first.scenario, first.start, first.interval, first.n_intervals):
+        if (r.source, r.scenario, r.start, r.interval, r.n_intervals) != (
+            first.source,
+            first.scenario,
+            first.start,
+            first.interval,
+            first.n_intervals,
+        ):
             raise ValueError("results of different runs cannot be merged")
     n = first.n_intervals
 
     def add(a: list[Any], b: list[Any]) -> list[Any]:
-        return [x + y for x, y in zip(a, b)]
+        return [x + y for x, y in zip(a, b, strict=True)]
 
     out = RunResult(first.source, first.scenario, first.start, first.interval, [0] * n, {}, {}, {}, dict(first.meta))
     for r in results:
@@ -274,7 +308,7 @@ def merge(results: list[RunResult]) -> RunResult:
             tgt.started, tgt.ok = add(tgt.started, rq.started), add(tgt.ok, rq.ok)
             for reason, counts in rq.failed.items():
                 tgt.failed[reason] = add(tgt.fail_counts(reason), counts)
-            for h, other in zip(tgt.latency, rq.latency):
+            for h, other in zip(tgt.latency, rq.latency, strict=True):
                 h.merge(other)
         for name, st in r.steps.items():
             tgt_s = out.steps.setdefault(name, StepSeries.empty(n))
@@ -285,7 +319,7 @@ def merge(results: list[RunResult]) -> RunResult:
             tgt_t = out.stations.setdefault(name, StationSeries.empty(n))
             for attr in ("arrivals", "shed", "abandoned", "waited", "busy", "capacity", "queue_mean"):
                 setattr(tgt_t, attr, add(getattr(tgt_t, attr), getattr(ss, attr)))
-            tgt_t.queue_max = [max(a, b) for a, b in zip(tgt_t.queue_max, ss.queue_max)]
+            tgt_t.queue_max = [max(a, b) for a, b in zip(tgt_t.queue_max, ss.queue_max, strict=True)]
             tgt_t.wait.merge(ss.wait)
     for key in ADDITIVE_META:
         if all(key in r.meta for r in results):

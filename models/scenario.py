@@ -82,7 +82,7 @@ class PiecewiseCurve(_Model):
     @model_validator(mode="after")
     def _check(self) -> PiecewiseCurve:
         times = [t for t, _ in self.points]
-        if any(b <= a for a, b in zip(times, times[1:])):
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
             raise ValueError("point times must be strictly increasing")
         if any(r < 0 for _, r in self.points):
             raise ValueError("rates must not be negative")
@@ -135,9 +135,7 @@ class RetryPolicy(_Model):
     max_backoff: Duration = Field(default=3600.0, ge=0)
     jitter: Probability = Field(default=0.0, description="± share of random spread on each wait")
     give_up: Probability = Field(default=0.0, description="chance to give up after each failure instead of retrying")
-    retry_on: list[Reason] = Field(
-        default_factory=lambda: list(RETRYABLE_DEFAULT)
-    )
+    retry_on: list[Reason] = Field(default_factory=lambda: list(RETRYABLE_DEFAULT))
 
 
 class Step(_Model):
@@ -253,16 +251,20 @@ class Cpu(_Model):
     cores: int = Field(default=1, ge=1, description="processors serving the steps (one per event loop)")
     threads: list[str] = Field(
         default_factory=list,
-        description="stations whose work runs in a worker thread: a visit holds the station while that work waits for and uses the processor",
+        description="stations whose work runs in a worker thread: "
+        "a visit holds the station while that work waits for and uses the processor",
     )
     work: dict[str, CpuWork] = Field(min_length=1, description="per request type ('default' for any)")
     measured_at: Probability = Field(default=0.0, description="the processor's utilization when the step times were measured")
-    background: Probability = Field(default=0.0, le=0.5, description="share of the processor the server uses with no load (timers, pollers)")
+    background: Probability = Field(
+        default=0.0, le=0.5, description="share of the processor the server uses with no load (timers, pollers)"
+    )
     speedup: float = Field(
         default=0.0,
         ge=0.0,
         le=1.5,
-        description="step times scale by 1 - speedup x (U - measured_at), U the processor's recent utilization (kept between low_at and measured_at) "
+        description="step times scale by 1 - speedup x (U - measured_at), U the processor's recent utilization "
+        "(kept between low_at and measured_at) "
         "(warm caches and shared wake-ups make work cheaper on a busy processor); at least 0.5",
     )
 
@@ -387,7 +389,9 @@ class Tolerances(_Model):
 class Validation(_Model):
     """Settings of ``capacity validate`` for this scenario."""
 
-    levels: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.3, 0.6, 0.9], description="fractions of the saturation rate")
+    levels: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [0.3, 0.6, 0.9], description="fractions of the saturation rate"
+    )
     duration: PositiveDuration = Field(default=60.0, description="measured seconds per level (at least)")
     samples: int = Field(
         default=300,
@@ -501,16 +505,28 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
             errors.append(((*where, "quota"), "step takes a batch quota but system.batch is not set"))
     for rt in s.system.overhead:
         if rt != "default" and rt not in s.request_types:
-            errors.append((("system", "overhead", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}"))
+            errors.append(
+                (("system", "overhead", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}")
+            )
     if s.system.cpu is not None:
         if s.system.cpu.low_at > s.system.cpu.measured_at:
-            errors.append((("system", "cpu", "low_at"), f"low_at ({s.system.cpu.low_at:g}) must not exceed measured_at ({s.system.cpu.measured_at:g})"))
+            errors.append(
+                (
+                    ("system", "cpu", "low_at"),
+                    f"low_at ({s.system.cpu.low_at:g}) must not exceed measured_at ({s.system.cpu.measured_at:g})",
+                )
+            )
         for j, name in enumerate(s.system.cpu.threads):
             if name not in stations:
                 errors.append((("system", "cpu", "threads", j), f"unknown station {name!r}; expected one of {', '.join(sorted(stations))}"))
         for rt in s.system.cpu.work:
             if rt != "default" and rt not in s.request_types:
-                errors.append((("system", "cpu", "work", rt), f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}"))
+                errors.append(
+                    (
+                        ("system", "cpu", "work", rt),
+                        f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}",
+                    )
+                )
     changeable = known | ({CPU} if s.system.cpu is not None else set())
     for k, ch in enumerate(s.system.changes):
         where = ("system", "changes", k)

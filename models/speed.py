@@ -48,7 +48,12 @@ class SpeedModes:
         return self.slow < MIN_CONTRAST or self.share <= 0.0 or self.share >= 1.0
 
     def to_overlay(self) -> dict[str, object]:
-        return {"slow": round(self.slow, 3), "share": round(self.share, 3), "slow_for": f"{self.slow_for * 1000:.0f}ms", "fast_for": f"{self.fast_for * 1000:.0f}ms"}
+        return {
+            "slow": round(self.slow, 3),
+            "share": round(self.share, 3),
+            "slow_for": f"{self.slow_for * 1000:.0f}ms",
+            "fast_for": f"{self.fast_for * 1000:.0f}ms",
+        }
 
 
 def _work(n: int = CHUNK) -> int:
@@ -122,7 +127,7 @@ def estimate(timings: list[tuple[float, float]], window: float = WINDOW) -> Spee
     t0 = timings[0][0]
     slow_in: dict[int, float] = {}
     all_in: dict[int, float] = {}
-    for (start, c), s in zip(timings, span):
+    for (start, c), s in zip(timings, span, strict=True):
         k = int((start - t0) / window)
         all_in[k] = all_in.get(k, 0.0) + s
         if c > cut:

@@ -115,7 +115,17 @@ class Station:
     def flush(self) -> tuple[int, int, int, int, float, float, float, int, list[float]]:
         """Counters since the last flush (for one interval), then reset them."""
         self._advance_capacity()
-        out = (self.n_arrivals, self.n_shed, self.n_abandoned, self.n_waited, self.busy_area, self.cap_area, self.queue_area, self.queue_max, self.waits)
+        out = (
+            self.n_arrivals,
+            self.n_shed,
+            self.n_abandoned,
+            self.n_waited,
+            self.busy_area,
+            self.cap_area,
+            self.queue_area,
+            self.queue_max,
+            self.waits,
+        )
         self.reset_counters()
         return out
 

@@ -323,7 +323,13 @@ def create_app(
         def work(conn: sqlite3.Connection) -> str:
             if conn.execute("UPDATE batches SET joined = joined + 1 WHERE id = ? AND joined < quota", (body["batch_id"],)).rowcount != 1:
                 return "quota_full"
-            if conn.execute("UPDATE registrants SET batch_id = ?, joined = ? WHERE id = ? AND batch_id IS NULL", (body["batch_id"], time.time(), row[0])).rowcount != 1:
+            if (
+                conn.execute(
+                    "UPDATE registrants SET batch_id = ?, joined = ? WHERE id = ? AND batch_id IS NULL",
+                    (body["batch_id"], time.time(), row[0]),
+                ).rowcount
+                != 1
+            ):
                 raise sqlite3.IntegrityError("already joined")
             return "joined"
 
@@ -337,9 +343,18 @@ def create_app(
 
     async def status(request: Request) -> Response:
         row = registrant(request.path_params["rid"])
-        stage = "joined" if row[4] else "nik_verified" if row[3] else "photo_stored" if row[2] else "email_verified" if row[1] else "registered"
+        stage = (
+            "joined" if row[4] else "nik_verified" if row[3] else "photo_stored" if row[2] else "email_verified" if row[1] else "registered"
+        )
         return JSONResponse(
-            {"id": row[0], "stage": stage, "email_verified": row[1] is not None, "photo": row[2] is not None, "nik_verified": row[3] is not None, "batch_id": row[4]}
+            {
+                "id": row[0],
+                "stage": stage,
+                "email_verified": row[1] is not None,
+                "photo": row[2] is not None,
+                "nik_verified": row[3] is not None,
+                "batch_id": row[4],
+            }
         )
 
     async def healthz(_: Request) -> Response:
@@ -354,7 +369,9 @@ def create_app(
                 more = [line for line in answer.decode("utf-8", "replace").splitlines() if line.startswith("surgecap_station_")]
         except UpstreamError:
             pass  # the registry's figures are missing from this scrape; the server's own are complete
-        return PlainTextResponse(metrics.render(stations, extra, more, clock.lines() + db().lines()), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(
+            metrics.render(stations, extra, more, clock.lines() + db().lines()), media_type="text/plain; version=0.0.4"
+        )
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -419,7 +436,9 @@ def create_app(
             except BadRequest as exc:
                 response = JSONResponse(exc.body, status_code=exc.code)
             except Overloaded as exc:
-                response = JSONResponse({"error": f"overloaded ({exc.station}), retry later"}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+                response = JSONResponse(
+                    {"error": f"overloaded ({exc.station}), retry later"}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+                )
             finally:
                 metrics.in_flight -= 1
             metrics.observe(name, response.status_code, time.perf_counter() - started)

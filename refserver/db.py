@@ -159,8 +159,10 @@ class Database:
                 total = clock() - batch_started
                 share = max(total - sum(own), 0.0) / len(batch)
                 for i, (_, _, _, kind, _) in enumerate(batch):
-                    self.on_cpu(kind, (own[i] if i < len(own) else 0.0) + share, (calls[i] if i < len(calls) else 0.0) + 2 / len(batch))  # BEGIN, COMMIT
-            for (_, loop, fut, _, _), (ok, value) in zip(batch, outcomes):
+                    self.on_cpu(
+                        kind, (own[i] if i < len(own) else 0.0) + share, (calls[i] if i < len(calls) else 0.0) + 2 / len(batch)
+                    )  # BEGIN, COMMIT
+            for (_, loop, fut, _, _), (ok, value) in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_settle, fut, ok, value)
         conn.close()
 

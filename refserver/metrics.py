@@ -25,7 +25,9 @@ class Metrics:
         self.hist[endpoint][bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sums[endpoint] += seconds
 
-    def render(self, stations: dict[str, Station], extra: dict[str, float], more: list[str] | None = None, tail: list[str] | None = None) -> str:
+    def render(
+        self, stations: dict[str, Station], extra: dict[str, float], more: list[str] | None = None, tail: list[str] | None = None
+    ) -> str:
         """The text exposition; ``more`` are station lines from elsewhere (the registry), put in their
         families; ``tail`` are complete families of other lines (the CPU accounting)."""
         out = [
@@ -37,7 +39,7 @@ class Metrics:
         out += ["# HELP surgecap_request_seconds Request latency.", "# TYPE surgecap_request_seconds histogram"]
         for ep, counts in sorted(self.hist.items()):
             cum = 0
-            for le, c in zip(BUCKETS, counts):
+            for le, c in zip(BUCKETS, counts[: len(BUCKETS)], strict=True):  # counts ends with the overflow (+Inf) bucket
                 cum += c
                 out.append(f'surgecap_request_seconds_bucket{{endpoint="{ep}",le="{le}"}} {cum}')
             cum += counts[-1]

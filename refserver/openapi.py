@@ -13,9 +13,7 @@ def _json_body(props: dict[str, Any]) -> dict[str, Any]:
     return {
         "required": True,
         "content": {
-            "application/json": {
-                "schema": {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
-            }
+            "application/json": {"schema": {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}}
         },
     }
 
@@ -23,7 +21,10 @@ def _json_body(props: dict[str, Any]) -> dict[str, Any]:
 def _responses(*codes: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for code in codes:
-        out[str(code)] = {"description": str(code), "content": {"application/json": {"schema": {"type": "object"} if code < 400 else _error}}}
+        out[str(code)] = {
+            "description": str(code),
+            "content": {"application/json": {"schema": {"type": "object"} if code < 400 else _error}},
+        }
     return out
 
 
@@ -47,7 +48,13 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses(201, 400, 409, 413, 422, 503),
             }
         },
-        "/api/verify-email": {"post": {"operationId": "verifyEmail", "requestBody": _json_body({"token": _s}), "responses": _responses(200, 400, 404, 409, 422, 503)}},
+        "/api/verify-email": {
+            "post": {
+                "operationId": "verifyEmail",
+                "requestBody": _json_body({"token": _s}),
+                "responses": _responses(200, 400, 404, 409, 422, 503),
+            }
+        },
         "/api/photo": {
             "post": {
                 "operationId": "uploadPhoto",
@@ -67,10 +74,18 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/api/verify-nik": {
-            "post": {"operationId": "verifyNik", "requestBody": _json_body({"registrant_id": _s, "nik": _s}), "responses": _responses(200, 400, 404, 409, 422, 503)}
+            "post": {
+                "operationId": "verifyNik",
+                "requestBody": _json_body({"registrant_id": _s, "nik": _s}),
+                "responses": _responses(200, 400, 404, 409, 422, 503),
+            }
         },
         "/api/join-batch": {
-            "post": {"operationId": "joinBatch", "requestBody": _json_body({"registrant_id": _s, "batch_id": _s}), "responses": _responses(200, 400, 404, 409, 422, 503)}
+            "post": {
+                "operationId": "joinBatch",
+                "requestBody": _json_body({"registrant_id": _s, "batch_id": _s}),
+                "responses": _responses(200, 400, 404, 409, 422, 503),
+            }
         },
         "/api/registrants/{rid}": {
             "get": {

@@ -218,8 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     reg_file = data_dir / "registry-port"
     reg_file.unlink(missing_ok=True)
     registry = subprocess.Popen(
-        [sys.executable, "-m", "refserver.serve", "--config", args.config, "--host", args.host, "--registry-port", str(args.registry_port),
-         "--port-file", str(reg_file), "--registry-only"],
+        [
+            sys.executable,
+            "-m",
+            "refserver.serve",
+            "--config",
+            args.config,
+            "--host",
+            args.host,
+            "--registry-port",
+            str(args.registry_port),
+            "--port-file",
+            str(reg_file),
+            "--registry-only",
+        ],
         start_new_session=True,
         preexec_fn=die_with_parent,
     )

@@ -121,7 +121,8 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
     parts = [
         f"scenario {scenario.name}: window {format_duration(start)}–{format_duration(end)}, scale {scenario.run.scale:g}, "
         f"think-time compression {scenario.run.compress:g}, {len(results)} replication(s), seed {first.meta.get('seed')}",
-        f"registrants arrived: {_count(est['arrivals'])}" + ("   (± is the 95 % confidence half-width over replications)" if len(results) > 1 else ""),
+        f"registrants arrived: {_count(est['arrivals'])}"
+        + ("   (± is the 95 % confidence half-width over replications)" if len(results) > 1 else ""),
         "",
         "Journey steps",
     ]
@@ -151,7 +152,11 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
         if any(v.mean > 0 for v in vals):
             fail_rows.append([step.name, *[_count(v) for v in vals]])
     if fail_rows:
-        parts += ["", "Failed requests by reason", table(["step", "shed (full)", "rate-limited", "timeout", "quota", "mismatch"], fail_rows)]
+        parts += [
+            "",
+            "Failed requests by reason",
+            table(["step", "shed (full)", "rate-limited", "timeout", "quota", "mismatch"], fail_rows),
+        ]
     parts += ["", "Stations"]
     rows = []
     prices = scenario.costs.per_unit_hour
@@ -172,7 +177,9 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
                 cost,
             ]
         )
-    parts.append(table(["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned", f"cost {scenario.costs.currency}"], rows))
+    parts.append(
+        table(["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned", f"cost {scenario.costs.currency}"], rows)
+    )
     cmp_rows = reported_comparison(scenario, est)
     if cmp_rows and scenario.reported is not None:
         parts += ["", f"Model against reported figures at {format_duration(scenario.reported.at)} ({scenario.reported.source})"]
@@ -200,7 +207,8 @@ def loadtest_text(scenario: Scenario, result: RunResult) -> str:
         f"load test of {scenario.name} against {m.get('host')}: {format_duration(m.get('duration', 0.0))}, seed {m.get('seed')}",
         f"arrivals: {m.get('arrivals_started', 0):,} started of {m.get('arrivals_planned', 0):,} planned; "
         f"{m.get('arrivals_dropped', 0):,} dropped (no free user within the drop limit); "
-        f"{m.get('share_on_time_100ms', 1.0):.1%} started within 100 ms of their time (latest {format_duration(m.get('max_lateness', 0.0))})",
+        f"{m.get('share_on_time_100ms', 1.0):.1%} started within 100 ms of their time (latest "
+        f"{format_duration(m.get('max_lateness', 0.0))})",
         "",
     ]
     rows = []

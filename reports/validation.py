@@ -71,19 +71,31 @@ class Level:
         return None
 
     def diagnosis(self) -> str | None:
-        """One line on what a calibrated level's verdict owes to the processor (None with neither the operational comparison nor a speed reference)."""
+        """One line on what a calibrated level's verdict owes to the processor.
+
+        None with neither the operational comparison nor a speed reference.
+        """
         if self.given_cpu is None:
             return self.speed.describe() if self.speed is not None else None
-        failed = [f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt") for c in self.given_cpu if c.verdict == "fail"]
+        failed = [
+            f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt")
+            for c in self.given_cpu
+            if c.verdict == "fail"
+        ]
         drift = self.cpu_drift
         head = f"{self.speed.describe()}; " if self.speed is not None else ""
         if drift is not None:
             unscaled = f" ({(1 + drift) * self.speed.factor - 1:+.1%} unscaled)" if self.speed is not None else ""
             head += f"server CPU {drift:+.1%} against the calibrated model{' so scaled' if self.speed is not None else ''}{unscaled}; "
         if self.passed:
-            return head + ("given the level's own CPU time per request the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}"))
+            return head + (
+                "given the level's own CPU time per request the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}")
+            )
         if not failed:
-            return head + "given the level's own CPU time per request every check passes: the misses are the processor's speed, not the model's structure"
+            return (
+                head + "given the level's own CPU time per request every check passes: the misses are the "
+                "processor's speed, not the model's structure"
+            )
         return head + f"given the level's own CPU time per request it still fails: {', '.join(failed)}"
 
 
@@ -123,11 +135,27 @@ def verdict_table(checks: Sequence[Check], judged_only: bool = False) -> str:
     for c in checks:
         if judged_only and c.verdict == "info":
             continue
-        err = f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.2f} pt" if ("rate" in c.metric or c.metric == "utilization") else f"{c.error:+.3g}"
+        err = (
+            f"{c.error:+.1%}"
+            if c.relative
+            else f"{c.error * 100:+.2f} pt"
+            if ("rate" in c.metric or c.metric == "utilization")
+            else f"{c.error:+.3g}"
+        )
         if c.relative and math.isinf(c.error):
             err = "-"
         tol = "-" if c.tolerance is None else (f"±{c.tolerance:.0%}" if c.relative else f"±{c.tolerance * 100:.0f} pt")
-        rows.append([c.subject, c.metric, _fmt(c.metric, c.model), _fmt(c.metric, c.measured), err, tol, c.verdict + (f" ({c.note})" if c.note else "")])
+        rows.append(
+            [
+                c.subject,
+                c.metric,
+                _fmt(c.metric, c.model),
+                _fmt(c.metric, c.measured),
+                err,
+                tol,
+                c.verdict + (f" ({c.note})" if c.note else ""),
+            ]
+        )
     return table(["subject", "metric", "model", "measured", "error", "tolerance", "verdict"], rows)
 
 
@@ -144,7 +172,7 @@ def _plots(levels: list[Level], out: Path) -> list[str]:
     # the hockey stick: latency percentiles against load level, model band and measured points
     fig, axes = plt.subplots(1, len(rts), figsize=(4 * len(rts), 3.4), squeeze=False)
     xs = [lv.fraction for lv in levels]
-    for ax, rt in zip(axes[0], rts):
+    for ax, rt in zip(axes[0], rts, strict=False):
         for p, colour in ((50, "tab:blue"), (95, "tab:orange"), (99, "tab:red")):
             by_level = [next((c for c in lv.checks if c.subject == rt and c.metric == f"p{p}"), None) for lv in levels]
             model = [c.model * 1000 if c else math.nan for c in by_level]
@@ -174,7 +202,9 @@ def _plots(levels: list[Level], out: Path) -> list[str]:
             axes[0].plot(t_m, [x / m.interval for x in m.requests[rt].ok], "-", color=colour, label=rt)
             axes[0].plot(t_r, [x / r.interval for x in r.requests[rt].ok], "o", color=colour, markersize=3)
             axes[1].plot(t_m, [h.percentile(95) * 1000 if h.count else math.nan for h in m.requests[rt].latency], "-", color=colour)
-            axes[1].plot(t_r, [h.percentile(95) * 1000 if h.count else math.nan for h in r.requests[rt].latency], "o", color=colour, markersize=3)
+            axes[1].plot(
+                t_r, [h.percentile(95) * 1000 if h.count else math.nan for h in r.requests[rt].latency], "o", color=colour, markersize=3
+            )
         axes[1].set_yscale("log")
         axes[0].set_title(f"level {lv.fraction:g}: successful requests/s (line: model, dots: measured)", fontsize=9)
         axes[1].set_title(f"level {lv.fraction:g}: p95 latency, ms (line: model, dots: measured)", fontsize=9)
@@ -201,10 +231,23 @@ def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta
         "knee": {**knee.__dict__, "verdict": knee.verdict},
         "levels": [
             {
-                "fraction": lv.fraction, "rate": lv.rate, "passed": lv.passed, "checks": [c.to_dict() for c in lv.checks],
+                "fraction": lv.fraction,
+                "rate": lv.rate,
+                "passed": lv.passed,
+                "checks": [c.to_dict() for c in lv.checks],
                 **({"cpu_drift": lv.cpu_drift} if lv.cpu_drift is not None else {}),
                 **({"machine_speed": lv.speed.to_dict()} if lv.speed is not None else {}),
-                **({"given_level_cpu": {"passed": all(c.verdict != "fail" for c in lv.given_cpu), "diagnosis": lv.diagnosis(), "checks": [c.to_dict() for c in lv.given_cpu]}} if lv.given_cpu is not None else {}),
+                **(
+                    {
+                        "given_level_cpu": {
+                            "passed": all(c.verdict != "fail" for c in lv.given_cpu),
+                            "diagnosis": lv.diagnosis(),
+                            "checks": [c.to_dict() for c in lv.given_cpu],
+                        }
+                    }
+                    if lv.given_cpu is not None
+                    else {}
+                ),
             }
             for lv in levels
         ],
@@ -222,14 +265,22 @@ def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta
         "Model figures: counts, rates and utilization from the replication that ran the load test's own arrivals and registrants; "
         "latency percentiles pooled over replications, the shaded band is where one model run falls (95 %).</p>",
         f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
-        f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b> at {knee.arrival_rate:.4g} arrivals/s, "
+        f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b> at {knee.arrival_rate:.4g} "
+        f"arrivals/s, "
         f"that is {knee.predicted:.4g} {html.escape(knee.request)} requests/s. Highest measured: {knee.measured:.4g}/s "
-        f"({'a level at or past saturation was run' if knee.reached else 'no level reached saturation, so the check is that no measurement exceeds the prediction'}). "
-        f"Verdict: <span class={knee.verdict}>{knee.verdict}</span>.</p>",
+        + (
+            "(a level at or past saturation was run). "
+            if knee.reached
+            else "(no level reached saturation, so the check is that no measurement exceeds the prediction). "
+        )
+        + f"Verdict: <span class={knee.verdict}>{knee.verdict}</span>.</p>",
     ]
     parts += [f'<img src="{name}" alt="{html.escape(name)}" style="max-width:100%">' for name in images]
     for lv in levels:
-        parts.append(f"<h2>Level {lv.fraction:g} ({lv.rate:.4g} arrivals/s): <span class={'pass' if lv.passed else 'fail'}>{'pass' if lv.passed else 'FAIL'}</span></h2>")
+        parts.append(
+            f"<h2>Level {lv.fraction:g} ({lv.rate:.4g} arrivals/s): <span "
+            f"class={'pass' if lv.passed else 'fail'}>{'pass' if lv.passed else 'FAIL'}</span></h2>"
+        )
         if (why := lv.diagnosis()) is not None:
             parts.append(f"<p>Processor: {html.escape(why)}.</p>")
         parts.append(f"<pre>{html.escape(verdict_table(lv.checks))}</pre>")

@@ -38,7 +38,7 @@ def assert_counts_match(times: np.ndarray, s, edges: np.ndarray) -> None:
     k = len(counts)
     alpha = 2 * (1 - NormalDist().cdf(3.0))
     z = NormalDist().inv_cdf(1 - (1 - (1 - alpha) ** (1 / k)) / 2)
-    for n, a, b in zip(counts, edges[:-1], edges[1:]):
+    for n, a, b in zip(counts, edges[:-1], edges[1:], strict=False):
         m = expected_arrivals(s.arrivals, a, b, s.horizon)
         assert abs(n - m) <= z * math.sqrt(m), f"[{a:g}, {b:g}): {n} arrivals, expected {m:.1f} (bound {z:.2f} sigma)"
 

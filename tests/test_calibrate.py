@@ -70,7 +70,7 @@ def cpu_text(process: float, typed: dict[str, tuple[float, float, float, float, 
     lines = [f"process_cpu_seconds_total {process}"]
     for i, metric in enumerate(("requests", "steps", "loop_seconds", "loop_seconds_squared", "thread_seconds")):
         lines += [f'surgecap_cpu_{metric}_total{{request="{rt}"}} {v[i]}' for rt, v in typed.items()]
-    return metrics_text(0, 0, 0) .replace("process_cpu_seconds_total 1.5\n", "") + "\n".join(lines) + "\n"
+    return metrics_text(0, 0, 0).replace("process_cpu_seconds_total 1.5\n", "") + "\n".join(lines) + "\n"
 
 
 def test_processor_demand_per_request_type() -> None:
@@ -79,7 +79,14 @@ def test_processor_demand_per_request_type() -> None:
     # Unowned: 0.10 - (0.06 + 0.02) = 0.02 s over 200 modelled requests = 0.1 ms each.
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
     after = snapshot(
-        cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0), "mailbox": (50, 50, 0.01, 50 * 4e-8, 0.0)}),
+        cpu_text(
+            1.10,
+            {
+                "register": (100, 400, 0.04, 400 * 2e-8, 0.02),
+                "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0),
+                "mailbox": (50, 50, 0.01, 50 * 4e-8, 0.0),
+            },
+        ),
         at=10.0,
     )
     cpu = cpu_estimates(before, after, ["register", "verify_email"])
@@ -119,7 +126,10 @@ def test_the_machines_speed_against_calibration_and_the_processor_scaled_by_it()
     # sum n c_now / sum n c_then = (100 x 0.77 + 300 x 0.36) / (100 x 0.7 + 300 x 0.3) = 185 / 160
     from models.calibrate import CpuEstimate, scaled_processor, speed_index
 
-    work = {"register": {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}, "verify_email": {"steps": 3, "step": {"dist": "gamma", "mean": "0.1ms", "cv": 0.5}}}
+    work = {
+        "register": {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}},
+        "verify_email": {"steps": 3, "step": {"dist": "gamma", "mean": "0.1ms", "cv": 0.5}},
+    }
     now = {
         "register": CpuEstimate("register", 100, 0.67e-3, 0.0, 0.1e-3, 5, 1.0, 0.0077),
         "verify_email": CpuEstimate("verify_email", 300, 0.26e-3, 0.0, 0.1e-3, 3, 0.5, 0.0108),
@@ -130,10 +140,23 @@ def test_the_machines_speed_against_calibration_and_the_processor_scaled_by_it()
 
     # a machine 1.25 x as slow: every CPU time x 1.25, and so the utilizations the law was measured at;
     # the step time at utilization 1.25 U is 1.25 x the calibrated one at U, inside and outside the measured range
-    cpu = {"cores": 1, "work": work, "measured_at": 0.4, "low_at": 0.1, "speedup": 1.0, "background": 0.01, "reference": {"rate": 50.0, "duration": 60.0, "compress": 2.0}}
+    cpu = {
+        "cores": 1,
+        "work": work,
+        "measured_at": 0.4,
+        "low_at": 0.1,
+        "speedup": 1.0,
+        "background": 0.01,
+        "reference": {"rate": 50.0, "duration": 60.0, "compress": 2.0},
+    }
     slow = scaled_processor(cpu, 1.25)
     assert parse_duration(slow["work"]["register"]["step"]["mean"]) == pytest.approx(0.175e-3)
-    assert (slow["measured_at"], slow["low_at"], slow["background"], slow["reference"]["rate"]) == (pytest.approx(0.5), pytest.approx(0.125), pytest.approx(0.0125), 50.0)
+    assert (slow["measured_at"], slow["low_at"], slow["background"], slow["reference"]["rate"]) == (
+        pytest.approx(0.5),
+        pytest.approx(0.125),
+        pytest.approx(0.0125),
+        50.0,
+    )
     assert cpu["work"]["register"]["step"]["mean"] == "0.14ms"  # the calibrated overlay is left as it was
     base = load_scenario(SMALL, overlay={"system": {"cpu": cpu}}).system.cpu
     scaled = load_scenario(SMALL, overlay={"system": {"cpu": slow}}).system.cpu
@@ -178,6 +201,7 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, floa
     return out, code, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_calibration_recovers_the_configured_service_demand(validated: tuple[Path, int, float]) -> None:
     # the web station sleeps a gamma(mean 40 ms, cv 0.2) per request: its measured mean must be within 10 %
     out, _, _ = validated
@@ -190,14 +214,23 @@ def test_calibration_recovers_the_configured_service_demand(validated: tuple[Pat
     assert set(overlay["system"]["overhead"]) == {"register", "verify_email"}
 
 
+@pytest.mark.slow
 def test_short_validation_passes_and_writes_its_report(validated: tuple[Path, int, float]) -> None:
     out, code, _ = validated
     report = json.loads((out / "validation.json").read_text())
-    failed = [(lv["fraction"], c["subject"], c["metric"], c["error"]) for lv in report["levels"] for c in lv["checks"] if c["verdict"] == "fail"]
+    failed = [
+        (lv["fraction"], c["subject"], c["metric"], c["error"]) for lv in report["levels"] for c in lv["checks"] if c["verdict"] == "fail"
+    ]
     assert code == 0, failed
     assert report["passed"] and [lv["fraction"] for lv in report["levels"]] == [0.3, 0.6]
     judged = {(c["subject"], c["metric"]) for lv in report["levels"] for c in lv["checks"] if c["verdict"] == "pass"}
-    assert {("register", "p50"), ("register", "p95"), ("register", "throughput /s"), ("station web", "utilization"), ("step verify-email", "completed")} <= judged
+    assert {
+        ("register", "p50"),
+        ("register", "p95"),
+        ("register", "throughput /s"),
+        ("station web", "utilization"),
+        ("step verify-email", "completed"),
+    } <= judged
     assert (out / "validation.html").exists() and (out / "latency-vs-load.png").exists()
     assert report["knee"]["resource"] == "web"
     assert report["meta"]["processor"].startswith("the CPU time per request measured in each level")
@@ -206,6 +239,7 @@ def test_short_validation_passes_and_writes_its_report(validated: tuple[Path, in
     assert (server / "refserver.sqlite").exists() and not (server / "photos").exists()  # the uploads' filler bytes are not kept
 
 
+@pytest.mark.slow
 def test_pending_writes_reach_the_disk_before_every_measured_phase(validated: tuple[Path, int, float]) -> None:
     # the db station's time is the disk's: the speed probe, calibration's two phases and both levels each start
     # after os.sync, so writes left by whatever ran before (a package install) are not written back mid-phase
@@ -217,6 +251,7 @@ def test_pending_writes_reach_the_disk_before_every_measured_phase(validated: tu
     assert pending_writes(meminfo) == (521676 + 1024) * 1024
 
 
+@pytest.mark.slow
 def test_the_speed_reference_reruns_the_calibrations_processor_phase(validated: tuple[Path, int, float], tmp_path: Path) -> None:
     # validate --speed-reference bracket: the calibration's processor phase again on a fresh server, read against
     # the calibration's CPU work; the same machine minutes later (its speed moves by about 10 %, so a wide bound)
@@ -232,12 +267,18 @@ def test_the_speed_reference_reruns_the_calibrations_processor_phase(validated: 
     calibrated = load_scenario(SMALL, overlay=overlay).system.cpu
     assert calibrated is not None and calibrated.reference is not None
     with Lab(None, quiet=True) as lab:
-        speed = reference_speed(raw_scenario(load_scenario(SMALL)), load_scenario(SMALL), calibration, calibrated.reference, tmp_path / "ref", lab)
+        speed = reference_speed(
+            raw_scenario(load_scenario(SMALL)), load_scenario(SMALL), calibration, calibrated.reference, tmp_path / "ref", lab
+        )
     assert speed is not None and 0.6 < speed < 1.6, speed
     assert json.loads((tmp_path / "ref" / "result.json").read_text())  # the rerun is kept like a level
     # the calibration's processor phase as it ran: load, length and think times
     rerun = load_scenario(tmp_path / "ref" / "scenario.yaml")
-    assert (rerun.arrivals.rate, rerun.horizon, rerun.run.compress) == (pytest.approx(reference["rate"]), pytest.approx(reference["duration"]), pytest.approx(reference["compress"]))
+    assert (rerun.arrivals.rate, rerun.horizon, rerun.run.compress) == (
+        pytest.approx(reference["rate"]),
+        pytest.approx(reference["duration"]),
+        pytest.approx(reference["compress"]),
+    )
 
 
 @pytest.mark.parametrize("family", ["lognormal", "gamma"])
@@ -255,7 +296,9 @@ def test_heavy_tailed_service_times_are_fitted_by_maximum_likelihood(family: str
         else:
             xs = rng.gamma(1.0, 0.150, 600)
         logs = np.log(xs)
-        est = ServiceEstimate("storage", "upload_photo", len(xs), float(xs.mean()), float(xs.std() / xs.mean()), 0.1, float(logs.mean()), float(logs.var()))
+        est = ServiceEstimate(
+            "storage", "upload_photo", len(xs), float(xs.mean()), float(xs.std() / xs.mean()), 0.1, float(logs.mean()), float(logs.var())
+        )
         fit = est.as_distribution({"dist": family})
         assert fit["dist"] == family
         hits += abs(parse_duration(fit["mean"]) / 0.150 - 1) < 0.10 and abs(fit["cv"] - 1.0) < 0.2
@@ -275,7 +318,9 @@ def test_heavy_tailed_service_times_are_fitted_by_maximum_likelihood(family: str
         (["validate", str(SMALL), "--calibration", "/nonexistent/cal.yaml"], "expected a calibration overlay"),
     ],
 )
-def test_bad_arguments_are_refused_before_any_load(argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_bad_arguments_are_refused_before_any_load(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "calibration").exists()  # nothing was started
@@ -289,23 +334,45 @@ def test_validate_can_take_the_processor_time_from_the_level_itself() -> None:
     from workflows.validate import level_processor
 
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
-    after = snapshot(cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0)
+    after = snapshot(
+        cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0
+    )
     calibrated = {
         "system": {
             "stations": {"web": {"service": {"register": {"dist": "gamma", "mean": "40ms", "cv": 0.5}}}},
-            "cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}},
-                    "measured_at": 0.4, "low_at": 0.1, "speedup": 0.8, "background": 0.0},
+            "cpu": {
+                "cores": 1,
+                "threads": [],
+                "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}},
+                "measured_at": 0.4,
+                "low_at": 0.1,
+                "speedup": 0.8,
+                "background": 0.0,
+            },
         }
     }
     given = Calibration(calibrated)
-    out = level_processor(given, Measurement(load_scenario(SMALL), RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {}), before, after)).overlay
+    out = level_processor(
+        given, Measurement(load_scenario(SMALL), RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {}), before, after)
+    ).overlay
     cpu = out["system"]["cpu"]
     assert cpu["work"]["register"] == {"steps": 5, "step": {"dist": "gamma", "mean": "0.14ms", "cv": 1.0}}
     assert (cpu["measured_at"], cpu["low_at"], cpu["speedup"]) == (pytest.approx(0.01), pytest.approx(0.01), 0.0)
     assert out["system"]["stations"] == calibrated["system"]["stations"]
     assert calibrated["system"]["cpu"]["speedup"] == 0.8  # the calibration itself is left alone
     # a level without CPU accounting keeps the calibrated processor
-    assert level_processor(given, Measurement(load_scenario(SMALL), RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {}), before, snapshot(metrics_text(0, 0, 0), at=10.0))) is given
+    assert (
+        level_processor(
+            given,
+            Measurement(
+                load_scenario(SMALL),
+                RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {}),
+                before,
+                snapshot(metrics_text(0, 0, 0), at=10.0),
+            ),
+        )
+        is given
+    )
 
 
 def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path: Path) -> None:
@@ -317,12 +384,23 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     from workflows.validate import LevelRun, judge_level
 
     scenario = load_scenario(SMALL)
-    calibrated = {"system": {"cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}}}
+    calibrated = {
+        "system": {
+            "cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}
+        }
+    }
     measured = simulate(load_scenario(SMALL, overlay=calibrated), replications=1)[0]
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
-    after = snapshot(cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0)
+    after = snapshot(
+        cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0
+    )
 
-    lv = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "cal", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2)
+    lv = judge_level(
+        LevelRun(0.5, 20.0, SMALL, tmp_path / "cal", Measurement(scenario, measured, before, after)),
+        Calibration(calibrated),
+        "calibrated",
+        replications=2,
+    )
     assert (tmp_path / "cal" / "model" / "rep-001" / "result.json").exists()
     assert lv.given_cpu is not None and lv.cpu_drift is not None
     cpu = {c.metric: c for c in lv.given_cpu if c.subject == "station cpu"}["utilization"]
@@ -334,19 +412,46 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     # calibrated processor is scaled by their mean before the model runs; the diagnosis names the speed
     from reports.validation import Speed
 
-    slow = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "slow", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2, speed=Speed(1.2, 1.4))
+    slow = judge_level(
+        LevelRun(0.5, 20.0, SMALL, tmp_path / "slow", Measurement(scenario, measured, before, after)),
+        Calibration(calibrated),
+        "calibrated",
+        replications=2,
+        speed=Speed(1.2, 1.4),
+    )
     assert slow.speed is not None and slow.speed.factor == pytest.approx(1.3)
     used = yaml.safe_load((tmp_path / "slow" / "processor.yaml").read_text())
     assert parse_duration(used["work"]["register"]["step"]["mean"]) == pytest.approx(1.3e-3)
-    busy = {lv_name: next(c.model for c in lv_.checks if c.subject == "station cpu" and c.metric == "utilization") for lv_name, lv_ in (("base", lv), ("slow", slow))}
+    busy = {
+        lv_name: next(c.model for c in lv_.checks if c.subject == "station cpu" and c.metric == "utilization")
+        for lv_name, lv_ in (("base", lv), ("slow", slow))
+    }
     assert busy["slow"] == pytest.approx(1.3 * busy["base"], rel=0.1)
     assert "1.300 x calibration's (reference load before 1.200, after 1.400)" in (slow.diagnosis() or "")
     assert Speed(None, 1.1).factor == pytest.approx(1.1) and Speed(None, None).factor == 1.0
-    unexplained = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "slow-quick", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2, diagnose=False, speed=Speed(1.2, 1.4))
+    unexplained = judge_level(
+        LevelRun(0.5, 20.0, SMALL, tmp_path / "slow-quick", Measurement(scenario, measured, before, after)),
+        Calibration(calibrated),
+        "calibrated",
+        replications=2,
+        diagnose=False,
+        speed=Speed(1.2, 1.4),
+    )
     assert unexplained.diagnosis() == "the machine's CPU time per request 1.300 x calibration's (reference load before 1.200, after 1.400)"
 
-    quick = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "quick", Measurement(scenario, measured, before, after)), Calibration(calibrated), "calibrated", replications=2, diagnose=False)
+    quick = judge_level(
+        LevelRun(0.5, 20.0, SMALL, tmp_path / "quick", Measurement(scenario, measured, before, after)),
+        Calibration(calibrated),
+        "calibrated",
+        replications=2,
+        diagnose=False,
+    )
     assert quick.given_cpu is None and quick.diagnosis() is None
-    level = judge_level(LevelRun(0.5, 20.0, SMALL, tmp_path / "level", Measurement(scenario, measured, before, after)), Calibration(calibrated), "level", replications=2)
+    level = judge_level(
+        LevelRun(0.5, 20.0, SMALL, tmp_path / "level", Measurement(scenario, measured, before, after)),
+        Calibration(calibrated),
+        "level",
+        replications=2,
+    )
     assert level.given_cpu is None and (tmp_path / "level" / "processor.yaml").exists()
     assert next(c for c in level.checks if c.subject == "station cpu").verdict == "info"

@@ -61,7 +61,7 @@ class _Server:
                     self.requests += 1
                     if self.answers == 0:
                         break  # closed unanswered
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+                    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}')
 
 
 @pytest.fixture

@@ -94,7 +94,9 @@ def test_overload_compares_shedding_and_queue_growth_instead_of_latency() -> Non
 def test_the_knee_check() -> None:
     below = Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05)
     assert below.verdict == "pass"
-    assert Knee("web", "register", 100.0, 100.0, 120.0, reached=False, tolerance=0.05).verdict == "fail"  # measured past the predicted ceiling
+    assert (
+        Knee("web", "register", 100.0, 100.0, 120.0, reached=False, tolerance=0.05).verdict == "fail"
+    )  # measured past the predicted ceiling
     assert Knee("web", "register", 100.0, 100.0, 97.0, reached=True, tolerance=0.05).verdict == "pass"
     assert Knee("web", "register", 100.0, 100.0, 80.0, reached=True, tolerance=0.05).verdict == "fail"  # saturated lower than predicted
 
@@ -123,7 +125,11 @@ def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(
     assert "still fails: register p95 +2" in lv.diagnosis()
     _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
     saved = json.loads(json_path.read_text())["levels"][0]
-    assert saved["cpu_drift"] == pytest.approx(0.2) and saved["given_level_cpu"]["passed"] is False and "still fails" in saved["given_level_cpu"]["diagnosis"]
+    assert (
+        saved["cpu_drift"] == pytest.approx(0.2)
+        and saved["given_level_cpu"]["passed"] is False
+        and "still fails" in saved["given_level_cpu"]["diagnosis"]
+    )
     assert "machine_speed" not in saved
     # a level whose model was scaled by the machine's speed around it says so, in the report too
     lv.speed = Speed(1.05, None)

@@ -44,7 +44,7 @@ def test_funnel_counts_are_consistent(smoke, smoke_result) -> None:
     assert sum(r.arrivals) == r.meta["registrants"]
     # the first step is reached by every arrival (no think time, nobody drops before it)
     assert sum(steps[0].reached) == sum(r.arrivals)
-    for step, series in zip(smoke.journey, steps):
+    for step, series in zip(smoke.journey, steps, strict=True):
         req = r.requests[step.request_type]
         assert sum(series.completed) <= sum(series.reached)
         assert sum(req.ok) >= sum(series.completed)
@@ -56,7 +56,7 @@ def test_drop_off_follows_proceed_probability(smoke) -> None:
     # check |k - n p| <= 3 sqrt(n p (1 - p)) over a longer window of the surge.
     scenario = smoke.model_copy(update={"horizon": 1800.0}).with_run(interval=600.0)
     r = simulate_once(scenario)
-    for prev, step in zip(scenario.journey, scenario.journey[1:]):
+    for prev, step in zip(scenario.journey, scenario.journey[1:], strict=False):
         if step.waits_for is not None:
             continue  # the email step also needs the email delivered within the window
         n = sum(r.steps[prev.name].completed)
@@ -122,7 +122,11 @@ def test_a_request_type_without_processor_work_still_goes_through_its_stations()
     # a processor given CPU work for registration only: the email verification has none and must still be served
     from .conftest import TEST_SCENARIOS
 
-    overlay = {"system": {"cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}}}
+    overlay = {
+        "system": {
+            "cpu": {"cores": 1, "threads": [], "work": {"register": {"steps": 3, "step": {"dist": "gamma", "mean": "1ms", "cv": 1.0}}}}
+        }
+    }
     r = simulate_once(load_scenario(TEST_SCENARIOS / "validate-small.yaml", overlay=overlay))
     assert sum(r.requests["verify_email"].ok) > 0.8 * sum(r.requests["register"].ok) > 0
     assert sum(r.stations["cpu"].busy) > 0

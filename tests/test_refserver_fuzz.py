@@ -18,8 +18,12 @@ from hypothesis import strategies as st
 from .refserver_helpers import make_client, person
 
 _scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40))
-_json = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=5)), max_leaves=12)
-_field_values = st.one_of(_scalar, st.text(alphabet="0123456789", min_size=0, max_size=20), st.just("3273012104900001"), st.just("a@example.org"))
+_json = st.recursive(
+    _scalar, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=5)), max_leaves=12
+)
+_field_values = st.one_of(
+    _scalar, st.text(alphabet="0123456789", min_size=0, max_size=20), st.just("3273012104900001"), st.just("a@example.org")
+)
 
 
 def _bodies(fields: list[str]) -> st.SearchStrategy[object]:
@@ -78,5 +82,3 @@ def test_status_never_answers_5xx(client, rid) -> None:
 
 def test_a_valid_registration_still_works_after_fuzzing(client) -> None:
     assert client.post("/api/register", json=person()).status_code == 201
-
-

@@ -51,11 +51,13 @@ def _cfg(**over: Any) -> dict[str, Any]:
     return c
 
 
+@pytest.mark.slow
 def test_acknowledged_registrations_survive_sigkill(tmp_path: Path) -> None:
     cfg = _cfg()
     proc, port = _start(tmp_path, cfg)
     acked: list[str] = []
     stop = threading.Event()
+    enough = threading.Event()  # set once many registrations are acknowledged: the kill lands mid-stream
 
     def client() -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
@@ -66,11 +68,13 @@ def test_acknowledged_registrations_survive_sigkill(tmp_path: Path) -> None:
                     return  # the server is gone
                 if r.status_code == 201:
                     acked.append(r.json()["id"])
+                    if len(acked) >= 200:
+                        enough.set()
 
     threads = [threading.Thread(target=client) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    assert enough.wait(timeout=60), "the clients should have been acknowledged many registrations"
     os.kill(proc.pid, signal.SIGKILL)  # mid-stream, no chance to clean up
     proc.wait(timeout=10)
     stop.set()
@@ -127,6 +131,7 @@ def _p95(xs: list[float]) -> float:
     return xs[int(0.95 * (len(xs) - 1))]
 
 
+@pytest.mark.slow
 def test_overload_sheds_with_retry_after_and_recovers(tmp_path: Path) -> None:
     # web: 2 slots of 50 ms = 40 registrations/s; queue of 4.  Load: 10 s at 3x (120/s).
     cfg = _cfg(
@@ -166,7 +171,12 @@ def test_registry_limits_surface_as_retry_later(tmp_path: Path) -> None:
         rid2 = advance(client, p2, "photo_stored")
         r = client.post("/api/verify-nik", json={"registrant_id": rid2, "nik": p2["nik"]})
         assert r.status_code == 503 and r.headers["retry-after"]
-        assert r.json() == {"id": rid2, "status": "registry_unavailable", "reason": "rate_limited", "error": "registry unavailable, retry later"}
+        assert r.json() == {
+            "id": rid2,
+            "status": "registry_unavailable",
+            "reason": "rate_limited",
+            "error": "registry unavailable, retry later",
+        }
     quota = RegistryConfig(concurrency=4, queue=10, latency=0.001, timeout=2.0, daily_quota=1, mismatch=0.0)
     with make_client(tmp_path / "q", config(registry=quota)) as client:
         p1, p2 = person(), person()
@@ -182,7 +192,8 @@ def test_registry_service_answers_429(limit: str) -> None:
 
     from refserver.registry import create_registry_app
 
-    cfg = RegistryConfig(latency=0.0, rate_limit=5.0, burst=5.0) if limit == "rate" else RegistryConfig(latency=0.0, daily_quota=3)
+    # a bucket of 5 that refills one token in 1000 s: however slowly the 8 requests run, only the 5 pass
+    cfg = RegistryConfig(latency=0.0, rate_limit=0.001, burst=5.0) if limit == "rate" else RegistryConfig(latency=0.0, daily_quota=3)
     with TestClient(create_registry_app(cfg)) as c:
         codes = [c.post("/check", json={"nik": "3273012104900001"}).status_code for _ in range(8)]
     allowed = 5 if limit == "rate" else 3
@@ -190,6 +201,7 @@ def test_registry_service_answers_429(limit: str) -> None:
     assert codes[allowed:] == [429] * (8 - allowed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_capacity_serve_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     data = tmp_path / "data"
@@ -230,6 +242,7 @@ def test_serve_refuses_a_non_loopback_bind(capsys) -> None:
     assert "--allow-remote" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_path: Path) -> None:
     # started() runs the server on port 0: it binds a free port itself and names it, so nothing can take the port
     # between choosing and binding, and the readiness probe cannot be answered by another process
@@ -246,18 +259,38 @@ def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_p
         cfg_path.write_text(json.dumps(_cfg()))
         done = subprocess.run(
             [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", str(busy), "--data-dir", str(tmp_path / "busy")],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert done.returncode == 2 and f"cannot listen on 127.0.0.1:{busy}" in done.stderr
     no_port = subprocess.run(
         [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", "70000", "--data-dir", str(tmp_path / "bad")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert no_port.returncode == 2 and "cannot listen on 127.0.0.1:70000" in no_port.stderr and "Traceback" not in no_port.stderr
     unwritable = subprocess.run(
-        [sys.executable, "-m", "refserver.serve", "--config", str(cfg_path), "--port", "0", "--data-dir", str(tmp_path / "nowhere"),
-         "--port-file", str(tmp_path / "no-such-dir" / "port")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "refserver.serve",
+            "--config",
+            str(cfg_path),
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--port-file",
+            str(tmp_path / "no-such-dir" / "port"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert unwritable.returncode == 2 and "cannot write the port file" in unwritable.stderr and "Traceback" not in unwritable.stderr
     assert not (tmp_path / "nowhere" / "registry-port").exists()  # found before the registry was started

@@ -30,25 +30,61 @@ def _empty_journey(text: str) -> str:
 CASES = [
     ("yaml-syntax", _replace("horizon: 2m", "horizon: [2m"), ["bad.yaml:7:", "YAML syntax error"]),
     ("missing-field", _replace("horizon: 2m\n", ""), ["bad.yaml:", "horizon", "required field is missing"]),
-    ("unknown-field", _replace("      servers: 4\n", "      servrs: 4\n"), ["system.stations.web.servrs", "unknown field 'servrs'", "did you mean 'servers'"]),
+    (
+        "unknown-field",
+        _replace("      servers: 4\n", "      servrs: 4\n"),
+        ["system.stations.web.servrs", "unknown field 'servrs'", "did you mean 'servers'"],
+    ),
     ("zero-rate", _replace("peak: 40/s", "peak: 0/s"), ["bad.yaml:9:", "arrivals.peak", "greater than 0"]),
     ("negative-rate", _replace("rate: 20/s", "rate: -20/s"), ["system.email.rate", "greater than 0"]),
     ("probability-above-1", _replace("proceed: 80%", "proceed: 120%"), ["journey[1].proceed", "less than or equal to 1", "120%"]),
     ("probability-below-0", _replace("give_up: 10%", "give_up: -0.1"), ["journey[3].retry.give_up", "greater than or equal to 0"]),
     ("unknown-unit", _replace("hold: 10s", "hold: 10 fortnights"), ["arrivals.hold", "unknown time unit 'fortnights'", "expected one of"]),
     ("unknown-rate-unit", _replace("peak: 40/s", "peak: 40/week"), ["arrivals.peak", "unknown time unit 'week'"]),
-    ("unknown-station", _replace("stations: [web, storage]", "stations: [web, storge]"), ["bad.yaml:31:", "journey[2].stations[1]", "unknown station 'storge'", "storage"]),
+    (
+        "unknown-station",
+        _replace("stations: [web, storage]", "stations: [web, storge]"),
+        ["bad.yaml:31:", "journey[2].stations[1]", "unknown station 'storge'", "storage"],
+    ),
     ("empty-journey", _empty_journey, ["journey", "at least 1 item"]),
     ("window-outside", _replace("  interval: 10s", "  interval: 10s\n  window: [0s, 5m]"), ["run.window", "must lie within the scenario"]),
-    ("exponential-negative-mean", _replace("patience: {dist: exponential, mean: 5s}", "patience: {dist: exponential, mean: -5s}"), ["journey[0].patience.mean", "greater than 0"]),
-    ("uniform-high-below-low", _replace("{dist: uniform, low: 1s, high: 3s}", "{dist: uniform, low: 3s, high: 1s}"), ["journey[2].think", "high (1s) must be at least low (3s)"]),
+    (
+        "exponential-negative-mean",
+        _replace("patience: {dist: exponential, mean: 5s}", "patience: {dist: exponential, mean: -5s}"),
+        ["journey[0].patience.mean", "greater than 0"],
+    ),
+    (
+        "uniform-high-below-low",
+        _replace("{dist: uniform, low: 1s, high: 3s}", "{dist: uniform, low: 3s, high: 1s}"),
+        ["journey[2].think", "high (1s) must be at least low (3s)"],
+    ),
     ("lognormal-negative-cv", _replace("cv: 0.5}", "cv: -1}"), ["system.registry.latency.cv", "greater than 0"]),
-    ("unknown-distribution", _replace("{dist: exponential, mean: 3s}", "{dist: weibull, mean: 3s}"), ["journey[4].think", "unknown dist 'weibull'", "lognormal"]),
-    ("service-missing-for-request", _replace("service: {upload_photo: {dist: lognormal, mean: 100ms, cv: 1.0}}", "service: {register: 1ms}"), ["journey[2].stations[1]", "no service time for request 'upload_photo'"]),
+    (
+        "unknown-distribution",
+        _replace("{dist: exponential, mean: 3s}", "{dist: weibull, mean: 3s}"),
+        ["journey[4].think", "unknown dist 'weibull'", "lognormal"],
+    ),
+    (
+        "service-missing-for-request",
+        _replace("service: {upload_photo: {dist: lognormal, mean: 100ms, cv: 1.0}}", "service: {register: 1ms}"),
+        ["journey[2].stations[1]", "no service time for request 'upload_photo'"],
+    ),
     ("surge-total-unreachable", _replace("decay: 20s", "total: 99999999"), ["arrivals", "cannot be reached"]),
-    ("cpu-unknown-thread-station", _replace("system:\n", "system:\n  cpu: {threads: [dbb], work: {default: {steps: 2, step: 1ms}}}\n"), ["system.cpu.threads[0]", "unknown station 'dbb'"]),
-    ("cpu-low-above-measured", _replace("system:\n", "system:\n  cpu: {low_at: 0.5, measured_at: 0.2, work: {default: {steps: 2, step: 1ms}}}\n"), ["system.cpu.low_at", "must not exceed measured_at"]),
-    ("cpu-unknown-request", _replace("system:\n", "system:\n  cpu: {work: {regster: {steps: 2, step: 1ms}}}\n"), ["system.cpu.work.regster", "unknown request type 'regster'"]),
+    (
+        "cpu-unknown-thread-station",
+        _replace("system:\n", "system:\n  cpu: {threads: [dbb], work: {default: {steps: 2, step: 1ms}}}\n"),
+        ["system.cpu.threads[0]", "unknown station 'dbb'"],
+    ),
+    (
+        "cpu-low-above-measured",
+        _replace("system:\n", "system:\n  cpu: {low_at: 0.5, measured_at: 0.2, work: {default: {steps: 2, step: 1ms}}}\n"),
+        ["system.cpu.low_at", "must not exceed measured_at"],
+    ),
+    (
+        "cpu-unknown-request",
+        _replace("system:\n", "system:\n  cpu: {work: {regster: {steps: 2, step: 1ms}}}\n"),
+        ["system.cpu.work.regster", "unknown request type 'regster'"],
+    ),
 ]
 
 

@@ -63,7 +63,7 @@ def test_probe_times_real_work() -> None:
     timings = probe(0.2)
     assert len(timings) >= 20
     assert all(c > 0 for _, c in timings)
-    assert all(b[0] > a[0] for a, b in zip(timings, timings[1:]))
+    assert all(b[0] > a[0] for a, b in zip(timings, timings[1:], strict=False))
 
 
 def test_modes_in_a_scenario_keep_the_mean_step() -> None:

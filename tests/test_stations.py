@@ -40,7 +40,7 @@ def test_sender_matches_a_single_server_station() -> None:
     env.process(monitor())
     env.run()
     assert delivered_sender == pytest.approx(delivered_station, abs=1e-9)
-    tot = {k: [sum(x) for x in zip(*[row[:7] for row in v])] for k, v in flushed.items()}
+    tot = {k: [sum(x) for x in zip(*[row[:7] for row in v], strict=False)] for k, v in flushed.items()}
     arrivals_st, _, _, waited_st, busy_st, cap_st, queue_st = tot["station"]
     arrivals_se, _, _, waited_se, busy_se, cap_se, queue_se = tot["sender"]
     assert arrivals_st == arrivals_se == len(arrivals)
@@ -140,9 +140,16 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
     kinds = [(k, st.name if st is not None else None) for k, st, _ in legs]
     assert kinds == [
         (VISIT, "cpu"),
-        (HOLD, "web"), (DELAY, None), (VISIT, "cpu"), (RELEASE, "web"),
+        (HOLD, "web"),
+        (DELAY, None),
         (VISIT, "cpu"),
-        (HOLD, "db"), (VISIT, "cpu"), (DELAY, None), (VISIT, "cpu"), (RELEASE, "db"),
+        (RELEASE, "web"),
+        (VISIT, "cpu"),
+        (HOLD, "db"),
+        (VISIT, "cpu"),
+        (DELAY, None),
+        (VISIT, "cpu"),
+        (RELEASE, "db"),
     ]
 
 

@@ -44,6 +44,7 @@ def test_mm1_mean_wait(name: str, lam: float, mu: float) -> None:
     check(est["station.q.mean_wait"], exact)
 
 
+@pytest.mark.slow
 def test_mmc_erlang_c() -> None:
     # M/M/c, c = 10, rho = 0.9: P(wait) = C(c, a); Wq = C(c, a) / (c mu - lam)
     est = run("mmc-10")
@@ -81,6 +82,7 @@ def test_jackson_network_with_feedback() -> None:
     assert visits == pytest.approx(exact.visits[0], rel=0.02)
 
 
+@pytest.mark.slow
 def test_mg1_processor_pollaczek_khinchine() -> None:
     # M/G/1 (the server's processor, system.cpu): Wq = lam E[S^2] / (2 (1 - rho)), E[S^2] = (1 + cv^2) m^2
     est = run("mg1-cpu")
@@ -90,6 +92,7 @@ def test_mg1_processor_pollaczek_khinchine() -> None:
     check(est["station.cpu.utilization"], lam * m)
 
 
+@pytest.mark.slow
 def test_processor_with_two_speeds_is_a_mixture_of_mg1_queues() -> None:
     # The mg1-cpu queue on a processor that is 1.5 x slower half of the time (system.cpu.modes).  Step
     # times are scaled by f_fast = 1 / (1 - share + share x slow) = 0.8 and f_slow = 1.2, so the mean

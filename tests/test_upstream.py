@@ -117,7 +117,11 @@ def test_chunked_close_delimited_and_connection_close_answers_are_read_whole() -
 
 @pytest.mark.parametrize(
     "raw, what",
-    [(None, "IncompleteReadError"), (b"SMTP ready\r\n\r\n", "not an HTTP/1.x status line"), (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "bad content-length")],
+    [
+        (None, "IncompleteReadError"),
+        (b"SMTP ready\r\n\r\n", "not an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "bad content-length"),
+    ],
 )
 def test_a_peer_that_closes_or_answers_nonsense_is_an_upstream_error_and_the_request_is_not_repeated(raw: bytes | None, what: str) -> None:
     async def answer(request: bytes) -> bytes | None:

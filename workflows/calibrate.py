@@ -82,11 +82,19 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     low_file = level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
     flush_writes(quiet)
     modes = speed_modes(duration, quiet) if lab.host is None else None  # before the server starts: the CPU to itself
-    say("calibrate", f"{rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}", quiet)
+    say(
+        "calibrate",
+        f"{rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation "
+        f"rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}",
+        quiet,
+    )
     low = lab.measure(low_file, run_dir, idle=IDLE_WATCH)
     before, after = low.before, low.after
     if before is None or after is None:
-        raise NoMetrics(f"{lab.host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps the scenario's configured service times")
+        raise NoMetrics(
+            f"{lab.host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps "
+            f"the scenario's configured service times"
+        )
     estimates = service_estimates(before, after)
     background = before.idle_cpu or 0.0
     low_cpu = cpu_estimates(before, after, scenario.request_types, background)
@@ -100,7 +108,12 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
         cpu_rate = CPU_LOAD * saturation(Calibration(overlay).on(scenario)).rate
         cpu_duration = max(10.0, duration / 2)
         cpu_file = level_file(raw, f"{scenario.name}-calibration-cpu", cpu_rate, cpu_duration, run_dir / "cpu")
-        say("calibrate", f"the server's processor at {cpu_rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for {format_duration(cpu_duration)}", quiet)
+        say(
+            "calibrate",
+            f"the server's processor at {cpu_rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for "
+            f"{format_duration(cpu_duration)}",
+            quiet,
+        )
         work = lab.measure(cpu_file, run_dir / "cpu")
         cpu_before, cpu_after = warm(run_dir / "cpu" / "scrapes.json", cpu_duration, work.before, work.after)
         if cpu_before is not None and cpu_after is not None:
@@ -117,7 +130,11 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
                     "low_at": round(min(u_low, u_work), 3),
                     "speedup": round(speedup, 3),
                     "background": round(background, 4),
-                    "reference": {"rate": round(cpu_rate, 4), "duration": cpu_duration, "compress": round(load_scenario(cpu_file).run.compress, 4)},
+                    "reference": {
+                        "rate": round(cpu_rate, 4),
+                        "duration": cpu_duration,
+                        "compress": round(load_scenario(cpu_file).run.compress, 4),
+                    },
                 }
             )
     path = run_dir / "calibration.yaml"
@@ -136,7 +153,9 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     elif not low_cpu:
         text += "\n\nthe server publishes no CPU accounting (surgecap_cpu_*): the model keeps no processor station"
     if overhead:
-        text += "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
+        text += (
+            "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
+        )
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
     return Calibrated(calibration, path, text)
 
@@ -155,9 +174,15 @@ def _estimates_text(scenario: Scenario, estimates: dict[tuple[str, str], Service
             configured = st.service_for(rt) if st is not None else None
         rows.append(
             [
-                station, rt, f"{est.n}", f"{est.mean * 1000:.2f}ms", f"{est.cv:.2f}",
-                f"{configured.mean * 1000:.2f}ms" if configured else "-", f"{configured.cv:.2f}" if configured else "-",
-                f"{(est.mean / configured.mean - 1):+.1%}" if configured and configured.mean > 0 else "-", f"{est.utilization:.1%}",
+                station,
+                rt,
+                f"{est.n}",
+                f"{est.mean * 1000:.2f}ms",
+                f"{est.cv:.2f}",
+                f"{configured.mean * 1000:.2f}ms" if configured else "-",
+                f"{configured.cv:.2f}" if configured else "-",
+                f"{(est.mean / configured.mean - 1):+.1%}" if configured and configured.mean > 0 else "-",
+                f"{est.utilization:.1%}",
             ]
         )
     return table(["station", "request", "served", "D measured", "cv", "D configured", "cv", "diff", "U"], rows)
@@ -167,15 +192,23 @@ def _processor_text(low_cpu: dict[str, CpuEstimate], cpu: dict[str, CpuEstimate]
     from reports.summary import table
 
     text = (
-        f"server processor, CPU per request (own work, and with its share of the work no request owns), at low load ({u_low:.1%} of one core) "
-        f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at processor utilization U between {u_low:.3f} and {u_work:.3f}):\n"
+        f"server processor, CPU per request (own work, and with its share of the work no request owns), at low load ({u_low:.1%} of "
+        f"one core) "
+        f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at "
+        f"processor utilization U between {u_low:.3f} and {u_work:.3f}):\n"
     )
     return text + table(
         ["request", "own low", "with share low", "requests", "own", "with share", "steps", "step cv"],
         [
             [
-                rt, f"{low_cpu[rt].own * 1000:.3f}ms" if rt in low_cpu else "-", f"{low_cpu[rt].demand * 1000:.3f}ms" if rt in low_cpu else "-",
-                f"{e.n}", f"{e.own * 1000:.3f}ms", f"{e.demand * 1000:.3f}ms", f"{e.steps}", f"{e.cv:.2f}",
+                rt,
+                f"{low_cpu[rt].own * 1000:.3f}ms" if rt in low_cpu else "-",
+                f"{low_cpu[rt].demand * 1000:.3f}ms" if rt in low_cpu else "-",
+                f"{e.n}",
+                f"{e.own * 1000:.3f}ms",
+                f"{e.demand * 1000:.3f}ms",
+                f"{e.steps}",
+                f"{e.cv:.2f}",
             ]
             for rt, e in sorted(cpu.items())
         ],
@@ -187,7 +220,9 @@ def speed_modes(duration: float, quiet: bool) -> SpeedModes | None:
     server_cpu, _ = cpus()
     seconds = min(max(duration / 4, SPEED_PROBE[0]), SPEED_PROBE[1])
     say("calibrate", f"timing the server's CPU for {format_duration(seconds)} (does its speed change?)", quiet)
-    cmd = [sys.executable, "-m", "models.speed", "--seconds", f"{seconds:g}"] + (["--cpu", str(server_cpu)] if server_cpu is not None else [])
+    cmd = [sys.executable, "-m", "models.speed", "--seconds", f"{seconds:g}"] + (
+        ["--cpu", str(server_cpu)] if server_cpu is not None else []
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, cwd=Path(__file__).resolve().parent.parent)
     if done.returncode != 0:
         print(f"capacity calibrate: the CPU speed probe failed, the model keeps a steady processor: {done.stderr.strip()}", file=sys.stderr)

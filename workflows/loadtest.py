@@ -70,11 +70,25 @@ def run_loadtest(scenario: Scenario, opts: LoadtestOptions, run_dir: Path) -> tu
             "master": f" as master for {opts.workers} worker(s) on {opts.master_bind_host}:{opts.master_port}",
             "worker": f" as worker {opts.worker_index} of {opts.workers} of the master at {opts.master_host}:{opts.master_port}",
         }[opts.role]
-        say("loadtest", f"{scenario.name} for {format_duration(opts.duration)} against {host}{what} with a pool of {users} users; results in {run_dir}/")
+        say(
+            "loadtest",
+            f"{scenario.name} for {format_duration(opts.duration)} against {host}{what} with a pool of {users} users; results in "
+            f"{run_dir}/",
+        )
         run = LoadRun(
-            Path(scenario.path), host, opts.duration, run_dir, users, opts.workers, opts.seed, opts.quiet,
-            metrics=opts.host is None and opts.role != "worker", role=opts.role,
-            master_host=opts.master_host if opts.role == "worker" else opts.master_bind_host, master_port=opts.master_port, worker_index=opts.worker_index,
+            Path(scenario.path),
+            host,
+            opts.duration,
+            run_dir,
+            users,
+            opts.workers,
+            opts.seed,
+            opts.quiet,
+            metrics=opts.host is None and opts.role != "worker",
+            role=opts.role,
+            master_host=opts.master_host if opts.role == "worker" and opts.master_host else opts.master_bind_host,
+            master_port=opts.master_port,
+            worker_index=opts.worker_index,
         )
         try:
             return run_locust(run)

@@ -77,7 +77,9 @@ def flush_writes(quiet: bool) -> int:
     os.sync()
     took = time.monotonic() - started_at
     if not quiet and (pending >= 16 << 20 or took >= 1.0):
-        print(f"capacity: wrote the machine's pending writes ({pending / 1e6:.0f} MB) to disk before measuring, {took:.1f}s", file=sys.stderr)
+        print(
+            f"capacity: wrote the machine's pending writes ({pending / 1e6:.0f} MB) to disk before measuring, {took:.1f}s", file=sys.stderr
+        )
     return pending
 
 
@@ -89,7 +91,9 @@ def raw_scenario(scenario: Scenario) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def level_file(raw: dict[str, Any], name: str, rate: float, duration: float, run_dir: Path, everyone: bool = False, compress: float | None = None) -> Path:
+def level_file(
+    raw: dict[str, Any], name: str, rate: float, duration: float, run_dir: Path, everyone: bool = False, compress: float | None = None
+) -> Path:
     """Write the scenario of one steady level (:func:`models.calibrate.steady_scenario`) to ``run_dir/scenario.yaml``."""
     from models.calibrate import steady_scenario
 
@@ -151,7 +155,9 @@ class Lab:
         flush_writes(self.quiet)
         with contextlib.ExitStack() as stack:
             try:
-                target = self.host or stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server", cpu=server_cpu, registry_cpu=load_cpu))
+                target = self.host or stack.enter_context(
+                    started(server_config(scenario, test_mode=True), run_dir / "server", cpu=server_cpu, registry_cpu=load_cpu)
+                )
             except (OSError, RuntimeError) as exc:
                 raise RunFailed(f"the reference server did not start: {exc}") from None
 
@@ -169,7 +175,16 @@ class Lab:
                 if quiet_end is not None and quiet_end.cpu_seconds is not None:
                     quiet_end.idle_cpu = max(0.0, (quiet_end.cpu_seconds - before.cpu_seconds) / (quiet_end.at - before.at))
                     before = quiet_end
-            run = LoadRun(scenario_file, target, duration, run_dir, pool_size(scenario, duration), quiet=self.quiet, metrics=before is not None, cpu=load_cpu)
+            run = LoadRun(
+                scenario_file,
+                target,
+                duration,
+                run_dir,
+                pool_size(scenario, duration),
+                quiet=self.quiet,
+                metrics=before is not None,
+                cpu=load_cpu,
+            )
             try:
                 measured, interrupted = run_locust(run)
             except LoadTestError as exc:

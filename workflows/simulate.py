@@ -23,7 +23,9 @@ class Simulated:
     slos_met: bool
 
 
-def run_simulation(scenario: Scenario, run_dir: Path, replications: int = 1, seed: int | None = None, quiet: bool = False, calibration: str | None = None) -> Simulated:
+def run_simulation(
+    scenario: Scenario, run_dir: Path, replications: int = 1, seed: int | None = None, quiet: bool = False, calibration: str | None = None
+) -> Simulated:
     """Simulate ``replications`` of ``scenario``; write ``summary.md``, ``summary.json`` and ``rep-NNN/`` to ``run_dir``."""
     from models.results import save
     from models.simulate import simulate, summarize

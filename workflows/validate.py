@@ -74,7 +74,15 @@ def level_processor(calibration: Calibration, measurement: Measurement) -> Calib
     return calibration.with_cpu({**cpu, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
 
 
-def judge_level(run: LevelRun, calibration: Calibration, processor: str, replications: int, diagnose: bool = True, quiet: bool = True, speed: Speed | None = None) -> Level:
+def judge_level(
+    run: LevelRun,
+    calibration: Calibration,
+    processor: str,
+    replications: int,
+    diagnose: bool = True,
+    quiet: bool = True,
+    speed: Speed | None = None,
+) -> Level:
     """Run the model on one measured level and compare; the model's runs are saved under ``run.dir / "model"``.
 
     ``processor`` "calibrated" takes the server's CPU time per request from the
@@ -118,7 +126,9 @@ def judge_level(run: LevelRun, calibration: Calibration, processor: str, replica
     return lv
 
 
-def reference_speed(raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, lab: Lab) -> float | None:
+def reference_speed(
+    raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, lab: Lab
+) -> float | None:
     """Run the calibration's processor phase again on a fresh server; the machine's speed now against calibration.
 
     ``reference`` is that phase (its load, length and think times, from the
@@ -139,14 +149,25 @@ def reference_speed(raw: dict[str, Any], scenario: Scenario, calibration: Calibr
     return speed_index(cpu.get("work", {}), cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0))))
 
 
-def _speed_run(raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, when: str, lab: Lab) -> float | None:
+def _speed_run(
+    raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, when: str, lab: Lab
+) -> float | None:
     """:func:`reference_speed` with its progress line and its result printed."""
-    say("validate", f"speed reference {when}: the calibration's processor phase again ({reference.rate:.4g} arrivals/s for {format_duration(reference.duration)})", lab.quiet)
+    say(
+        "validate",
+        f"speed reference {when}: the calibration's processor phase again ({reference.rate:.4g} arrivals/s for "
+        f"{format_duration(reference.duration)})",
+        lab.quiet,
+    )
     found = reference_speed(raw, scenario, calibration, reference, run_dir, lab)
     say(
         "validate",
         f"speed reference {when}: "
-        + (f"the same requests took {found:.3f} x calibration's CPU time" if found is not None else "no CPU accounting measured; the level around it keeps the other reference"),
+        + (
+            f"the same requests took {found:.3f} x calibration's CPU time"
+            if found is not None
+            else "no CPU accounting measured; the level around it keeps the other reference"
+        ),
         lab.quiet,
     )
     return found
@@ -172,10 +193,19 @@ def _bracket(opts: ValidateOptions, calibration: Calibration, reference: CpuRefe
     if opts.processor != "calibrated" or opts.speed_reference != "bracket" or calibration.cpu is None:
         return False
     if reference is None:
-        say("validate", "the calibration overlay records no processor phase (system.cpu.reference), so there is no speed reference: the calibrated processor is used as it is", opts.quiet)
+        say(
+            "validate",
+            "the calibration overlay records no processor phase (system.cpu.reference), so there is no speed reference: "
+            "the calibrated processor is used as it is",
+            opts.quiet,
+        )
         return False
     if opts.host is not None:
-        say("validate", "no speed reference with --host (it needs fresh reference servers): the calibrated processor is used as it is", opts.quiet)
+        say(
+            "validate",
+            "no speed reference with --host (it needs fresh reference servers): the calibrated processor is used as it is",
+            opts.quiet,
+        )
         return False
     return True
 
@@ -196,7 +226,11 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         speed_before: float | None = None
         if bracket and reference is not None:
             # after a calibration just now, its processor phase (the reference load itself) ran just before the first level
-            speed_before = 1.0 if calibrated_now else _speed_run(raw, scenario, calibration, reference, run_dir / "speed-reference-0", "before the first level", lab)
+            speed_before = (
+                1.0
+                if calibrated_now
+                else _speed_run(raw, scenario, calibration, reference, run_dir / "speed-reference-0", "before the first level", lab)
+            )
         done: list[Level] = []
         durations: list[float] = []
         for i, f in enumerate(opts.levels):
@@ -212,11 +246,24 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
                 measurement.result.meta["server_cpu_utilization"] = cpu
             speed = None
             if bracket and reference is not None:
-                speed_after = _speed_run(raw, scenario, calibration, reference, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", lab)
+                speed_after = _speed_run(
+                    raw, scenario, calibration, reference, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", lab
+                )
                 speed, speed_before = Speed(speed_before, speed_after), speed_after
-            lv = judge_level(LevelRun(f, rate, path, ldir, measurement), calibration, opts.processor, opts.replications, diagnose=opts.diagnose, quiet=opts.quiet, speed=speed)
+            lv = judge_level(
+                LevelRun(f, rate, path, ldir, measurement),
+                calibration,
+                opts.processor,
+                opts.replications,
+                diagnose=opts.diagnose,
+                quiet=opts.quiet,
+                speed=speed,
+            )
             done.append(lv)
-            print(f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}" + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else ""))
+            print(
+                f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}"
+                + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else "")
+            )
             print(verdict_table(lv.checks, judged_only=True))
             if (why := lv.diagnosis()) is not None:
                 print(f"processor: {why}")
@@ -228,10 +275,13 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         "samples": scenario.validation.samples,
         "replications": opts.replications,
         "calibration": calibration.source,
-        "processor": "the CPU time per request measured in each level (operational validation)" if opts.processor == "level" else "calibrated",
+        "processor": "the CPU time per request measured in each level (operational validation)"
+        if opts.processor == "level"
+        else "calibrated",
         "speed_reference": (
-            f"bracket: the calibration's processor phase ({reference.rate:.4g} arrivals/s for {reference.duration:g}s) run again on a fresh server "
-            "after every level (and before the first, unless calibrated just before); each level's calibrated CPU times scaled by the mean of the two around it"
+            f"bracket: the calibration's processor phase ({reference.rate:.4g} arrivals/s for {reference.duration:g}s) run again on "
+            "a fresh server after every level (and before the first, unless calibrated just before); each level's calibrated CPU "
+            "times scaled by the mean of the two around it"
             if bracket and reference is not None
             else "none"
         ),
@@ -240,11 +290,18 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         "host": opts.host or "a fresh reference server per level",
     }
     html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta)
-    print(f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} {knee_check.request}/s; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}")
+    print(
+        f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} "
+        f"{knee_check.request}/s; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}"
+    )
     print(f"validation report: {html_path} and {json_path}")
     failed = [lv.fraction for lv in done if not lv.passed]
     if failed or knee_check.verdict == "fail":
-        say("validate", f"FAILED at level(s) {', '.join(f'{x:g}' for x in failed) or '-'}{'; knee check failed' if knee_check.verdict == 'fail' else ''}")
+        say(
+            "validate",
+            f"FAILED at level(s) {', '.join(f'{x:g}' for x in failed) or '-'}"
+            + ("; knee check failed" if knee_check.verdict == "fail" else ""),
+        )
         return False
     print("capacity validate: every check passed")
     return True
@@ -256,5 +313,10 @@ def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[
 
     i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
-    served = [(sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / lasts for lv, lasts in zip(done, durations, strict=True)]
-    return Knee(knee.resource, rt, knee.rate, knee.rate * visits_top, max(served), max(levels) >= 1.0, calibrated.validation.tolerances.throughput)
+    served = [
+        (sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / lasts
+        for lv, lasts in zip(done, durations, strict=True)
+    ]
+    return Knee(
+        knee.resource, rt, knee.rate, knee.rate * visits_top, max(served), max(levels) >= 1.0, calibrated.validation.tolerances.throughput
+    )
