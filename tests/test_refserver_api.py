@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from models.calibrate import parse_prometheus
-from refserver.app import MAILBOX_QUERY
+from refserver.operations import MAILBOX_QUERY
 from refserver.photos import PhotoStore
 
 from .refserver_helpers import JPEG_BYTES, PNG_BYTES, RESET_TOKEN, advance, config, make_client, nik_for, person, rows, token_of

@@ -1,0 +1,169 @@
+"""The reference server's state and its plumbing: one :class:`Service` per app.
+
+The handlers (``refserver.handlers``, ``refserver.operations``) and the email
+sender (``refserver.outbox``) each take the service: its configuration, its
+stations with their configured service times, the database, the photo store,
+the registry's client and the metrics.  :meth:`Service.through` walks a request
+type's route of stations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+
+from contracts import sampler
+from refserver.config import ServerConfig
+from refserver.cpu import CpuClock
+from refserver.db import Database
+from refserver.metrics import Metrics
+from refserver.photos import PUT_CALLS, PhotoStore
+from refserver.stations import Station
+from refserver.upstream import Upstream
+
+__all__ = ["Service", "BadRequest", "read_json", "json_fields", "MAX_JSON_BYTES"]
+
+MAX_JSON_BYTES = 16_384  # a JSON request body larger than this is refused (413)
+
+
+class BadRequest(Exception):
+    """A 4xx answer: ``code`` and a JSON body ``{"error": ..., **extra}``."""
+
+    def __init__(self, code: int, error: str, **extra: Any):
+        super().__init__(error)
+        self.code = code
+        self.body = {"error": error, **extra}
+
+
+def json_fields(body: Any, required: set[str]) -> dict[str, Any]:
+    """``body`` when it is a JSON object with exactly the ``required`` string fields; :class:`BadRequest` otherwise."""
+    if not isinstance(body, dict):
+        raise BadRequest(400, "expected a JSON object")
+    missing = sorted(required - body.keys())
+    extra = sorted(body.keys() - required)
+    if missing:
+        raise BadRequest(422, f"missing field(s): {', '.join(missing)}")
+    if extra:
+        raise BadRequest(422, f"unknown field(s): {', '.join(extra)}; expected {', '.join(sorted(required))}")
+    for k in required:
+        if not isinstance(body[k], str):
+            raise BadRequest(422, f"{k} must be a string")
+    return body
+
+
+async def read_json(request: Request, required: set[str]) -> dict[str, Any]:
+    """The request's JSON object with exactly the ``required`` string fields (see :func:`json_fields`)."""
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BYTES:
+        raise BadRequest(413, "request body too large")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest(400, "malformed JSON") from None
+    return json_fields(body, required)
+
+
+class Service:
+    """One server's state: configuration, stations, service times, metrics and, once started, its resources."""
+
+    def __init__(self, cfg: ServerConfig, secret: bytes, reset_token: str | None = None):
+        self.cfg = cfg
+        self.secret = secret
+        self.reset_token = reset_token
+        rng = random.Random(cfg.seed)
+        # the database write runs in the writer thread inside the db station, the photo write in a worker thread inside storage
+        self.stations = {name: Station(name, s.servers, s.queue, threaded=name in ("db", "storage")) for name, s in cfg.stations.items()}
+        self.services: dict[tuple[str, str], Callable[[], float]] = {
+            (name, rt): sampler(s.service.get(rt, s.service.get("default")), rng) for name, s in cfg.stations.items() for rt in cfg.routes
+        }
+        self.metrics = Metrics()
+        self.clock = CpuClock()
+        self._db: Database | None = None
+        self._photos: PhotoStore | None = None
+        self._registry: Upstream | None = None
+
+    def start(self, db_path: str | Path, data_dir: str | Path, registry: Upstream) -> None:
+        """Open the database and the photo store, and take the registry's client."""
+        self._db = Database(db_path, on_cpu=self.clock.thread)
+        self._photos = PhotoStore(Path(data_dir) / "photos")
+        self._registry = registry
+
+    async def stop(self) -> None:
+        """Close what :meth:`start` opened (the database writer drains first)."""
+        if self._registry is not None:
+            await self._registry.aclose()
+        if self._photos is not None:
+            self._photos.close()
+        if self._db is not None:
+            self._db.close()
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("the service has not started")
+        return self._db
+
+    @property
+    def photos(self) -> PhotoStore:
+        if self._photos is None:
+            raise RuntimeError("the service has not started")
+        return self._photos
+
+    @property
+    def registry(self) -> Upstream:
+        if self._registry is None:
+            raise RuntimeError("the service has not started")
+        return self._registry
+
+    def _stored(self, rt: str, store: Callable[[], None]) -> Callable[[], None]:
+        def timed() -> None:
+            started = time.thread_time()
+            try:
+                store()
+            finally:
+                self.clock.thread(rt, time.thread_time() - started, PUT_CALLS)
+
+        return timed
+
+    async def through(
+        self, rt: str, work: Callable[[sqlite3.Connection], Any] | None = None, store: Callable[[], None] | None = None
+    ) -> Any:
+        """Walk the request type's stations.
+
+        The database work runs inside the db station, a file write (``store``)
+        inside the storage station; work whose station is not on the route runs
+        after it, and so does a database write whose db station comes before the
+        storage station (it names the stored file).
+        """
+        result = None
+        for name in self.cfg.routes.get(rt, []):
+            async with self.stations[name].slot(rt):
+                if name == "db" and work is not None and store is None:  # a write naming the stored file waits for it
+                    result = await self.db.write(work, rt)
+                    work = None
+                elif name == "storage" and store is not None:
+                    await asyncio.to_thread(self._stored(rt, store))
+                    store = None
+                pause = self.services[(name, rt)]()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+        if store is not None:
+            await asyncio.to_thread(self._stored(rt, store))
+        if work is not None:
+            result = await self.db.write(work, rt)
+        return result
+
+    def registrant(self, rid: str) -> tuple[Any, ...]:
+        """The registrant's row (id, email_verified, photo_path, nik_verified, batch_id, nik_hash); 404 when unknown."""
+        row = self.db.one("SELECT id, email_verified, photo_path, nik_verified, batch_id, nik_hash FROM registrants WHERE id = ?", (rid,))
+        if row is None:
+            raise BadRequest(404, "unknown registrant")
+        return row
