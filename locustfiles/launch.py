@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
+from locustfiles.settings import Settings
 from models.results import RunResult, load
 from refserver.serve import die_with_parent
 
@@ -60,20 +62,32 @@ class LoadRun:
 MASTER_WAIT = 300  # seconds a master waits for its workers to connect
 
 
-def _env(run: LoadRun) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "SURGECAP_SCENARIO": str(run.scenario.resolve()),
-        "SURGECAP_DURATION": str(run.duration),
-        "SURGECAP_OUT": str(run.run_dir),
-        "SURGECAP_PROGRESS": "0" if run.quiet else "1",
-        "SURGECAP_METRICS": "1" if run.metrics else "0",
-        "SURGECAP_WORKERS": str(run.workers),
-        "SURGECAP_WORKER_INDEX": str(run.worker_index),
-    }
-    if run.seed is not None:
-        env["SURGECAP_SEED"] = str(run.seed)
-    return env
+def _settings(run: LoadRun, worker_index: int | None = None) -> Settings:
+    """The locustfile's settings for this run (for local worker ``worker_index``: its own output, and only the first reports)."""
+    settings = Settings(
+        str(run.scenario),
+        seed=run.seed,
+        duration=run.duration,
+        out=str(run.run_dir),
+        workers=run.workers,
+        worker_index=run.worker_index,
+        progress=not run.quiet,
+        metrics=run.metrics,
+    )
+    if worker_index is None:
+        return settings
+    first = worker_index == 0
+    return replace(
+        settings,
+        out=str(run.run_dir / f"worker-{worker_index}"),
+        worker_index=worker_index,
+        progress=settings.progress and first,
+        metrics=settings.metrics and first,
+    )
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings.to_environ()}
 
 
 def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
@@ -97,6 +111,44 @@ def _worker_cmd(host: str, port: int) -> list[str]:
     ]
 
 
+def _headless_cmd(run: LoadRun) -> list[str]:
+    """The command of the one Locust process that runs (or, as master, leads) a headless run."""
+    return [
+        *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", run.host),
+        *("-u", str(run.users), "-r", str(run.users), "--run-time", f"{int(run.duration + GRACE)}s", "--stop-timeout", "5"),
+        *("--only-summary", "--csv", str(run.run_dir / "locust"), "--loglevel", "WARNING"),
+    ]
+
+
+def _stop_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``proc`` to end, then kill its process group."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait(locust: subprocess.Popen[bytes], deadline: float, run_dir: Path) -> bool:
+    """Wait for Locust to end by ``deadline`` seconds (killed past it); True when Ctrl-C interrupted it."""
+    try:
+        locust.wait(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        os.killpg(locust.pid, signal.SIGKILL)
+        locust.wait()
+        raise LoadTestError(f"Locust did not stop in time and was killed; see {run_dir}/locust.log") from None
+    except KeyboardInterrupt:
+        os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
+        _stop_or_kill(locust, RESULT_WAIT_S)  # interrupted too early (while starting) or stuck: it goes
+        return True
+    return False
+
+
+def _start(cmd: list[str], run: LoadRun, env: dict[str, str], log: IO[bytes] | IO[str]) -> subprocess.Popen[bytes]:
+    # own sessions: a terminal's Ctrl-C reaches this process, which stops them in order; and they stop if it is killed
+    return subprocess.Popen(_pinned(cmd, run.cpu), env=env, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
+
+
 def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
     """Run the load test; return its result (merged over workers) and whether it was interrupted.
 
@@ -108,32 +160,9 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
     from refserver.serve import free_port
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    env = _env(run)
+    env = _env(_settings(run))
     deadline = run.duration + GRACE + 60
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--host",
-        run.host,
-        "-u",
-        str(run.users),
-        "-r",
-        str(run.users),
-        "--run-time",
-        f"{int(run.duration + GRACE)}s",
-        "--stop-timeout",
-        "5",
-        "--only-summary",
-        "--csv",
-        str(run.run_dir / "locust"),
-        "--loglevel",
-        "WARNING",
-    ]
-    interrupted = False
+    cmd = _headless_cmd(run)
     workers: list[subprocess.Popen[bytes]] = []
     with open(run.run_dir / "locust.log", "w") as log:  # Locust's own logging; progress lines stay on stdout
         if run.role == "worker":
@@ -147,42 +176,13 @@ def run_locust(run: LoadRun) -> tuple[RunResult, bool]:
                 cmd += ["--expect-workers-max-wait", str(MASTER_WAIT)]
                 deadline += MASTER_WAIT
             else:
-                for k in range(run.workers):
-                    wenv = {**env, "SURGECAP_OUT": str(run.run_dir / f"worker-{k}"), "SURGECAP_WORKER_INDEX": str(k)}
-                    wenv["SURGECAP_PROGRESS"] = env["SURGECAP_PROGRESS"] if k == 0 else "0"
-                    wenv["SURGECAP_METRICS"] = env["SURGECAP_METRICS"] if k == 0 else "0"
-                    workers.append(
-                        subprocess.Popen(
-                            _pinned(_worker_cmd("127.0.0.1", port), run.cpu),
-                            env=wenv,
-                            stderr=log,
-                            start_new_session=True,
-                            preexec_fn=die_with_parent,
-                        )
-                    )
-        # own sessions: a terminal's Ctrl-C reaches this process, which stops them in order; and they stop if it is killed
-        locust = subprocess.Popen(_pinned(cmd, run.cpu), env=env, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
+                workers = [_start(_worker_cmd("127.0.0.1", port), run, _env(_settings(run, k)), log) for k in range(run.workers)]
+        locust = _start(cmd, run, env, log)
         try:
-            locust.wait(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            os.killpg(locust.pid, signal.SIGKILL)
-            locust.wait()
-            raise LoadTestError(f"Locust did not stop in time and was killed; see {run.run_dir}/locust.log") from None
-        except KeyboardInterrupt:
-            interrupted = True
-            os.killpg(locust.pid, signal.SIGINT)  # Locust stops its users and writes what it has
-            try:
-                locust.wait(timeout=RESULT_WAIT_S)
-            except subprocess.TimeoutExpired:  # interrupted too early (while starting) or stuck: it goes
-                os.killpg(locust.pid, signal.SIGKILL)
-                locust.wait()
+            interrupted = _wait(locust, deadline, run.run_dir)
         finally:
             for w in workers:
-                try:
-                    w.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(w.pid, signal.SIGKILL)
-                    w.wait()
+                _stop_or_kill(w, 30)
     if not (run.run_dir / "result.json").exists():
         raise LoadTestError(f"the load test wrote no result; see {run.run_dir}/locust.log")
     result = load(run.run_dir)

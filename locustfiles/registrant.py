@@ -6,17 +6,9 @@ load test and the model see the same arrival trace.  A pool of users takes
 arrivals as they fall due (:class:`locustfiles.pacing.Pacer`); lateness and
 dropped arrivals are counted, never hidden.
 
-Settings come from the environment (``capacity loadtest`` sets them):
-
-    SURGECAP_SCENARIO   scenario file (default scenarios/smoke.yaml)
-    SURGECAP_SEED       arrival seed (default the scenario's)
-    SURGECAP_DURATION   seconds of the window to replay (default the whole window)
-    SURGECAP_OUT        directory for result.json (default: none written)
-    SURGECAP_DROP_AFTER seconds an arrival may wait for a free user before it is dropped (default 1)
-    SURGECAP_WORKERS, SURGECAP_WORKER_INDEX
-                        in distributed runs: how many workers share the trace, and which one this is
-    SURGECAP_METRICS    1: scrape the target's /metrics each interval for station
-                        utilization, queues and shedding (the first worker only)
+Settings come from the environment, as ``capacity loadtest`` sets them
+(:mod:`locustfiles.settings`); the merge of distributed runs is in
+:mod:`locustfiles.distributed`.
 
 Interactive use with Locust's web UI: ``locust -f locustfiles/registrant.py --host http://127.0.0.1:8000``.
 """
@@ -44,36 +36,23 @@ from locust.user.users import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUS
 
 from contracts import decision_seed, registry_mismatch
 from locustfiles.client import JSON_HEADERS, Client
+from locustfiles.distributed import STOP_MESSAGE, Results, send_result
 from locustfiles.pacing import Pacer
 from locustfiles.recorder import Recorder
-from models.arrivals import MISMATCH_SLOT, PERSON_SLOT, arrival_times, decision, give_up_slot, proceed_slot, word
+from locustfiles.settings import Settings, SettingsError
+from models.arrivals import MISMATCH_SLOT, PERSON_SLOT, decision, give_up_slot, proceed_slot, word
 from models.calibrate import Snapshot, snapshot, station_series
 from models.histogram import Histogram
-from models.loader import load_scenario
-from models.results import RunResult, merge, save
+from models.results import save
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIO = load_scenario(os.environ.get("SURGECAP_SCENARIO", str(ROOT / "scenarios" / "smoke.yaml")))
-SEED = int(os.environ.get("SURGECAP_SEED", SCENARIO.seed))
-WINDOW_START, WINDOW_END = SCENARIO.window
-DURATION = min(float(os.environ.get("SURGECAP_DURATION", WINDOW_END - WINDOW_START)), WINDOW_END - WINDOW_START)
-OUT = os.environ.get("SURGECAP_OUT")
-DROP_AFTER = float(os.environ.get("SURGECAP_DROP_AFTER", "1"))
-KNOWN = {"register", "verify_email", "upload_photo", "verify_nik", "join_batch"}
+try:
+    RUN = Settings.from_environ().load()
+except SettingsError as exc:
+    raise SystemExit(f"locustfile: {exc}") from None
+SETTINGS, SCENARIO, SEED, DURATION = RUN.settings, RUN.scenario, RUN.seed, RUN.duration
+OUT, WORKERS, WORKER_INDEX = SETTINGS.out, SETTINGS.workers, SETTINGS.worker_index
 JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
-
-unknown = [s.request_type for s in SCENARIO.journey if s.request_type not in KNOWN]
-if unknown:
-    raise SystemExit(f"locustfile: request types {unknown} have no endpoint; expected some of {sorted(KNOWN)}")
-
-WORKERS = int(os.environ.get("SURGECAP_WORKERS", "1"))
-WORKER_INDEX = int(os.environ.get("SURGECAP_WORKER_INDEX", "0"))
-if not 0 <= WORKER_INDEX < WORKERS:
-    raise SystemExit(f"locustfile: SURGECAP_WORKER_INDEX must be in [0, {WORKERS}), got {WORKER_INDEX}")
-# distributed runs split the one arrival trace: worker k takes every arrival whose index is k mod WORKERS
-_trace = [t - WINDOW_START for t in arrival_times(SCENARIO, SEED).tolist() if t - WINDOW_START < DURATION]
-_times = _trace[WORKER_INDEX::WORKERS]
-PACER = Pacer(_times, DROP_AFTER)
+PACER = Pacer(RUN.times, SETTINGS.drop_after)
 RECORDER = Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
 CLOCK: dict[str, Any] = {}
 QUEUE: Queue[tuple[int, float]] = Queue()
@@ -413,30 +392,21 @@ def _start(environment: Environment, **_: Any) -> None:
     gc.freeze()
     CLOCK["start"] = time.monotonic()
     CLOCK["dispatcher"] = gevent.spawn(_dispatch)
-    if os.environ.get("SURGECAP_PROGRESS", "1") == "1":
+    if SETTINGS.progress:
         CLOCK["progress"] = gevent.spawn(_progress)  # type: ignore[assignment]
-    if os.environ.get("SURGECAP_METRICS") == "1" and WORKER_INDEX == 0 and environment.host:
+    if SETTINGS.metrics and WORKER_INDEX == 0 and environment.host:
         CLOCK["scraper"] = gevent.spawn(_scrape, environment.host)  # type: ignore[assignment]
     if isinstance(environment.runner, LocalRunner):
         CLOCK["finisher"] = gevent.spawn(_finish_early, environment)  # type: ignore[assignment]
 
 
-# Distributed runs: when the master stops, it asks every worker to stop and send
-# its result; the master merges them, so no shared disk is needed between machines.
-STOP_MESSAGE, RESULT_MESSAGE = "surgecap_stop", "surgecap_result"
-PARTS: dict[int, dict[str, Any]] = {}  # on the master: worker index -> its result
-RESULT_WAIT = 60.0  # seconds the master waits for the workers' results
+RESULTS = Results(WORKERS, OUT)  # on the master: the workers' results, merged when the run stops
 
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    runner = environment.runner
-    if isinstance(runner, MasterRunner):
-        runner.register_message(
-            RESULT_MESSAGE, lambda environment, msg, **_: PARTS.__setitem__(int(msg.data["worker"]), msg.data["result"])
-        )
-    elif isinstance(runner, WorkerRunner):
-        runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: gevent.spawn(runner.stop))
+    if isinstance(environment.runner, (MasterRunner, WorkerRunner)):
+        RESULTS.listen(environment.runner)
 
 
 @events.test_stopping.add_listener
@@ -445,28 +415,13 @@ def _stopping(environment: Environment, **_: Any) -> None:
         environment.runner.send_message(STOP_MESSAGE)
 
 
-def _collect(expected: int) -> None:
-    """On the master: wait for the workers' results, merge them and save the run."""
-    deadline = time.monotonic() + RESULT_WAIT
-    while len(PARTS) < expected and time.monotonic() < deadline:
-        gevent.sleep(0.2)
-    if not PARTS:
-        sys.stderr.write("locustfile: no worker sent its result\n")
-        return
-    merged = merge([RunResult.from_dict(PARTS[k]) for k in sorted(PARTS)])
-    merged.meta.update({"workers": expected, "workers_reported": sorted(PARTS), "worker": None})
-    if OUT:
-        save(merged, OUT)
-        Path(OUT, "lateness.json").write_text(json.dumps(merged.meta, indent=1, default=str))
-
-
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
     if CLOCK.get("stopped"):
         return  # a worker is stopped by our message and again by Locust's quit
     CLOCK["stopped"] = True
     if isinstance(environment.runner, MasterRunner):
-        _collect(WORKERS)
+        RESULTS.collect()
         return
     for name in ("progress", "dispatcher", "scraper", "finisher"):
         if name in CLOCK:
@@ -496,7 +451,7 @@ def _stop(environment: Environment, **_: Any) -> None:
         if SNAPS and "start" in CLOCK:
             Path(OUT, "scrapes.json").write_text(json.dumps([snap.to_dict(CLOCK["start"]) for snap in SNAPS]))
     if isinstance(environment.runner, WorkerRunner):
-        environment.runner.send_message(RESULT_MESSAGE, {"worker": WORKER_INDEX, "result": result.to_dict()})
+        send_result(environment.runner, WORKER_INDEX, result)
 
 
 @events.quitting.add_listener

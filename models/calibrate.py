@@ -417,7 +417,7 @@ def held_services(
     A server's measured busy time of a visit includes the wait for the event
     loop to resume the request (and, in a threaded station, the worker thread's
     CPU time and its wait for the processor).  The model holds the station for
-    those itself (see ``models.funnel._cpu_legs``), so each is taken off the
+    those itself (see ``models.routes.cpu_legs``), so each is taken off the
     measured demand at the calibration load: the step's queueing ``wait`` once,
     and for the first threaded station of a route the thread's CPU time, one
     more wait and its interpreter-lock takes (each waits for the step in

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from models.histogram import Histogram
-from models.results import RunResult
+from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import CPU, Tolerances
 
 __all__ = ["Check", "compare", "queue_growth", "REFUSED", "station_subject", "CPU_SUBJECT"]
@@ -116,131 +116,157 @@ def compare(
     if not models:
         raise ValueError("no model replications to compare")
     m0 = models[0]
-    duration = measured.n_intervals * measured.interval
     checks: list[Check] = []
-    enough = tol.min_samples
     for rt, series in measured.requests.items():
-        if rt not in m0.requests:
-            continue
-        ms, ss = m0.requests[rt], series
-        n_model, n_meas = sum(ms.started), sum(ss.started)
-        judged = min(n_model, n_meas) >= enough
-        note = "" if judged else f"fewer than {enough} requests"
-        checks.append(
+        if rt in m0.requests:
+            checks += _request_checks(models, measured, rt, series, tol, overload)
+    for name, step in measured.steps.items():
+        if name in m0.steps:
+            checks += _step_checks(models, name, step, tol)
+    for name, st in measured.stations.items():
+        if name in m0.stations:
+            checks += _station_checks(models, measured, name, st, tol, overload, inputs)
+    return checks
+
+
+def _request_checks(
+    models: list[RunResult], measured: RunResult, rt: str, series: RequestSeries, tol: Tolerances, overload: bool
+) -> list[Check]:
+    """Throughput, error, shed and abandon rates (and the refused rate at overload) and p50 / p95 / p99 of one request type."""
+    m0 = models[0]
+    duration = measured.n_intervals * measured.interval
+    enough = tol.min_samples
+    out: list[Check] = []
+    ms, ss = m0.requests[rt], series
+    n_model, n_meas = sum(ms.started), sum(ss.started)
+    judged = min(n_model, n_meas) >= enough
+    note = "" if judged else f"fewer than {enough} requests"
+    out.append(
+        Check(
+            rt,
+            "throughput /s",
+            sum(ms.ok) / duration,
+            sum(ss.ok) / duration,
+            tol.throughput if judged else None,
+            True,
+            _band([sum(m.requests[rt].ok) / duration for m in models]),
+            note,
+        )
+    )
+    for metric, reasons, t in (
+        ("error rate", None, tol.error_rate),
+        ("shed rate", ("full",), tol.error_rate),
+        ("abandon rate", ("abandoned", "timeout"), tol.error_rate),
+    ):
+        out.append(
             Check(
                 rt,
-                "throughput /s",
-                sum(ms.ok) / duration,
-                sum(ss.ok) / duration,
-                tol.throughput if judged else None,
-                True,
-                _band([sum(m.requests[rt].ok) / duration for m in models]),
+                metric,
+                _rate(_failed(m0, rt, reasons), n_model),
+                _rate(_failed(measured, rt, reasons), n_meas),
+                t if judged else None,
+                False,
+                None,
                 note,
             )
         )
-        for metric, reasons, t in (
-            ("error rate", None, tol.error_rate),
-            ("shed rate", ("full",), tol.error_rate),
-            ("abandon rate", ("abandoned", "timeout"), tol.error_rate),
-        ):
-            checks.append(
-                Check(
-                    rt,
-                    metric,
-                    _rate(_failed(m0, rt, reasons), n_model),
-                    _rate(_failed(measured, rt, reasons), n_meas),
-                    t if judged else None,
-                    False,
-                    None,
-                    note,
-                )
-            )
-        if overload:
-            checks.append(
-                Check(
-                    rt,
-                    "refused rate",
-                    _rate(_failed(m0, rt, REFUSED), n_model),
-                    _rate(_failed(measured, rt, REFUSED), n_meas),
-                    tol.error_rate if judged else None,
-                    False,
-                    None,
-                    note,
-                )
-            )
-        pooled = Histogram.merged(m.requests[rt].total_latency for m in models)
-        mh = ss.total_latency
-        lat_judged = min(pooled.count / len(models), mh.count) >= enough
-        lat_note = "" if lat_judged else f"fewer than {enough} successful requests"
-        if overload:
-            lat_judged, lat_note = False, "overload level: latency is not judged"
-        pcts: tuple[tuple[int, float | None], ...] = ((50, tol.p50), (95, tol.p95), (99, tol.p99))
-        for p, limit in pcts:
-            checks.append(
-                Check(
-                    rt,
-                    f"p{p}",
-                    pooled.percentile(p),
-                    mh.percentile(p),
-                    limit if lat_judged else None,
-                    True,
-                    _band([m.requests[rt].total_latency.percentile(p) for m in models]),
-                    lat_note,
-                )
-            )
-    for name, step in measured.steps.items():
-        if name not in m0.steps:
-            continue
-        for what in ("reached", "completed"):
-            a, b = sum(getattr(m0.steps[name], what)), sum(getattr(step, what))
-            judged = min(a, b) >= enough
-            checks.append(
-                Check(
-                    f"step {name}",
-                    what,
-                    float(a),
-                    float(b),
-                    tol.throughput if judged else None,
-                    True,
-                    _band([float(sum(getattr(m.steps[name], what))) for m in models]),
-                    "" if judged else f"fewer than {enough}",
-                )
-            )
-    for name, st in measured.stations.items():
-        if name not in m0.stations:
-            continue
-        seen = [c > 0 for c in st.capacity]  # intervals the scrapes covered
-        mu = _mean_utilization(m0, name, seen)
-        su = _mean_utilization(measured, name, seen)
-        given = station_subject(name) in inputs
-        checks.append(
+    if overload:
+        out.append(
             Check(
-                station_subject(name),
-                "utilization",
-                mu,
-                su,
-                None if given else tol.utilization,
+                rt,
+                "refused rate",
+                _rate(_failed(m0, rt, REFUSED), n_model),
+                _rate(_failed(measured, rt, REFUSED), n_meas),
+                tol.error_rate if judged else None,
                 False,
-                _band([_mean_utilization(m, name, seen) for m in models]),
-                "an input: measured in this level" if given else "",
+                None,
+                note,
             )
         )
-        if overload:
-            a, b = queue_growth(m0, name), queue_growth(measured, name)
-            judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
-            checks.append(
-                Check(
-                    station_subject(name),
-                    "queue growth /s",
-                    a,
-                    b,
-                    tol.queue_growth if judged else None,
-                    True,
-                    None,
-                    "" if judged else "no growth on either side",
-                )
+    pooled = Histogram.merged(m.requests[rt].total_latency for m in models)
+    mh = ss.total_latency
+    lat_judged = min(pooled.count / len(models), mh.count) >= enough
+    lat_note = "" if lat_judged else f"fewer than {enough} successful requests"
+    if overload:
+        lat_judged, lat_note = False, "overload level: latency is not judged"
+    pcts: tuple[tuple[int, float | None], ...] = ((50, tol.p50), (95, tol.p95), (99, tol.p99))
+    for p, limit in pcts:
+        out.append(
+            Check(
+                rt,
+                f"p{p}",
+                pooled.percentile(p),
+                mh.percentile(p),
+                limit if lat_judged else None,
+                True,
+                _band([m.requests[rt].total_latency.percentile(p) for m in models]),
+                lat_note,
             )
-    return checks
+        )
+    return out
+
+
+def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tolerances) -> list[Check]:
+    """Registrants who reached and completed one funnel step."""
+    m0 = models[0]
+    enough = tol.min_samples
+    out: list[Check] = []
+    for what in ("reached", "completed"):
+        a, b = sum(getattr(m0.steps[name], what)), sum(getattr(step, what))
+        judged = min(a, b) >= enough
+        out.append(
+            Check(
+                f"step {name}",
+                what,
+                float(a),
+                float(b),
+                tol.throughput if judged else None,
+                True,
+                _band([float(sum(getattr(m.steps[name], what))) for m in models]),
+                "" if judged else f"fewer than {enough}",
+            )
+        )
+    return out
+
+
+def _station_checks(
+    models: list[RunResult], measured: RunResult, name: str, st: StationSeries, tol: Tolerances, overload: bool, inputs: frozenset[str]
+) -> list[Check]:
+    """One station's utilization (and its queue's growth at overload)."""
+    m0 = models[0]
+    out: list[Check] = []
+    seen = [c > 0 for c in st.capacity]  # intervals the scrapes covered
+    mu = _mean_utilization(m0, name, seen)
+    su = _mean_utilization(measured, name, seen)
+    given = station_subject(name) in inputs
+    out.append(
+        Check(
+            station_subject(name),
+            "utilization",
+            mu,
+            su,
+            None if given else tol.utilization,
+            False,
+            _band([_mean_utilization(m, name, seen) for m in models]),
+            "an input: measured in this level" if given else "",
+        )
+    )
+    if overload:
+        a, b = queue_growth(m0, name), queue_growth(measured, name)
+        judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
+        out.append(
+            Check(
+                station_subject(name),
+                "queue growth /s",
+                a,
+                b,
+                tol.queue_growth if judged else None,
+                True,
+                None,
+                "" if judged else "no growth on either side",
+            )
+        )
+    return out
 
 
 def _mean_utilization(r: RunResult, station: str, within: list[bool]) -> float:

@@ -14,7 +14,6 @@ every ``run.interval`` and applies capacity changes at their times.
 from __future__ import annotations
 
 import gc
-import heapq
 import math
 import time
 from collections.abc import Callable, Generator
@@ -23,12 +22,14 @@ from typing import Any
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL, URGENT, Event
+from simpy.events import Event
 
 from contracts import decision_seed
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_base, decisions_at, give_up_slot, proceed_slot, stream
 from models.distributions import Sampler
+from models.fastpath import Engine, FastEngine, StockEngine
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
+from models.routes import CpuRoute, Route, cpu_legs
 from models.scenario import CPU, EMAIL, REGISTRY, Scenario, Step
 from models.stations import INF, Processor, Registry, Sender, Station
 
@@ -90,255 +91,10 @@ class _StepPlan:
     failed: int = 0
 
 
-class _Calendar:
-    """Keeps far-future wake-ups (long think times, backoffs) out of the event heap.
-
-    A wake-up at least two bucket widths ahead is parked in its bucket; one event
-    per bucket, at the bucket's start, moves the bucket's wake-ups into the heap
-    at their exact times.  The heap then holds only the next minute or so of
-    events rather than every registrant who is reading an email.
-
-    :meth:`sleep` parks an event for a process to wait on; :meth:`defer` parks a
-    plain callback with a value, so that a registrant between steps can end its
-    process and be started again at the next step: a sleeping registrant then
-    costs a small tuple instead of a suspended generator with its events.
-    """
-
-    def __init__(self, env: simpy.Environment, width: float = 60.0):
-        self.env = env
-        self.width = width
-        self.far = 2 * width
-        self.buckets: dict[int, list[tuple[float, Any, Callable[[Event], None] | None]]] = {}
-
-    def _bucket(self, when: float) -> list[tuple[float, Any, Callable[[Event], None] | None]]:
-        k = int(when // self.width)
-        bucket = self.buckets.get(k)
-        if bucket is None:
-            env = self.env
-            bucket = self.buckets[k] = []
-            opener = Event(env)
-            opener._ok = True
-            opener._value = k
-            heapq.heappush(env._queue, (k * self.width, URGENT, next(env._eid), opener))  # type: ignore[attr-defined]
-            opener.callbacks.append(self._open)  # type: ignore[union-attr]
-        return bucket
-
-    def sleep(self, delay: float) -> Event:
-        """An event that triggers after ``delay`` (a plain timeout when it is near)."""
-        env = self.env
-        if delay < self.far:
-            return env.timeout(delay)
-        ev = Event(env)
-        ev._ok = True
-        ev._value = None
-        when = env._now + delay
-        self._bucket(when).append((when, ev, None))
-        return ev
-
-    def defer(self, delay: float, value: Any, callback: Callable[[Event], None]) -> None:
-        """Call ``callback(event)`` with ``event.value == value`` after ``delay`` (≥ ``far``)."""
-        when = self.env._now + delay
-        self._bucket(when).append((when, value, callback))
-
-    def _open(self, opener: Event) -> None:
-        env = self.env
-        queue = env._queue  # type: ignore[attr-defined]
-        eid = env._eid  # type: ignore[attr-defined]
-        for when, item, callback in self.buckets.pop(opener._value):
-            if callback is None:
-                ev = item
-            else:
-                ev = Event(env)
-                ev._ok = True
-                ev._value = item
-                ev.callbacks.append(callback)  # type: ignore[union-attr]
-            heapq.heappush(queue, (when, NORMAL, next(eid), ev))
-
-
-class _Lean:
-    """Drives a registrant generator on SimPy events, without a Process event.
-
-    A :class:`simpy.Process` costs two scheduled events of its own (start and
-    end) and a general resume loop; a registrant needs neither (nobody waits for
-    it and it only yields pending events), so a million of them run this lighter
-    driver.  The generator is started at once, at the current simulated time.
-    """
-
-    __slots__ = ("gen", "resume")
-
-    def __init__(self, gen: Generator[Event, Any, None]):
-        self.gen = gen
-        self.resume = self._resume
-        self._resume(None)
-
-    def _resume(self, event: Event | None) -> None:
-        try:
-            nxt = self.gen.send(None if event is None else event._value)
-        except StopIteration:
-            del self.resume  # break the self-reference: the run keeps the cyclic collector off
-            return
-        nxt.callbacks.append(self.resume)  # type: ignore[union-attr]
-
-
-class _Route:
-    """One request's way through its stations, chained by callbacks.
-
-    The registrant waits on one ``reply`` event for the whole route; each
-    station's completion starts the next leg directly, and the last station
-    triggers ``reply`` itself.  A failure on any leg ends the route with its reason.
-    """
-
-    __slots__ = ("model", "visits", "i", "deadline", "reply", "u")
-
-    def __init__(
-        self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event, u: float | None = None
-    ):
-        self.model = model
-        self.visits = visits
-        self.i = 0
-        self.deadline = deadline
-        self.reply = reply
-        self.u = u  # the registrant's own draw for the registry's verdict
-
-    def next(self, previous: Event | None) -> None:
-        reply = self.reply
-        if previous is not None and previous._value is not None:
-            reply._ok = True
-            reply._value = previous._value
-            self.model.env.schedule(reply)
-            return
-        station, service = self.visits[self.i]
-        self.i += 1
-        last = self.i == len(self.visits)
-        target = reply if last else None
-        if service is None:  # the registry
-            m = self.model
-            leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, target, self.u)  # type: ignore[union-attr]
-        else:
-            leg = station.request(service(), self.deadline, ev=target)
-        if not last:
-            leg.callbacks.append(self.next)  # type: ignore[union-attr]
-
-
-VISIT, HOLD, DELAY, RELEASE, LOCK = range(5)  # legs of a route through the processor
-
-
-def _cpu_legs(
-    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler | None, threads: frozenset[str], locks: int = 0
-) -> list[tuple[int, Station | None, Sampler | None]]:
-    """A request's route with its ``steps`` on the processor, as the reference server runs it.
-
-    Each station is held for its whole visit: in a threaded station (its work
-    runs in a worker thread) one step first, the thread's work; then the
-    service; then the step in which the event loop resumes the request, which
-    is waited for before the station is let go.  The thread's ``locks`` (its
-    calls that give up the interpreter lock) each wait for the processor's
-    current step to end, before the thread's step.  The other steps are spread
-    over the gaps before, between and after the stations, first gaps first.
-    The registry (an outside service) is visited, not held.
-    """
-    held = [j for j, (_, service) in enumerate(visits) if service is not None]
-    thread_at = next((j for j in held if visits[j][0].name in threads), None)
-    left = steps
-    if thread_at is not None and left > 0:
-        left -= 1
-    else:
-        thread_at = None
-    resumes = min(left, len(held))
-    left -= resumes
-    gaps = len(visits) + 1
-    legs: list[tuple[int, Station | None, Sampler | None]] = []
-    for j in range(gaps):
-        legs += [(VISIT, cpu, step)] * (left // gaps + (1 if j < left % gaps else 0))
-        if j == len(visits):
-            break
-        station, service = visits[j]
-        if service is None:
-            legs.append((VISIT, station, None))
-            continue
-        legs.append((HOLD, station, None))
-        if j == thread_at:
-            legs += [(LOCK, cpu, None)] * locks
-            legs.append((VISIT, cpu, step))
-        legs.append((DELAY, None, service))
-        if resumes > 0:
-            legs.append((VISIT, cpu, step))
-            resumes -= 1
-        legs.append((RELEASE, station, None))
-    return legs
-
-
-class _CpuRoute:
-    """A request's way through its stations and the processor (see :func:`_cpu_legs`), chained by callbacks."""
-
-    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step")
-
-    def __init__(self, model: FunnelModel, legs: list[tuple[int, Any, Any]], deadline: float, reply: Event, u: float | None = None):
-        self.model = model
-        self.legs = legs
-        self.i = 0
-        self.deadline = deadline
-        self.reply = reply
-        self.u = u
-        self.held: Station | None = None
-        self.since = 0.0
-        self.step = 0.0  # CPU time of the latest step: the server lets a station go as its resumption step starts
-
-    def _end(self, value: str | None) -> None:
-        if self.held is not None:
-            self.held.release(self.since)
-            self.held = None
-        reply = self.reply
-        reply._ok = True
-        reply._value = value
-        self.model.env.schedule(reply)
-
-    def next(self, previous: Event | None) -> None:
-        if previous is not None and previous._value is not None:
-            self._end(previous._value)
-            return
-        m = self.model
-        legs = self.legs
-        while True:
-            if self.i == len(legs):
-                self._end(None)
-                return
-            kind, station, sampler = legs[self.i]
-            self.i += 1
-            if kind == RELEASE:
-                station.release(self.since, self.step)
-                self.held = None
-                continue
-            self.step = 0.0
-            if kind == HOLD:
-                leg = station.hold(self.deadline)
-                leg.callbacks.append(self._held)  # type: ignore[union-attr]
-                return
-            if kind == LOCK:
-                leg = station.boundary()
-                leg.callbacks.append(self.next)  # type: ignore[union-attr]
-                return
-            if kind == DELAY:
-                leg = m.env.timeout(sampler())
-            elif sampler is None:  # the registry
-                leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)  # type: ignore[union-attr]
-            else:  # a step on the processor: server work, never abandoned
-                self.step = sampler() * station.factor()
-                leg = station.request(self.step)
-            leg.callbacks.append(self.next)  # type: ignore[union-attr]
-            return
-
-    def _held(self, event: Event) -> None:
-        if event._value is None:
-            self.held = self.legs[self.i - 1][1]
-            self.since = self.model.env._now
-        self.next(event)
-
-
 class FunnelModel:
     """One replication of a scenario, built on a SimPy environment."""
 
-    def __init__(self, scenario: Scenario, seed: int, replication: int = 0):
+    def __init__(self, scenario: Scenario, seed: int, replication: int = 0, fast: bool = True):
         s = self.scenario = scenario
         self.start, self.end = scenario.window
         self.env = simpy.Environment(initial_time=self.start)
@@ -350,14 +106,39 @@ class FunnelModel:
         self.seed = decision_seed(seed, replication)  # the registrants' decisions: one stream per replication
         mismatch = scenario.system.registry.mismatch if scenario.system.registry is not None else 0.0
         self.mismatched = self._choices(MISMATCH_SLOT, mismatch)  # 1: the registry will not match this registrant's NIK
-        service_rng = stream(seed, "service", replication)
         self.journey_u = _uniform(stream(seed, "journey", replication))
-        journey_rng = stream(seed, "journey", replication + 1_000_000)
-        patience_rng = stream(seed, "patience", replication)
-        registry_rng = stream(seed, "registry", replication)
+        cpu_work, threads = self._system(seed, replication)
+        self._plan_journey(seed, replication, cpu_work, threads)
+        self.n_steps = len(self.plans)
+        self.engine: Engine = FastEngine(self.env) if fast else StockEngine(self.env)
+        self.launch = self.engine.start
+        self.wake = self._wake  # one bound method for every deferred registrant
+        self.station_names = list(self.stations) + ([EMAIL] if self.sender is not None else [])
+        self.arrived_now = 0
+        self._flushed_at = self.start
+        n = self.n_intervals
+        self.result = RunResult(
+            source="model",
+            scenario=s.name,
+            start=self.counting_from,
+            interval=self.interval,
+            arrivals=[0] * n,
+            requests={rt: RequestSeries.empty(n) for rt in self.request_types},
+            stations={name: StationSeries.empty(n) for name in self.station_names},
+            steps={p.step.name: StepSeries.empty(n) for p in self.plans},
+        )
+        self.step_hist = [self.result.steps[p.step.name].duration for p in self.plans]
 
+    def _system(self, seed: int, replication: int) -> tuple[dict[str, tuple[int, Sampler, int]], frozenset[str]]:
+        """The stations, the registry, the processor, the email sender and the batch quota.
+
+        Returns the processor's work per request type (steps, time per step,
+        interpreter-lock takes) and the stations whose work runs in a thread.
+        """
+        s = self.scenario
         env = self.env
         sysd = s.system
+        registry_rng = stream(seed, "registry", replication)
         self.stations: dict[str, Station] = {name: Station(env, name, st.servers, st.queue) for name, st in sysd.stations.items()}
         self.registry: Registry | None = None
         if sysd.registry is not None:
@@ -368,7 +149,7 @@ class FunnelModel:
             self.registry_timeout = r.timeout
         cpu_work: dict[str, tuple[int, Sampler, int]] = {}  # request type -> (steps, time per step, interpreter-lock takes)
         threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
-        self.route = _CpuRoute if sysd.cpu is not None else _Route
+        self.route = CpuRoute if sysd.cpu is not None else Route
         if sysd.cpu is not None:
             modes = sysd.cpu.modes
             spells = None
@@ -396,6 +177,15 @@ class FunnelModel:
         self.batch_quota = sysd.batch.quota if sysd.batch is not None else None
         self.batch_used = 0
 
+        return cpu_work, threads
+
+    def _plan_journey(self, seed: int, replication: int, cpu_work: dict[str, tuple[int, Sampler, int]], threads: frozenset[str]) -> None:
+        """Each journey step's plan: its route of stations (with the processor's legs), samplers and the registrants' choices."""
+        s = self.scenario
+        sysd = s.system
+        service_rng = stream(seed, "service", replication)
+        journey_rng = stream(seed, "journey", replication + 1_000_000)
+        patience_rng = stream(seed, "patience", replication)
         samplers: dict[tuple[str, str], Sampler] = {}
         self.request_types = s.request_types
         overhead_rng = stream(seed, "overhead", replication)
@@ -419,9 +209,9 @@ class FunnelModel:
                 visits.append((self.stations[name], samplers[key]))
             if step.request_type in cpu_work:
                 n_steps, sampler, locks = cpu_work[step.request_type]
-                visits = _cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks)  # type: ignore[assignment]
+                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks)  # type: ignore[assignment]
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
-                visits = _cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment]
+                visits = cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
             nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
             self.plans.append(
@@ -445,24 +235,6 @@ class FunnelModel:
                     durations=[],
                 )
             )
-        self.n_steps = len(self.plans)
-        self.calendar = _Calendar(env)
-        self.wake = self._wake  # one bound method for every deferred registrant
-        self.station_names = list(self.stations) + ([EMAIL] if self.sender is not None else [])
-        self.arrived_now = 0
-        self._flushed_at = self.start
-        n = self.n_intervals
-        self.result = RunResult(
-            source="model",
-            scenario=s.name,
-            start=self.counting_from,
-            interval=self.interval,
-            arrivals=[0] * n,
-            requests={rt: RequestSeries.empty(n) for rt in self.request_types},
-            stations={name: StationSeries.empty(n) for name in self.station_names},
-            steps={p.step.name: StepSeries.empty(n) for p in self.plans},
-        )
-        self.step_hist = [self.result.steps[p.step.name].duration for p in self.plans]
 
     def _choices(self, slot: int, p: float) -> bytes:
         """One byte per arrival: 1 where the registrant's own draw for ``slot`` falls below ``p``."""
@@ -472,18 +244,19 @@ class FunnelModel:
     def source(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         registrant = self.registrant
+        launch = self.launch
         timeout = env.timeout
         for index, t in enumerate(self.arrivals.tolist()):
             delay = t - env._now
             if delay > 0:
                 yield timeout(delay)
             self.arrived_now += 1
-            _Lean(registrant(index))
+            launch(registrant(index))
 
     def _wake(self, event: Event) -> None:
         """A registrant deferred between steps starts again: ``event.value`` is arrival index x steps + step."""
         index, step = divmod(event._value, self.n_steps)
-        _Lean(self.registrant(index, step))
+        self.launch(self.registrant(index, step))
 
     def registrant(self, index: int, woken_at: int = -1) -> Generator[Event, Any, None]:
         """Arrival ``index``'s journey; ``woken_at`` resumes it at that step after a deferred wait.
@@ -493,8 +266,8 @@ class FunnelModel:
         """
         env = self.env
         u = self.journey_u
-        calendar = self.calendar
-        sleep = calendar.sleep
+        engine = self.engine
+        sleep = engine.sleep
         delivered = -INF  # when this registrant's verification email arrives
         for plan in self.plans if woken_at < 0 else self.plans[woken_at:]:
             if plan.index != woken_at:
@@ -504,8 +277,8 @@ class FunnelModel:
                 wait = delivered - env._now if plan.waits_for_email else 0.0
                 if plan.think is not None:
                     wait += plan.think()
-                if wait >= calendar.far:  # a long wait: end this process, start again at this step
-                    calendar.defer(wait, index * self.n_steps + plan.index, self.wake)  # one int, not a tuple: a million sleep
+                if wait >= engine.far:  # a long wait: end this process, start again at this step
+                    engine.defer(wait, index * self.n_steps + plan.index, self.wake)  # one int, not a tuple: a million sleep
                     return
                 if wait > 0:
                     yield sleep(wait)
@@ -519,7 +292,7 @@ class FunnelModel:
                 tally.started += 1
                 sent = env._now
                 deadline = sent + plan.patience() if plan.patience is not None else INF
-                if len(visits) == 1 and visits[0][1] is not None and self.route is _Route:
+                if len(visits) == 1 and visits[0][1] is not None and self.route is Route:
                     station, service = visits[0]
                     reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
                 else:
@@ -666,12 +439,11 @@ class FunnelModel:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            run_until(env, self.end)
+            self.engine.run(self.end)
         finally:
             # drop the registrants still in flight before the collector is back,
             # so that it does not have to scan them all once more
-            env._queue.clear()  # type: ignore[attr-defined]
-            self.calendar.buckets.clear()
+            self.engine.clear()
             for st in self.stations.values():
                 st.queue.clear()
             if gc_was_enabled:
@@ -691,28 +463,12 @@ class FunnelModel:
         return self.result
 
 
-def run_until(env: simpy.Environment, until: float) -> None:
-    """Process events up to time ``until`` (inclusive), like ``env.run(until)``.
-
-    The same loop as :meth:`simpy.Environment.step`, without a method call and
-    an exception handler per event: the model's hot loop.
-    """
-    queue = env._queue  # type: ignore[attr-defined]
-    pop = heapq.heappop
-    while queue and queue[0][0] <= until:
-        env._now, _, _, event = pop(queue)  # type: ignore[attr-defined]
-        callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
-        for callback in callbacks:
-            callback(event)
-        if not event._ok and not hasattr(event, "_defused"):
-            raise event._value
-    env._now = until  # type: ignore[attr-defined]
-
-
-def simulate_once(scenario: Scenario, seed: int | None = None, replication: int = 0, progress: Progress | None = None) -> RunResult:
-    """Run one replication; ``seed`` defaults to the scenario's."""
+def simulate_once(
+    scenario: Scenario, seed: int | None = None, replication: int = 0, progress: Progress | None = None, fast: bool = True
+) -> RunResult:
+    """Run one replication; ``seed`` defaults to the scenario's; ``fast=False`` runs on SimPy's public API only (slower)."""
     seed = scenario.seed if seed is None else seed
-    model = FunnelModel(scenario, seed, replication)
+    model = FunnelModel(scenario, seed, replication, fast)
     result = model.run(progress)
     result.meta.update({"seed": seed, "replication": replication})
     return result

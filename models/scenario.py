@@ -471,6 +471,11 @@ CPU = "cpu"
 
 def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     """Cross-field checks that a field-by-field schema cannot express."""
+    return _journey_errors(s) + _system_errors(s) + _change_errors(s) + _run_errors(s)
+
+
+def _journey_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
+    """Steps: unique names, known stations with service times, deliveries and quotas that exist."""
     errors: list[tuple[tuple[object, ...], str]] = []
     stations = s.system.stations
     for name in (REGISTRY, EMAIL, CPU):
@@ -503,6 +508,13 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
             errors.append(((*where, "waits_for"), "the first step cannot wait for a delivery"))
         if step.quota == "batch" and s.system.batch is None:
             errors.append(((*where, "quota"), "step takes a batch quota but system.batch is not set"))
+    return errors
+
+
+def _system_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
+    """Overheads and the processor: known request types and stations."""
+    errors: list[tuple[tuple[object, ...], str]] = []
+    stations = s.system.stations
     for rt in s.system.overhead:
         if rt != "default" and rt not in s.request_types:
             errors.append(
@@ -527,6 +539,13 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
                         f"unknown request type {rt!r}; expected 'default' or one of {', '.join(s.request_types)}",
                     )
                 )
+    return errors
+
+
+def _change_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
+    """Capacity changes: within the horizon, on something that exists, changing something."""
+    errors: list[tuple[tuple[object, ...], str]] = []
+    known = set(s.station_names) - {EMAIL, CPU}
     changeable = known | ({CPU} if s.system.cpu is not None else set())
     for k, ch in enumerate(s.system.changes):
         where = ("system", "changes", k)
@@ -550,6 +569,13 @@ def semantic_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
             errors.append(((*where, "batch_quota"), "batch_quota changes the batch, but system.batch is not set"))
         if all(v is None for v in (ch.servers, ch.queue, ch.rate_limit, ch.daily_quota, ch.send_rate, ch.batch_quota)):
             errors.append((where, "a change must set at least one of servers, queue, rate_limit, daily_quota, send_rate, batch_quota"))
+    return errors
+
+
+def _run_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
+    """The run slice, SLOs, costs and reported figures."""
+    errors: list[tuple[tuple[object, ...], str]] = []
+    seen_steps = {step.name for step in s.journey}
     start, end = s.window
     if not (0 <= start < end <= s.horizon):
         errors.append(

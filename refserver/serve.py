@@ -172,7 +172,7 @@ def run_registry(config_path: str, host: str, port: int, port_file: Path | None)
     uvicorn.Server(uvicorn.Config(create_registry_app(cfg.registry, cfg.seed), log_level="warning", access_log=False)).run(sockets=[sock])
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="refserver.serve", description="Run the reference registration server and its registry.")
     ap.add_argument("--config", required=True, help="server configuration (JSON)")
     ap.add_argument("--host", default="127.0.0.1")
@@ -183,7 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default="refserver-data")
     ap.add_argument("--registry-cpu", type=int, default=None, help="pin the registry service to this CPU (Linux)")
     ap.add_argument("--registry-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _start_registry(config: str, host: str, port: int, port_file: Path, cpu: int | None) -> subprocess.Popen[bytes]:
+    """The registry service as a process of its own (it plays an outside system), pinned to ``cpu`` when given."""
+    port_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "refserver.serve", "--config", config, "--host", host, "--registry-port", str(port)]
+    registry = subprocess.Popen(
+        [*cmd, "--port-file", str(port_file), "--registry-only"], start_new_session=True, preexec_fn=die_with_parent
+    )
+    if cpu is not None:  # the registry plays an outside system: keep it off the server's CPU
+        os.sched_setaffinity(registry.pid, {cpu})
+    return registry
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.registry_only:
         run_registry(args.config, args.host, args.registry_port, Path(args.port_file) if args.port_file else None)
         return 0
@@ -216,27 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refserver: cannot write the port file {port_file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     reg_file = data_dir / "registry-port"
-    reg_file.unlink(missing_ok=True)
-    registry = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "refserver.serve",
-            "--config",
-            args.config,
-            "--host",
-            args.host,
-            "--registry-port",
-            str(args.registry_port),
-            "--port-file",
-            str(reg_file),
-            "--registry-only",
-        ],
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    if args.registry_cpu is not None:  # the registry plays an outside system: keep it off the server's CPU
-        os.sched_setaffinity(registry.pid, {args.registry_cpu})
+    registry = _start_registry(args.config, args.host, args.registry_port, reg_file, args.registry_cpu)
     # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python-level
     # handler that re-raise ends in SystemExit, so the registry below is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

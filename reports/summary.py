@@ -113,6 +113,33 @@ def drain_time(result: RunResult, threshold: float = 1.0) -> float:
     return (last + 1) * result.interval
 
 
+def _stations_table(scenario: Scenario, results: Sequence[RunResult], est: dict[str, Estimate]) -> str:
+    """Per station: mean and peak utilization, longest queue, mean wait, shed and abandoned shares, cost of its server-hours."""
+    first = results[0]
+    rows = []
+    prices = scenario.costs.per_unit_hour
+    for name in first.stations:
+        cost = "-"
+        if name in prices:
+            server_hours = sum(sum(r.stations[name].capacity) for r in results) / len(results) / 3600
+            cost = f"{server_hours * prices[name]:,.2f}"
+        rows.append(
+            [
+                name,
+                _pct(est[f"station.{name}.utilization"]),
+                _pct(est[f"station.{name}.peak_utilization"]),
+                _count(est[f"station.{name}.max_queue"]),
+                _dur(est[f"station.{name}.mean_wait"]),
+                _pct(est[f"station.{name}.p_shed"]),
+                _pct(est[f"station.{name}.p_abandon"]),
+                cost,
+            ]
+        )
+    return table(
+        ["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned", f"cost {scenario.costs.currency}"], rows
+    )
+
+
 def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
     """The summary of a simulation: steps, stations, reported figures, SLOs."""
     est = summarize(list(results))
@@ -157,29 +184,7 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
             "Failed requests by reason",
             table(["step", "shed (full)", "rate-limited", "timeout", "quota", "mismatch"], fail_rows),
         ]
-    parts += ["", "Stations"]
-    rows = []
-    prices = scenario.costs.per_unit_hour
-    for name in first.stations:
-        cost = "-"
-        if name in prices:
-            server_hours = sum(sum(r.stations[name].capacity) for r in results) / len(results) / 3600
-            cost = f"{server_hours * prices[name]:,.2f}"
-        rows.append(
-            [
-                name,
-                _pct(est[f"station.{name}.utilization"]),
-                _pct(est[f"station.{name}.peak_utilization"]),
-                _count(est[f"station.{name}.max_queue"]),
-                _dur(est[f"station.{name}.mean_wait"]),
-                _pct(est[f"station.{name}.p_shed"]),
-                _pct(est[f"station.{name}.p_abandon"]),
-                cost,
-            ]
-        )
-    parts.append(
-        table(["station", "mean util", "peak util", "max queue", "mean wait", "shed", "abandoned", f"cost {scenario.costs.currency}"], rows)
-    )
+    parts += ["", "Stations", _stations_table(scenario, results, est)]
     cmp_rows = reported_comparison(scenario, est)
     if cmp_rows and scenario.reported is not None:
         parts += ["", f"Model against reported figures at {format_duration(scenario.reported.at)} ({scenario.reported.source})"]

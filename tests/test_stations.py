@@ -132,11 +132,11 @@ def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
 def test_processor_steps_sit_inside_the_station_visits() -> None:
     # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
     # thread's step and its resumption; the 2 steps left go to the gaps before web and between web and db (first gaps first)
-    from models.funnel import DELAY, HOLD, RELEASE, VISIT, _cpu_legs
+    from models.routes import DELAY, HOLD, RELEASE, VISIT, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
-    legs = _cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
+    legs = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
     kinds = [(k, st.name if st is not None else None) for k, st, _ in legs]
     assert kinds == [
         (VISIT, "cpu"),

@@ -12,10 +12,11 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from models.calibrate import CpuEstimate, ServiceEstimate
+from models.calibrate import CpuEstimate, ServiceEstimate, Snapshot
 from models.overlay import Calibration
 from models.scenario import Scenario
 from models.speed import SpeedModes
@@ -56,8 +57,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     gets busier (warm caches, wake-ups shared by several requests): demands
     measured at low load would size the processor for a load it never sees, so
     its phase runs the scenario's own journey at :data:`CPU_LOAD` of the
-    saturation rate, for half as long.  Raises :class:`NoMetrics` when the
-    target publishes no station metrics.
+    saturation rate, for half as long.  :class:`NoMetrics`: no station metrics.
     """
     from models.bottleneck import saturation
     from models.calibrate import (
@@ -69,7 +69,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
         service_estimates,
         steady_scenario,
     )
-    from models.loader import load_scenario, parse_scenario
+    from models.loader import parse_scenario
 
     quiet = lab.quiet
     raw = raw_scenario(scenario)
@@ -103,40 +103,23 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     overlay = calibration_overlay(scenario, estimates, overhead)
     cpu: dict[str, CpuEstimate] = {}
     cpu_rate = speedup = u_low = u_work = 0.0
-    if low_cpu:
-        # the processor at a working load: the scenario's own journey and mix, CPU_LOAD of the stations' saturation
-        cpu_rate = CPU_LOAD * saturation(Calibration(overlay).on(scenario)).rate
-        cpu_duration = max(10.0, duration / 2)
-        cpu_file = level_file(raw, f"{scenario.name}-calibration-cpu", cpu_rate, cpu_duration, run_dir / "cpu")
-        say(
-            "calibrate",
-            f"the server's processor at {cpu_rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for "
-            f"{format_duration(cpu_duration)}",
-            quiet,
+    phase = _processor_phase(scenario, raw, Calibration(overlay), duration, run_dir / "cpu", lab, background) if low_cpu else None
+    if phase is not None and phase.cpu:
+        cpu, cpu_rate = phase.cpu, phase.rate
+        # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
+        held = held_services(low.scenario, estimates, low_cpu, threads)
+        overhead = overheads(low.scenario, low.result, held, low_cpu)
+        overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
+        speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, phase.before, phase.after)
+        overlay["system"]["cpu"].update(
+            {
+                "measured_at": round(u_work, 3),
+                "low_at": round(min(u_low, u_work), 3),
+                "speedup": round(speedup, 3),
+                "background": round(background, 4),
+                "reference": {"rate": round(phase.rate, 4), "duration": phase.duration, "compress": round(phase.compress, 4)},
+            }
         )
-        work = lab.measure(cpu_file, run_dir / "cpu")
-        cpu_before, cpu_after = warm(run_dir / "cpu" / "scrapes.json", cpu_duration, work.before, work.after)
-        if cpu_before is not None and cpu_after is not None:
-            cpu = cpu_estimates(cpu_before, cpu_after, scenario.request_types, background)
-        if cpu and cpu_before is not None and cpu_after is not None:
-            # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
-            held = held_services(low.scenario, estimates, low_cpu, threads)
-            overhead = overheads(low.scenario, low.result, held, low_cpu)
-            overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
-            speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, cpu_before, cpu_after)
-            overlay["system"]["cpu"].update(
-                {
-                    "measured_at": round(u_work, 3),
-                    "low_at": round(min(u_low, u_work), 3),
-                    "speedup": round(speedup, 3),
-                    "background": round(background, 4),
-                    "reference": {
-                        "rate": round(cpu_rate, 4),
-                        "duration": cpu_duration,
-                        "compress": round(load_scenario(cpu_file).run.compress, 4),
-                    },
-                }
-            )
     path = run_dir / "calibration.yaml"
     header = (
         f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}"
@@ -145,9 +128,23 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     )
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
+    text = _calibration_text(scenario, estimates, low_cpu, cpu, (speedup, u_low, u_work), modes, overhead)
+    return Calibrated(calibration, path, text)
+
+
+def _calibration_text(
+    scenario: Scenario,
+    estimates: dict[tuple[str, str], ServiceEstimate],
+    low_cpu: dict[str, CpuEstimate],
+    cpu: dict[str, CpuEstimate],
+    law: tuple[float, float, float],
+    modes: SpeedModes | None,
+    overhead: dict[str, float],
+) -> str:
+    """What calibration found, printable: the demands, the processor (``law``: speedup, low and working utilization), the overheads."""
     text = _estimates_text(scenario, estimates)
     if cpu:
-        text += "\n\n" + _processor_text(low_cpu, cpu, speedup, u_low, u_work)
+        text += "\n\n" + _processor_text(low_cpu, cpu, *law)
         if modes is not None:
             text += "\n\n" + modes_text(modes)
     elif not low_cpu:
@@ -157,7 +154,46 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
             "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
         )
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
-    return Calibrated(calibration, path, text)
+    return text
+
+
+@dataclass(frozen=True)
+class ProcessorPhase:
+    """The processor measured at a working load: its load, length, think-time compression, scrapes and CPU estimates."""
+
+    rate: float
+    duration: float
+    compress: float
+    before: Snapshot
+    after: Snapshot
+    cpu: dict[str, CpuEstimate]
+
+
+def _processor_phase(
+    scenario: Scenario, raw: dict[str, Any], calibration: Calibration, duration: float, run_dir: Path, lab: Lab, background: float
+) -> ProcessorPhase | None:
+    """The scenario's own journey and mix at :data:`CPU_LOAD` of the calibrated stations' saturation, for half as long.
+
+    Its first quarter is left out (:func:`workflows.measure.warm`); None when it measured no CPU accounting.
+    """
+    from models.bottleneck import saturation
+    from models.calibrate import cpu_estimates
+
+    rate = CPU_LOAD * saturation(calibration.on(scenario)).rate
+    length = max(10.0, duration / 2)
+    path = level_file(raw, f"{scenario.name}-calibration-cpu", rate, length, run_dir)
+    say(
+        "calibrate",
+        f"the server's processor at {rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for {format_duration(length)}",
+        lab.quiet,
+    )
+    work = lab.measure(path, run_dir)
+    before, after = warm(run_dir / "scrapes.json", length, work.before, work.after)
+    if before is None or after is None:
+        return None
+    return ProcessorPhase(
+        rate, length, work.scenario.run.compress, before, after, cpu_estimates(before, after, scenario.request_types, background)
+    )
 
 
 def _estimates_text(scenario: Scenario, estimates: dict[tuple[str, str], ServiceEstimate]) -> str:

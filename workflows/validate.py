@@ -18,7 +18,7 @@ from models.bottleneck import Limit
 from models.overlay import Calibration
 from models.scenario import CpuReference, Scenario
 from models.units import format_duration
-from reports.validation import Knee, Level, Speed
+from reports.validation import Knee, Level, Speed, verdict_table
 from workflows.calibrate import NoMetrics, calibrate
 from workflows.measure import Lab, Measurement, level_file, raw_scenario, warm
 from workflows.output import say
@@ -213,7 +213,7 @@ def _bracket(opts: ValidateOptions, calibration: Calibration, reference: CpuRefe
 def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
     """Calibrate (unless given a calibration), measure and judge every level, write the report; True when every check passed."""
     from models.bottleneck import level_duration, saturation
-    from reports.validation import verdict_table, write_report
+    from reports.validation import write_report
 
     run_dir.mkdir(parents=True, exist_ok=True)
     raw = raw_scenario(scenario)
@@ -260,35 +260,9 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
                 speed=speed,
             )
             done.append(lv)
-            print(
-                f"\nlevel {f:g} ({rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}"
-                + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else "")
-            )
-            print(verdict_table(lv.checks, judged_only=True))
-            if (why := lv.diagnosis()) is not None:
-                print(f"processor: {why}")
+            _print_level(lv, cpu)
     knee_check = _knee(calibrated, knee, done, durations, opts.levels)
-    meta = {
-        "scenario_file": scenario.path,
-        "levels": opts.levels,
-        "duration_per_level": durations,
-        "samples": scenario.validation.samples,
-        "replications": opts.replications,
-        "calibration": calibration.source,
-        "processor": "the CPU time per request measured in each level (operational validation)"
-        if opts.processor == "level"
-        else "calibrated",
-        "speed_reference": (
-            f"bracket: the calibration's processor phase ({reference.rate:.4g} arrivals/s for {reference.duration:g}s) run again on "
-            "a fresh server after every level (and before the first, unless calibrated just before); each level's calibrated CPU "
-            "times scaled by the mean of the two around it"
-            if bracket and reference is not None
-            else "none"
-        ),
-        "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
-        "tolerances": scenario.validation.tolerances.model_dump(),
-        "host": opts.host or "a fresh reference server per level",
-    }
+    meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee)
     html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta)
     print(
         f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} "
@@ -305,6 +279,44 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         return False
     print("capacity validate: every check passed")
     return True
+
+
+def _print_level(lv: Level, cpu: float | None) -> None:
+    """A level's verdict, its judged checks and the processor's line, on stdout."""
+    print(
+        f"\nlevel {lv.fraction:g} ({lv.rate:.4g} arrivals/s): {'pass' if lv.passed else 'FAIL'}"
+        + (f"; server process CPU {cpu:.0%} of one core" if cpu is not None else "")
+    )
+    print(verdict_table(lv.checks, judged_only=True))
+    if (why := lv.diagnosis()) is not None:
+        print(f"processor: {why}")
+
+
+def _meta(
+    scenario: Scenario, opts: ValidateOptions, durations: list[float], calibration: Calibration, reference: CpuReference | None, knee: Limit
+) -> dict[str, Any]:
+    """What the report says about how the validation ran (``reference``: the speed reference's phase, when bracketing)."""
+    return {
+        "scenario_file": scenario.path,
+        "levels": opts.levels,
+        "duration_per_level": durations,
+        "samples": scenario.validation.samples,
+        "replications": opts.replications,
+        "calibration": calibration.source,
+        "processor": "the CPU time per request measured in each level (operational validation)"
+        if opts.processor == "level"
+        else "calibrated",
+        "speed_reference": (
+            f"bracket: the calibration's processor phase ({reference.rate:.4g} arrivals/s for {reference.duration:g}s) run again on "
+            "a fresh server after every level (and before the first, unless calibrated just before); each level's calibrated CPU "
+            "times scaled by the mean of the two around it"
+            if reference is not None
+            else "none"
+        ),
+        "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
+        "tolerances": scenario.validation.tolerances.model_dump(),
+        "host": opts.host or "a fresh reference server per level",
+    }
 
 
 def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[float], levels: list[float]) -> Knee:

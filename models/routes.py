@@ -1,0 +1,175 @@
+"""A request's way through its stations (and the server's processor), chained by callbacks.
+
+The registrant waits on one ``reply`` event for the whole route; each leg's
+completion starts the next directly, and the last triggers ``reply``.  A
+failure on any leg ends the route with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from simpy.events import Event
+
+from models.distributions import Sampler
+from models.stations import Station
+
+if TYPE_CHECKING:
+    from models.funnel import FunnelModel
+
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK"]
+
+
+class Route:
+    """One request's way through its stations, chained by callbacks.
+
+    The registrant waits on one ``reply`` event for the whole route; each
+    station's completion starts the next leg directly, and the last station
+    triggers ``reply`` itself.  A failure on any leg ends the route with its reason.
+    """
+
+    __slots__ = ("model", "visits", "i", "deadline", "reply", "u")
+
+    def __init__(
+        self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event, u: float | None = None
+    ):
+        self.model = model
+        self.visits = visits
+        self.i = 0
+        self.deadline = deadline
+        self.reply = reply
+        self.u = u  # the registrant's own draw for the registry's verdict
+
+    def next(self, previous: Event | None) -> None:
+        reply = self.reply
+        if previous is not None and previous._value is not None:
+            reply._ok = True
+            reply._value = previous._value
+            self.model.env.schedule(reply)
+            return
+        station, service = self.visits[self.i]
+        self.i += 1
+        last = self.i == len(self.visits)
+        target = reply if last else None
+        if service is None:  # the registry
+            m = self.model
+            leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, target, self.u)  # type: ignore[union-attr]
+        else:
+            leg = station.request(service(), self.deadline, ev=target)
+        if not last:
+            leg.callbacks.append(self.next)  # type: ignore[union-attr]
+
+
+VISIT, HOLD, DELAY, RELEASE, LOCK = range(5)  # legs of a route through the processor
+
+
+def cpu_legs(
+    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler | None, threads: frozenset[str], locks: int = 0
+) -> list[tuple[int, Station | None, Sampler | None]]:
+    """A request's route with its ``steps`` on the processor, as the reference server runs it.
+
+    Each station is held for its whole visit: in a threaded station (its work
+    runs in a worker thread) one step first, the thread's work; then the
+    service; then the step in which the event loop resumes the request, which
+    is waited for before the station is let go.  The thread's ``locks`` (its
+    calls that give up the interpreter lock) each wait for the processor's
+    current step to end, before the thread's step.  The other steps are spread
+    over the gaps before, between and after the stations, first gaps first.
+    The registry (an outside service) is visited, not held.
+    """
+    held = [j for j, (_, service) in enumerate(visits) if service is not None]
+    thread_at = next((j for j in held if visits[j][0].name in threads), None)
+    left = steps
+    if thread_at is not None and left > 0:
+        left -= 1
+    else:
+        thread_at = None
+    resumes = min(left, len(held))
+    left -= resumes
+    gaps = len(visits) + 1
+    legs: list[tuple[int, Station | None, Sampler | None]] = []
+    for j in range(gaps):
+        legs += [(VISIT, cpu, step)] * (left // gaps + (1 if j < left % gaps else 0))
+        if j == len(visits):
+            break
+        station, service = visits[j]
+        if service is None:
+            legs.append((VISIT, station, None))
+            continue
+        legs.append((HOLD, station, None))
+        if j == thread_at:
+            legs += [(LOCK, cpu, None)] * locks
+            legs.append((VISIT, cpu, step))
+        legs.append((DELAY, None, service))
+        if resumes > 0:
+            legs.append((VISIT, cpu, step))
+            resumes -= 1
+        legs.append((RELEASE, station, None))
+    return legs
+
+
+class CpuRoute:
+    """A request's way through its stations and the processor (see :func:`cpu_legs`), chained by callbacks."""
+
+    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step")
+
+    def __init__(self, model: FunnelModel, legs: list[tuple[int, Any, Any]], deadline: float, reply: Event, u: float | None = None):
+        self.model = model
+        self.legs = legs
+        self.i = 0
+        self.deadline = deadline
+        self.reply = reply
+        self.u = u
+        self.held: Station | None = None
+        self.since = 0.0
+        self.step = 0.0  # CPU time of the latest step: the server lets a station go as its resumption step starts
+
+    def _end(self, value: str | None) -> None:
+        if self.held is not None:
+            self.held.release(self.since)
+            self.held = None
+        reply = self.reply
+        reply._ok = True
+        reply._value = value
+        self.model.env.schedule(reply)
+
+    def next(self, previous: Event | None) -> None:
+        if previous is not None and previous._value is not None:
+            self._end(previous._value)
+            return
+        m = self.model
+        legs = self.legs
+        while True:
+            if self.i == len(legs):
+                self._end(None)
+                return
+            kind, station, sampler = legs[self.i]
+            self.i += 1
+            if kind == RELEASE:
+                station.release(self.since, self.step)
+                self.held = None
+                continue
+            self.step = 0.0
+            if kind == HOLD:
+                leg = station.hold(self.deadline)
+                leg.callbacks.append(self._held)  # type: ignore[union-attr]
+                return
+            if kind == LOCK:
+                leg = station.boundary()
+                leg.callbacks.append(self.next)  # type: ignore[union-attr]
+                return
+            if kind == DELAY:
+                leg = m.env.timeout(sampler())
+            elif sampler is None:  # the registry
+                leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)  # type: ignore[union-attr]
+            else:  # a step on the processor: server work, never abandoned
+                self.step = sampler() * station.factor()
+                leg = station.request(self.step)
+            leg.callbacks.append(self.next)  # type: ignore[union-attr]
+            return
+
+    def _held(self, event: Event) -> None:
+        if event._value is None:
+            self.held = self.legs[self.i - 1][1]
+            self.since = self.model.env._now
+        self.next(event)
