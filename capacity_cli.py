@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from models.loader import ScenarioError, load_scenario
-from models.overlay import Calibration, CalibrationError
+from models.overlay import CalibrationError
 from models.scenario import Scenario
-from models.units import UnitError, format_duration, parse_duration, parse_fraction
 from workflows import BadInput, WorkflowError
+from workflows.options import calibration_option, duration_option, levels_option, run_slice
 from workflows.output import run_dir
 from workflows.target import refuse_remote
 
@@ -35,66 +35,12 @@ class _Parser(argparse.ArgumentParser):
 # --- argument checks: each raises BadInput with what was expected -------------------------------------------
 
 
-def _calibration(value: str | None) -> Calibration | None:
-    """--calibration FILE, or 'none' (the configured service times), or None (not given)."""
-    if value is None:
-        return None
-    if value == "none":
-        return Calibration()
-    try:
-        return Calibration.read(value)
-    except CalibrationError as exc:
-        raise BadInput(f"--calibration {exc}") from None
-
-
 def _scenario(args: argparse.Namespace) -> Scenario:
     """The scenario, with --calibration merged on where the command takes one."""
-    calibration = _calibration(getattr(args, "calibration", None))
+    calibration = calibration_option(getattr(args, "calibration", None))
     if calibration is None or calibration.empty or args.command == "validate":
         return load_scenario(args.scenario)
     return calibration.apply(args.scenario)
-
-
-def _duration(text: str | None, default: float, low: float = 5.0, high: float = 3600.0) -> float:
-    if text is None:
-        return default
-    try:
-        value = parse_duration(text)
-    except UnitError as exc:
-        raise BadInput(f"--duration: {exc}") from None
-    if not low <= value <= high:
-        raise BadInput(f"--duration must be between {format_duration(low)} and {format_duration(high)}, got {text!r}")
-    return value
-
-
-def _levels(text: str | None, default: list[float]) -> list[float]:
-    if text is None:
-        return list(default)
-    try:
-        levels = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise BadInput(f"--levels must be fractions separated by commas, e.g. 0.3,0.6,0.9; got {text!r}") from None
-    if not levels or any(not 0 < x <= 3 for x in levels):
-        raise BadInput(f"--levels must be fractions of the saturation rate in (0, 3], e.g. 0.3,0.6,0.9; got {text!r}")
-    return sorted(levels)
-
-
-def _slice(scenario: Scenario, scale: str | None, window: list[str] | None) -> Scenario:
-    """--scale and --window applied to the scenario's run slice."""
-    changes: dict[str, object] = {}
-    try:
-        if scale is not None:
-            changes["scale"] = parse_fraction(scale)
-            if not 0 < parse_fraction(scale) <= 1:
-                raise UnitError(f"--scale must be in (0, 1], got {scale!r}")
-        if window is not None:
-            span = (parse_duration(window[0]), parse_duration(window[1]))
-            if not 0 <= span[0] < span[1] <= scenario.horizon:
-                raise UnitError(f"--window must lie within [0, {format_duration(scenario.horizon)}] and end after it starts")
-            changes["window"] = span
-    except UnitError as exc:
-        raise BadInput(str(exc)) from None
-    return scenario.with_run(**changes) if changes else scenario
 
 
 # --- commands: one workflow each ------------------------------------------------------------------------------
@@ -105,7 +51,7 @@ def cmd_simulate(args: argparse.Namespace, scenario: Scenario) -> int:
 
     if args.replications < 1:
         raise BadInput("--replications must be at least 1")
-    scenario = _slice(scenario, args.scale, args.window)
+    scenario = run_slice(scenario, args.scale, args.window)
     done = run_simulation(
         scenario, run_dir(args.out, scenario.name), args.replications, args.seed, args.quiet, calibration=args.calibration
     )
@@ -140,7 +86,7 @@ def cmd_loadtest(args: argparse.Namespace, scenario: Scenario) -> int:
     window = scenario.window[1] - scenario.window[0]
     role = "master" if args.master else "worker" if args.worker else "local"
     opts = LoadtestOptions(
-        _duration(args.duration, window, low=1e-9, high=window),
+        duration_option(args.duration, window, low=1e-9, high=window),
         args.users,
         args.workers,
         role,
@@ -168,7 +114,7 @@ def cmd_calibrate(args: argparse.Namespace, scenario: Scenario) -> int:
     from workflows.measure import Lab
 
     refuse_remote(args.host, args.allow_remote)
-    duration = _duration(args.duration, 120.0)
+    duration = duration_option(args.duration, 120.0)
     out = run_dir(args.out, f"calibrate-{scenario.name}")
     with Lab(args.host, args.quiet) as lab:
         done = calibrate(scenario, out, duration, lab)
@@ -182,9 +128,9 @@ def cmd_validate(args: argparse.Namespace, scenario: Scenario) -> int:
 
     refuse_remote(args.host, args.allow_remote)
     opts = ValidateOptions(
-        levels=_levels(args.levels, scenario.validation.levels),
-        duration=_duration(args.duration, scenario.validation.duration),
-        calibration=_calibration(args.calibration),
+        levels=levels_option(args.levels, scenario.validation.levels),
+        duration=duration_option(args.duration, scenario.validation.duration),
+        calibration=calibration_option(args.calibration),
         processor=args.processor,
         speed_reference=args.speed_reference,
         replications=args.replications,
@@ -222,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replications", "-r", type=int, default=1, help="independent replications (default 1)")
     p.add_argument("--scale", default=None, help="share of arrivals kept, e.g. 0.1 or 10%% (overrides run.scale)")
     p.add_argument("--window", nargs=2, metavar=("START", "END"), default=None, help="time window, e.g. 0h 2h (overrides run.window)")
+    p = sub.add_parser(
+        "plan", help="the cheapest capacity that meets every SLO: sizing, schedule, costs, what-ifs (HTML + Markdown + JSON)"
+    )
+    _common(p, "plan-")
+    p.add_argument(
+        "--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: the configured service times)"
+    )
+    p.add_argument("--validation", default=None, help="a validation.json written by capacity validate that backs the calibration")
+    p.add_argument("--workers", type=int, default=None, help="processes for the confirming replications (default: the machine's cores)")
     p = sub.add_parser("serve", help="run the reference server (and its registry) configured from a scenario")
     p.add_argument("scenario", help="scenario YAML file")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: a free one, written to DATA_DIR/port)")
@@ -290,19 +245,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_plan(args: argparse.Namespace, scenario: Scenario) -> int:
+    from reports.plan import write_plan_report
+    from workflows.plan import PlanOptions, read_validation, run_plan
+
+    if args.workers is not None and args.workers < 1:
+        raise BadInput(f"--workers must be at least 1, got {args.workers}")
+    try:
+        validation = read_validation(args.validation) if args.validation else None
+    except ValueError as exc:
+        raise BadInput(f"--validation {exc}") from None
+    out = run_dir(args.out, f"plan-{scenario.name}")
+    outcome = run_plan(scenario, PlanOptions(calibration_option(args.calibration), validation, args.workers, args.quiet))
+    paths = write_plan_report(outcome, out)
+    print(paths["md"].read_text().split("## Provenance")[0].strip())
+    print(f"\nplan report: {paths['html']} (and plan.md, plan.json)")
+    if not outcome.feasible:
+        print("capacity plan: no configuration within the bounds meets every SLO: " + "; ".join(outcome.infeasible), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _terminated(_signum: int, _frame: object) -> NoReturn:
     raise KeyboardInterrupt  # a kill stops a run as Ctrl-C does: servers and load generators stopped, partial results kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {
-        "simulate": cmd_simulate,
-        "serve": cmd_serve,
-        "loadtest": cmd_loadtest,
-        "calibrate": cmd_calibrate,
-        "validate": cmd_validate,
-    }[args.command]
+    command = globals()[f"cmd_{args.command}"]  # one cmd_<name> per subcommand
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(command(args, _scenario(args)))

@@ -25,7 +25,18 @@ __all__ = ["rate_at", "expected_arrivals", "arrival_times", "stream", "curve_pro
 Curve = ConstantCurve | PiecewiseCurve | LaunchSurgeCurve
 
 #: Purposes of the independent random streams derived from a scenario's seed.
-STREAMS = {"arrivals": 0, "scale": 1, "journey": 2, "service": 3, "patience": 4, "registry": 5, "overhead": 6, "cpu": 7, "cpu_speed": 8}
+STREAMS = {
+    "arrivals": 0,
+    "scale": 1,
+    "journey": 2,
+    "service": 3,
+    "patience": 4,
+    "registry": 5,
+    "overhead": 6,
+    "cpu": 7,
+    "cpu_speed": 8,
+    "screen": 9,
+}
 
 CELL = 1.0  # seconds: width of the thinning cells (breakpoints are added to the grid)
 

@@ -98,11 +98,9 @@ class MMcK:
     utilization: float
 
 
-def _log_birth_death(lam: float, death: Sequence[float]) -> np.ndarray:
+def _log_birth_death(lam: float, death: Sequence[float] | np.ndarray) -> np.ndarray:
     """Stationary distribution of a birth-death chain with constant birth rate (log-space)."""
-    logp = np.zeros(len(death) + 1)
-    for n, d in enumerate(death, start=1):
-        logp[n] = logp[n - 1] + math.log(lam) - math.log(d)
+    logp = np.concatenate(([0.0], np.cumsum(math.log(lam) - np.log(np.asarray(death, dtype=float)))))
     logp -= logp.max()
     p = np.exp(logp)
     return p / p.sum()
@@ -112,7 +110,7 @@ def mmck(lam: float, mu: float, c: int, k: int) -> MMcK:
     """M/M/c/K with ``k >= c`` places in all."""
     if k < c:
         raise ValueError("K must be at least c")
-    p = _log_birth_death(lam, [mu * min(n, c) for n in range(1, k + 1)])
+    p = _log_birth_death(lam, mu * np.minimum(np.arange(1, k + 1), c))
     n = np.arange(k + 1)
     p_block = float(p[k])
     x = lam * (1 - p_block)

@@ -32,6 +32,9 @@ __all__ = [
     "Slo",
     "Costs",
     "RunSlice",
+    "Plan",
+    "ServerBounds",
+    "RateBounds",
     "ConstantCurve",
     "PiecewiseCurve",
     "LaunchSurgeCurve",
@@ -332,14 +335,20 @@ class Slo(_Model):
     error_rate: Probability | None = None
     abandon_rate: Probability | None = None
     backlog_drained: Duration | None = Field(default=None, gt=0, description="queues empty again within this time")
+    station: str | None = Field(default=None, description="with wait_below: the station whose queueing wait is meant")
+    wait_below: Duration | None = Field(default=None, gt=0, description="the wait in the station's queue the percentile must stay under")
 
     @model_validator(mode="after")
     def _check(self) -> Slo:
-        limits = [self.below, self.error_rate, self.abandon_rate, self.backlog_drained]
+        limits = [self.below, self.error_rate, self.abandon_rate, self.backlog_drained, self.wait_below]
         if sum(x is not None for x in limits) != 1:
-            raise ValueError("set exactly one of: below (with percentile), error_rate, abandon_rate, backlog_drained")
-        if (self.below is None) != (self.percentile is None):
-            raise ValueError("'percentile' and 'below' go together, e.g. percentile: 95, below: 2s")
+            raise ValueError(
+                "set exactly one of: below (with percentile), error_rate, abandon_rate, backlog_drained, wait_below (with station)"
+            )
+        if (self.below is not None or self.wait_below is not None) != (self.percentile is not None):
+            raise ValueError("'percentile' goes with 'below' or 'wait_below', e.g. percentile: 95, below: 2s")
+        if (self.wait_below is None) != (self.station is None):
+            raise ValueError("'station' and 'wait_below' go together, e.g. station: agents, percentile: 80, wait_below: 20s")
         return self
 
     @property
@@ -349,6 +358,8 @@ class Slo(_Model):
         from models.units import format_duration
 
         what = self.request or "all requests"
+        if self.wait_below is not None:
+            return f"{self.station} wait p{self.percentile:g} < {format_duration(self.wait_below)}"
         if self.below is not None:
             return f"{what} p{self.percentile:g} < {format_duration(self.below)}"
         if self.error_rate is not None:
@@ -356,6 +367,47 @@ class Slo(_Model):
         if self.abandon_rate is not None:
             return f"{what} abandonment < {self.abandon_rate:.2%}"
         return f"backlog drained within {format_duration(self.backlog_drained or 0)}"
+
+
+class ServerBounds(_Model):
+    """How many servers a station may have in a plan."""
+
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class RateBounds(_Model):
+    """A rate a plan may buy or negotiate (the email send rate, the registry's rate limit): between min and max."""
+
+    min: PositiveRate | None = None
+    max: PositiveRate
+
+    @model_validator(mode="after")
+    def _check(self) -> RateBounds:
+        if self.min is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class Plan(_Model):
+    """What ``capacity plan`` may change, within which bounds, and how it confirms a plan."""
+
+    stations: dict[str, ServerBounds] = Field(
+        default_factory=dict, description="servers per station; a station not named may have 1 to max(256, 8 x its configured servers)"
+    )
+    schedule: Duration = Field(default=3600.0, ge=0, description="the capacity schedule's step (0: a static size only)")
+    email_rate: RateBounds | None = Field(default=None, description="the outbox send rate the plan may choose (default: as configured)")
+    registry_rate_limit: RateBounds | None = Field(default=None, description="the registry's rate limit the plan may ask for")
+    replications: int = Field(default=3, ge=2, le=50, description="simulation replications that confirm a plan")
+    rounds: int = Field(default=4, ge=1, le=20, description="simulation rounds at most (confirming, raising, trying cheaper)")
+    descend: bool = Field(default=True, description="try one server fewer at the costliest station by simulation once a plan holds")
+    target: float = Field(default=0.85, gt=0, lt=1, description="the screen never plans a station busier than this in any interval")
 
 
 class Costs(_Model):
@@ -425,6 +477,7 @@ class Scenario(_Model):
     run: RunSlice = Field(default_factory=RunSlice)
     reported: Reported | None = None
     validation: Validation = Field(default_factory=Validation)
+    plan: Plan = Field(default_factory=Plan)
     path: str | None = Field(default=None, exclude=True)
 
     @property
@@ -584,8 +637,19 @@ def _run_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     elif s.run.warmup >= end - start:
         errors.append((("run", "warmup"), "warmup must be shorter than the window"))
     for k, slo in enumerate(s.slos):
+        if slo.station is not None and slo.station not in s.system.stations:
+            errors.append(
+                (("slos", k, "station"), f"unknown station {slo.station!r}; expected one of {', '.join(sorted(s.system.stations))}")
+            )
         if slo.request is not None and slo.request not in s.request_types:
             errors.append((("slos", k, "request"), f"unknown request type {slo.request!r}; expected one of {', '.join(s.request_types)}"))
+    for name in s.plan.stations:
+        if name not in s.system.stations:
+            errors.append((("plan", "stations", name), f"unknown station {name!r}; expected one of {', '.join(sorted(s.system.stations))}"))
+    if s.plan.email_rate is not None and s.system.email is None:
+        errors.append((("plan", "email_rate"), "plan.email_rate needs system.email"))
+    if s.plan.registry_rate_limit is not None and s.system.registry is None:
+        errors.append((("plan", "registry_rate_limit"), "plan.registry_rate_limit needs system.registry"))
     for name in s.costs.per_unit_hour:
         if name not in s.station_names:
             errors.append((("costs", "per_unit_hour", name), f"unknown station {name!r}"))

@@ -94,17 +94,37 @@ def slo_verdicts(scenario: Scenario, results: Sequence[RunResult]) -> list[tuple
         elif slo.backlog_drained is not None:
             value = max(drain_time(r) for r in results)
             out.append((slo, value, value <= slo.backlog_drained))
+        elif slo.wait_below is not None and slo.station is not None and slo.percentile is not None:
+            value = wait_percentile(results, slo.station, slo.percentile)
+            out.append((slo, value, value < slo.wait_below))
     return out
 
 
-def drain_time(result: RunResult, threshold: float = 1.0) -> float:
+def wait_percentile(results: Sequence[RunResult], station: str, p: float) -> float:
+    """The ``p``-th percentile of the queueing wait of the requests a station served, those served at once (wait 0) included."""
+    from models.histogram import Histogram
+
+    series = [r.stations[station] for r in results if station in r.stations]
+    served = sum(sum(s.arrivals) - sum(s.shed) - sum(s.abandoned) for s in series)
+    waited = Histogram.merged(s.wait for s in series)
+    if served <= 0:
+        return math.nan
+    at_once = 1.0 - waited.count / served
+    if p / 100 <= at_once or waited.count == 0:
+        return 0.0
+    return waited.percentile(100 * (p / 100 - at_once) / (1 - at_once))
+
+
+def drain_time(result: RunResult, threshold: float = 1.0, stations: Sequence[str] | None = None) -> float:
     """When the backlog was gone: the end of the last interval in which some station's
     time-averaged queue held ``threshold`` or more requests (a standing backlog, not a
     momentary wait), measured from the run's start.  Infinite when the last interval
-    still has one; zero when no interval had one.
+    still has one; zero when no interval had one.  ``stations``: only these (default all).
     """
     last = -1
-    for st in result.stations.values():
+    for name, st in result.stations.items():
+        if stations is not None and name not in stations:
+            continue
         for k, q in enumerate(st.queue_mean):
             if q >= threshold:
                 last = max(last, k)
