@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick lint bench bench-server clean
+.PHONY: demo test test-quick browser lint bench bench-plan bench-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/capacity simulate scenarios/prakerja-launch.yaml
+	$(BIN)/capacity simulate scenarios/prakerja-launch.yaml --out runs/demo/simulate
+	$(BIN)/capacity plan scenarios/prakerja-launch.yaml --out runs/demo/plan
+	@echo "the plan for the Prakerja launch: runs/demo/plan/plan.html (and plan.md, plan.json); the simulation: runs/demo/simulate/"
 
-test: $(STAMP)
+# the report tests open the HTML reports in Debian's chromium (chromium-driver drives it)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
 # everything but the tests that start servers, Locust or a full-day run (marked slow): under a minute

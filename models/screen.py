@@ -46,6 +46,7 @@ __all__ = ["Screen", "screen", "servers_needed", "fluid_queue", "rate_to_drain",
 
 DEFAULT_MAX_SERVERS = 256  # a station not bounded in plan.stations may have up to max(this, 8 x its configured servers)
 DRAWS = 20_000  # samples of each think time and route service time
+STEP = 60.0  # seconds: the screen's interval at most (a launch's peak lasts minutes; an interval's mean rate must not hide it)
 
 
 @dataclass
@@ -73,13 +74,17 @@ class Backlog:
 
     @property
     def drained_at(self) -> float:
-        """Seconds from the start until the backlog is last below one item (inf: never within the horizon)."""
+        """Seconds from the start to the end of the interval in which the backlog last empties (inf: not within the horizon).
+
+        As :func:`reports.summary.drain_time` reads a simulated queue: the
+        interval in which the backlog drains still held one on average.
+        """
         standing = np.nonzero(self.backlog >= 1.0)[0]
         if len(standing) == 0:
             return 0.0
         if standing[-1] == len(self.backlog) - 1:
             return math.inf
-        return float((standing[-1] + 1) * self.dt)
+        return float((standing[-1] + 2) * self.dt)
 
 
 @dataclass
@@ -307,7 +312,7 @@ def screen(scenario: Scenario, seed: int | None = None, load: float = 1.0) -> Sc
     s = scenario
     seed = s.seed if seed is None else seed
     start, end = s.window
-    dt = s.run.interval
+    dt = min(s.run.interval, STEP)
     starts = np.arange(start, end, dt)
     arrivals = np.array([expected_arrivals(s.arrivals, t, min(t + dt, end), s.horizon) / dt for t in starts]) * s.run.scale * load
     rates, backlogs = _step_rates(s, arrivals, dt, starts, seed)

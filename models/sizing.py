@@ -150,8 +150,29 @@ def binding_stations(scenario: Scenario, slo: Slo, results: Sequence[RunResult])
 
         return [name for name in scenario.system.stations if any(drain_time(r, stations=[name]) > slo.backlog_drained for r in results)]
     types = [slo.request] if slo.request else scenario.request_types
+    if slo.error_rate is not None or slo.abandon_rate is not None:
+        reasons = failures(results, types)
+        started = sum(sum(r.requests[t].started) for r in results for t in types if t in r.requests)
+        from_stations = sum(n for why, n in reasons.items() if why in STATION_REASONS)
+        limit = _limit(slo)
+        if started and from_stations / started < limit / 2:  # what servers can change is not what misses
+            return []
     names = {n for step in scenario.journey if step.request_type in types for n in step.stations if n in scenario.system.stations}
     return sorted(names, key=lambda n: -_peak_utilization(results, n))
+
+
+STATION_REASONS = ("full", "abandoned")  # failures more servers prevent; the rest are the registry's, the quotas' and the NIKs'
+
+
+def failures(results: Sequence[RunResult], types: Sequence[str]) -> dict[str, int]:
+    """Failed requests of these types by reason, over the replications (most first)."""
+    out: dict[str, int] = {}
+    for r in results:
+        for t in types:
+            if t in r.requests:
+                for why, counts in r.requests[t].failed.items():
+                    out[why] = out.get(why, 0) + sum(counts)
+    return dict(sorted(((k, v) for k, v in out.items() if v), key=lambda kv: -kv[1]))
 
 
 def _peak_utilization(results: Sequence[RunResult], station: str) -> float:

@@ -171,7 +171,10 @@ def _funnel(o: PlanOutcome) -> pd.DataFrame | None:
         if reported is not None and step.name in reported.counts:
             row[f"reported at {format_duration(reported.at)}"] = reported.counts[step.name]
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for col in df.columns[1:]:
+        df[col] = df[col].astype("Int64")  # counts: integers, blank where a step has no reported figure
+    return df
 
 
 # --- plots ---------------------------------------------------------------------------------------------------------

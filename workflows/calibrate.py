@@ -23,10 +23,10 @@ from models.speed import SpeedModes
 from models.units import format_duration
 from workflows import RunFailed
 from workflows.measure import Lab, flush_writes, level_file, raw_scenario, warm
-from workflows.output import say
+from workflows.output import machine_description, say
 from workflows.target import cpus
 
-__all__ = ["calibrate", "Calibrated", "NoMetrics", "CALIBRATION_LOAD", "CPU_LOAD"]
+__all__ = ["calibrate", "calibration_header", "Calibrated", "NoMetrics", "CALIBRATION_LOAD", "CPU_LOAD"]
 
 CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: the bottleneck about 15 % busy
 # The processor is measured at this fraction of the saturation rate: near the top of the range validated, where
@@ -121,10 +121,8 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
             }
         )
     path = run_dir / "calibration.yaml"
-    header = (
-        f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {rate:.4g} arrivals/s for {format_duration(duration)}"
-        + (f", the processor at {cpu_rate:.4g}/s" if cpu else "")
-        + f"\n# (load with: capacity simulate {source} --calibration {path})\n"
+    header = calibration_header(
+        source, path, f"{rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "")
     )
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
@@ -155,6 +153,17 @@ def _calibration_text(
         )
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
     return text
+
+
+def calibration_header(scenario_file: str, path: Path, load: str) -> str:
+    """The comment lines a calibration file begins with: when, at what load, on which machine, and the commands that load it."""
+    machine = machine_description()
+    return (
+        f"# Calibrated on {datetime.now():%Y-%m-%d %H:%M} at {load}\n"
+        f"# machine: {machine}\n"
+        f"# (load with: capacity simulate {scenario_file} --calibration {path})\n"
+        f"# (plan with: capacity plan {scenario_file} --calibration {path})\n"
+    )
 
 
 @dataclass(frozen=True)

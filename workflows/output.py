@@ -10,7 +10,7 @@ from typing import TextIO
 
 from models.units import format_duration
 
-__all__ = ["run_dir", "ProgressBar", "say"]
+__all__ = ["run_dir", "ProgressBar", "say", "machine_description"]
 
 
 def run_dir(out: str | Path | None, kind: str) -> Path:
@@ -60,3 +60,19 @@ class ProgressBar:
             self.last_decile = decile
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def machine_description() -> str:
+    """This machine in one line: host, CPU model and count, Python (what a measurement's figures belong to)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

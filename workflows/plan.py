@@ -35,7 +35,21 @@ from models.overlay import Calibration
 from models.results import RunResult
 from models.scenario import CPU, EMAIL, REGISTRY, Scenario
 from models.screen import Screen, rate_to_drain, screen, slo_for_backlog
-from models.sizing import Candidate, Judged, PlanOutcome, Round, WhatIf, binding_stations, cheaper, cost, judge, planned, raised
+from models.sizing import (
+    Candidate,
+    Judged,
+    PlanOutcome,
+    Round,
+    Verdict,
+    WhatIf,
+    binding_stations,
+    cheaper,
+    cost,
+    failures,
+    judge,
+    planned,
+    raised,
+)
 from models.units import format_duration
 from workflows.output import say
 
@@ -151,7 +165,6 @@ def _search(
     best: Judged | None = None
     current: Candidate | None = first
     descending = _order_by_cost(first, base) if plan.descend else []
-    why: list[str] = []
     what = "the screen's plan"
     while current is not None and len(rounds) < plan.rounds:
         started = time.monotonic()
@@ -176,21 +189,27 @@ def _search(
         stations = sorted({n for v in missed for n in binding_stations(scenario, v.slo, results)})
         movable = [n for n in stations if max(current.servers[n]) < bounds[n][1]]
         if not movable:
-            why = [
-                f"{v.slo.label}: missed (upper end {v.upper:.4g}) with "
-                + (
-                    ", ".join(f"{n} at its bound of {bounds[n][1]} servers" for n in stations)
-                    or "no station to raise (the registry or the outbox binds)"
-                )
-                for v in missed
-            ]
-            return None, judged, rounds, why
+            return None, judged, rounds, [_why_missed(base, v, stations, bounds, results) for v in missed]
         current, what = raised(current, movable, results, base.window[0], bounds), f"raised {', '.join(movable)}"
     if best is None:
         last = rounds[-1].judged if rounds else None
         labels = [v.slo.label for v in last.verdicts if not v.met] if last else []
         return None, last, rounds, [f"{label}: still missed after {len(rounds)} simulation rounds (plan.rounds)" for label in labels]
     return best.candidate, best, rounds, []
+
+
+def _why_missed(base: Scenario, verdict: Verdict, stations: list[str], bounds: dict[str, tuple[int, int]], results: list[RunResult]) -> str:
+    """Why an SLO is missed and more servers cannot help: the stations at their bounds, or failures no server prevents."""
+    head = f"{verdict.slo.label}: missed (upper end of its 95 % CI {verdict.upper:.4g})"
+    if stations:
+        return head + " with " + ", ".join(f"{n} at its bound of {bounds[n][1]} servers" for n in stations)
+    types = [verdict.slo.request] if verdict.slo.request else base.request_types
+    found = failures(results, types)
+    if verdict.slo.backlog_drained is not None or not found:
+        return head + "; no station's servers bind it (the outbox or the registry's rate limit does: see the backlogs)"
+    total = sum(found.values())
+    shares = ", ".join(f"{why} {n / total:.0%}" for why, n in found.items())
+    return head + f"; its failures are not ones more servers prevent ({shares}): the registry, the quotas and NIK mismatches set them"
 
 
 def _next_cheaper(candidate: Candidate, order: list[str], bounds: dict[str, tuple[int, int]]) -> tuple[Candidate | None, str]:
