@@ -38,6 +38,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py
 
+bench-plan: $(STAMP)
+	$(BIN)/python benchmarks/bench_plan.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 

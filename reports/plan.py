@@ -429,19 +429,25 @@ def write_plan_report(o: PlanOutcome, out: Path) -> dict[str, Path]:
         parts.append(
             f"<p class=warn>Extrapolated: {html.escape(extrapolated)}.  Every recommendation here lies beyond what a validation backs.</p>"
         )
-    parts.append(
-        "<h2>Provenance</h2><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in prov.items() if v) + "</ul>"
-    )
-    for name, df in tabs.items():
-        parts.append(f"<h2>{html.escape(titles.get(name, name))}</h2>")
-        parts.append(df.to_html(index=False, border=0, classes=f"table-{name}", na_rep=""))
-    parts.append("<h2>Screen against simulation</h2><ul>" + "".join(f"<li>{html.escape(n[2:])}</li>" for n in notes) + "</ul>")
+    first = [name for name in ("sizing", "slos") if name in tabs]
+
+    def table_html(name: str) -> str:
+        return f"<h2>{html.escape(titles.get(name, name))}</h2>" + tabs[name].to_html(
+            index=False, border=0, classes=f"table-{name}", na_rep=""
+        )
+
+    parts += [table_html(name) for name in first]  # what a planner reads first, then the pictures, then the detail
     parts.append("<h2>Plots</h2>")
     for caption, b64 in images.items():
         parts.append(
             f"<figure><img alt='{html.escape(caption)}' "
             f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}</figcaption></figure>"
         )
+    parts += [table_html(name) for name in tabs if name not in first]
+    parts.append("<h2>Screen against simulation</h2><ul>" + "".join(f"<li>{html.escape(n[2:])}</li>" for n in notes) + "</ul>")
+    parts.append(
+        "<h2>Provenance</h2><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in prov.items() if v) + "</ul>"
+    )
     parts.append("</html>")
     paths["html"].write_text("\n".join(parts))
     return paths

@@ -23,10 +23,11 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -55,6 +56,7 @@ from workflows.output import say
 
 __all__ = ["PlanOptions", "run_plan", "read_validation", "WHAT_IF_LOADS", "WHAT_IF_RATE_LIMITS"]
 
+T = TypeVar("T")
 WHAT_IF_LOADS = (0.5, 1.0, 2.0, 4.0)  # arrivals x these
 WHAT_IF_RATE_LIMITS = (0.5, 2.0)  # the registry's rate limit x these
 
@@ -81,6 +83,14 @@ class Simulator:
         self.workers = max(1, workers)
         self.quiet = quiet
         self.pool = ProcessPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` in the pool (in this process when there is none); its result comes from the future."""
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done: Future[T] = Future()
+        done.set_result(fn(*args))
+        return done
 
     def close(self) -> None:
         if self.pool is not None:
@@ -274,6 +284,11 @@ def _whatifs(base: Scenario, email: float | None, limit: float | None) -> list[W
     return out
 
 
+def _timed_whatifs(base: Scenario, email: float | None, limit: float | None) -> tuple[list[WhatIf], float]:
+    started = time.monotonic()
+    return _whatifs(base, email, limit), time.monotonic() - started
+
+
 def _disagreements(sc: Screen, confirmed: Judged, candidate: Candidate) -> list[str]:
     """Where the screen and the simulation differ by more than 10 %: stations' mean utilization and the funnel's steps."""
     out = []
@@ -346,19 +361,21 @@ def run_plan(base: Scenario, opts: PlanOptions) -> PlanOutcome:
     sim = Simulator(opts.workers or os.cpu_count() or 1, opts.quiet)
     try:
         sim_started = time.monotonic()
+        # the what-ifs (screens) go first into the pool: they run beside the first replications, whose count seldom
+        # fills every core to the end, so they cost no wall time
+        whatifs = sim.submit(_timed_whatifs, base, email, limit)
         best, judged, rounds, why = _search(base, candidate, sim, sc.bounds)
         timings["simulation"] = time.monotonic() - sim_started
+        found, timings["what-ifs"] = whatifs.result()
     finally:
         sim.close()
     outcome = PlanOutcome(
         planned(base, best) if best is not None else scenario0, base, sc, best, judged, rounds, list(dict.fromkeys(infeasible + why))
     )
     if best is not None and judged is not None:
-        outcome.headroom = _headroom(outcome.scenario, screen(outcome.scenario), best.peak())
+        outcome.headroom = _headroom(outcome.scenario, sc, best.peak())  # the screen of the planned rates: servers do not change it
         outcome.disagreements = _disagreements(sc, judged, best)
-    what_started = time.monotonic()
-    outcome.whatifs = _whatifs(base, email, limit)
-    timings["what-ifs"] = time.monotonic() - what_started
+    outcome.whatifs = found
     outcome.provenance = _provenance(base, opts, sc)
     timings["total"] = time.monotonic() - started
     outcome.seconds = timings
