@@ -32,15 +32,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-# --- argument checks: each raises BadInput with what was expected -------------------------------------------
-
-
 def _scenario(args: argparse.Namespace) -> Scenario:
     """The scenario, with --calibration merged on where the command takes one."""
     calibration = calibration_option(getattr(args, "calibration", None))
     if calibration is None or calibration.empty or args.command == "validate":
         return load_scenario(args.scenario)
     return calibration.apply(args.scenario)
+
+
+def _verdict(command: str, missed: list[str], no_fail: bool) -> int:
+    """Exit 1 when an SLO or a threshold was missed (k6's semantics), unless --no-fail."""
+    if missed:
+        print(f"capacity {command}: {'missed' if no_fail else 'FAILED'}: {'; '.join(missed)}", file=sys.stderr)
+    return EXIT_FAILED if missed and not no_fail else EXIT_OK
 
 
 # --- commands: one workflow each ------------------------------------------------------------------------------
@@ -57,7 +61,7 @@ def cmd_simulate(args: argparse.Namespace, scenario: Scenario) -> int:
     )
     print(done.text)
     print(f"\nsimulated in {done.wall:.1f}s; results in {done.run_dir}/ (summary.md, summary.json, rep-*/result.json and CSV)")
-    return EXIT_OK
+    return _verdict("simulate", done.missed, args.no_fail)
 
 
 def cmd_serve(args: argparse.Namespace, scenario: Scenario) -> int:
@@ -77,7 +81,7 @@ def cmd_serve(args: argparse.Namespace, scenario: Scenario) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace, scenario: Scenario) -> int:
-    from reports.summary import loadtest_text
+    from reports.summary import loadtest_text, verdicts_text
     from workflows.loadtest import LoadtestOptions, run_loadtest
 
     refuse_remote(args.host, args.allow_remote)
@@ -106,7 +110,7 @@ def cmd_loadtest(args: argparse.Namespace, scenario: Scenario) -> int:
     if interrupted:
         print("capacity loadtest: interrupted; the results above are partial", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_OK
+    return _verdict("loadtest", verdicts_text(scenario, [result], "measured")[1], args.no_fail)
 
 
 def cmd_calibrate(args: argparse.Namespace, scenario: Scenario) -> int:
@@ -146,11 +150,15 @@ def cmd_validate(args: argparse.Namespace, scenario: Scenario) -> int:
 # --- the parser -------------------------------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, kind: str, target: str | None = None) -> None:
-    """The scenario, and --out and --quiet, as every command that writes a run directory takes them; --host when it sends load."""
+def _common(p: argparse.ArgumentParser, kind: str, target: str | None = None, model: bool = False, gate: bool = False) -> None:
+    """The scenario, --out, --quiet; --host when the command sends load, --calibration when it runs the model, --no-fail when it gates."""
     p.add_argument("scenario", help="scenario YAML file (e.g. scenarios/smoke.yaml)")
     p.add_argument("--out", default=None, help=f"run directory (default runs/<timestamp>-{kind}<scenario>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    if model:
+        p.add_argument("--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: as configured)")
+    if gate:
+        p.add_argument("--no-fail", action="store_true", help="report missed SLOs and thresholds, but exit 0")
     if target is not None:
         p.add_argument("--host", default=None, help=target)
         p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
@@ -160,10 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("simulate", help="run the SimPy model of a scenario and summarize it")
-    _common(p, "")
-    p.add_argument(
-        "--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: the configured service times)"
-    )
+    _common(p, "", model=True, gate=True)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
     p.add_argument("--replications", "-r", type=int, default=1, help="independent replications (default 1)")
     p.add_argument("--scale", default=None, help="share of arrivals kept, e.g. 0.1 or 10%% (overrides run.scale)")
@@ -171,10 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan", help="the cheapest capacity that meets every SLO: sizing, schedule, costs, what-ifs (HTML + Markdown + JSON)"
     )
-    _common(p, "plan-")
-    p.add_argument(
-        "--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: the configured service times)"
-    )
+    _common(p, "plan-", model=True)
     p.add_argument("--validation", default=None, help="a validation.json written by capacity validate that backs the calibration")
     p.add_argument("--workers", type=int, default=None, help="processes for the confirming replications (default: the machine's cores)")
     p = sub.add_parser("serve", help="run the reference server (and its registry) configured from a scenario")
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="database, photos and keys (default runs/<timestamp>-serve-<scenario>)")
     p.add_argument("--test-mode", action="store_true", help="enable the loopback-only mailbox and reset endpoints")
     p = sub.add_parser("loadtest", help="replay a scenario's surge with Locust (open-model arrivals)")
-    _common(p, "loadtest-", "target URL (default: start the reference server for the scenario)")
+    _common(p, "loadtest-", "target URL (default: start the reference server for the scenario)", gate=True)
     p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
     p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
     p.add_argument(

@@ -12,9 +12,9 @@ field path and what was expected.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from models.distributions import Constant, Distribution
 from models.units import parse_duration, parse_fraction, parse_rate, parse_size
@@ -462,6 +462,16 @@ class Reported(_Model):
     counts: dict[str, int]
 
 
+def _threshold_text(text: str) -> str:
+    from models.thresholds import parse_threshold
+
+    parse_threshold("all" if not text.strip().startswith("arrivals_") else "run", text)  # the form; the subject is checked later
+    return text
+
+
+ThresholdText = Annotated[str, AfterValidator(_threshold_text)]
+
+
 class Scenario(_Model):
     """A whole scenario, validated.  ``path`` is where it was read from."""
 
@@ -478,7 +488,19 @@ class Scenario(_Model):
     reported: Reported | None = None
     validation: Validation = Field(default_factory=Validation)
     plan: Plan = Field(default_factory=Plan)
+    thresholds: dict[str, list[ThresholdText]] = Field(
+        default_factory=dict,
+        description="pass/fail criteria per request type ('all': every type together; 'run': the load generator), "
+        "e.g. register: [p95 < 500ms, error_rate < 1%]; see models.thresholds",
+    )
     path: str | None = Field(default=None, exclude=True)
+
+    @property
+    def threshold_list(self) -> list[Any]:
+        """The thresholds, parsed (:class:`models.thresholds.Threshold`)."""
+        from models.thresholds import parse_threshold
+
+        return [parse_threshold(subject, text) for subject, texts in self.thresholds.items() for text in texts]
 
     @property
     def window(self) -> tuple[float, float]:
@@ -625,6 +647,24 @@ def _change_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     return errors
 
 
+def _threshold_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
+    """Thresholds: a known subject, and metrics that the subject has."""
+    from models.thresholds import parse_threshold
+
+    errors: list[tuple[tuple[object, ...], str]] = []
+    for subject, texts in s.thresholds.items():
+        if subject not in ("all", "run") and subject not in s.request_types:
+            known = ", ".join(s.request_types)
+            errors.append((("thresholds", subject), f"unknown request type {subject!r}; expected 'all', 'run' or one of {known}"))
+            continue
+        for k, text in enumerate(texts):
+            try:
+                parse_threshold(subject, text)
+            except ValueError as exc:
+                errors.append((("thresholds", subject, k), str(exc)))
+    return errors
+
+
 def _run_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     """The run slice, SLOs, costs and reported figures."""
     errors: list[tuple[tuple[object, ...], str]] = []
@@ -643,6 +683,7 @@ def _run_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
             )
         if slo.request is not None and slo.request not in s.request_types:
             errors.append((("slos", k, "request"), f"unknown request type {slo.request!r}; expected one of {', '.join(s.request_types)}"))
+    errors += _threshold_errors(s)
     for name in s.plan.stations:
         if name not in s.system.stations:
             errors.append((("plan", "stations", name), f"unknown station {name!r}; expected one of {', '.join(sorted(s.system.stations))}"))

@@ -214,15 +214,30 @@ def summary_text(scenario: Scenario, results: Sequence[RunResult]) -> str:
                 [[s, f"{c * scenario.run.scale:,.0f}", _count(e), f"{d:+.1%}"] for s, c, e, d in cmp_rows],
             )
         )
-    verdicts = slo_verdicts(scenario, results)
-    if verdicts:
-        parts += ["", "SLOs"]
+    text, _ = verdicts_text(scenario, results, "model")
+    return "\n".join(parts) + text
+
+
+def verdicts_text(scenario: Scenario, results: Sequence[RunResult], source: str) -> tuple[str, list[str]]:
+    """The SLO and threshold verdicts as tables (empty when the scenario has neither), and the labels of those missed."""
+    from models.thresholds import judge
+
+    parts: list[str] = []
+    missed: list[str] = []
+    slos = slo_verdicts(scenario, results)
+    if slos:
         rows = []
-        for slo, value, ok in verdicts:
-            shown = format_duration(value) if (slo.below is not None or slo.backlog_drained is not None) else f"{value:.2%}"
-            rows.append([slo.label, shown, "met" if ok else "MISSED"])
-        parts.append(table(["objective", "model", "verdict"], rows))
-    return "\n".join(parts)
+        for slo, value, ok in slos:
+            timed = slo.below is not None or slo.backlog_drained is not None or slo.wait_below is not None
+            rows.append([slo.label, format_duration(value) if timed else f"{value:.2%}", "met" if ok else "MISSED"])
+            missed += [] if ok else [slo.label]
+        parts += ["", "SLOs", table(["objective", source, "verdict"], rows)]
+    thresholds = judge(scenario.threshold_list, results, scenario.request_types)
+    if thresholds:
+        rows = [[v.threshold.label, v.shown, "pass" if v.passed else "FAIL"] for v in thresholds]
+        missed += [v.threshold.label for v in thresholds if not v.passed]
+        parts += ["", "Thresholds", table(["threshold", source, "verdict"], rows)]
+    return "\n".join(parts), missed
 
 
 def loadtest_text(scenario: Scenario, result: RunResult) -> str:
@@ -266,4 +281,4 @@ def loadtest_text(scenario: Scenario, result: RunResult) -> str:
                 f"\nfirst request, from the intended arrival time (corrected for coordinated omission): "
                 f"p50 {format_duration(h.percentile(50))}, p95 {format_duration(h.percentile(95))}, p99 {format_duration(h.percentile(99))}"
             )
-    return "\n".join(parts)
+    return "\n".join(parts) + verdicts_text(scenario, [result], "measured")[0]

@@ -7,6 +7,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -395,12 +396,13 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
         cpu_text(1.10, {"register": (100, 400, 0.04, 400 * 2e-8, 0.02), "verify_email": (100, 200, 0.02, 200 * 1e-8, 0.0)}), at=10.0
     )
 
-    lv = judge_level(
-        LevelRun(0.5, 20.0, SMALL, tmp_path / "cal", Measurement(scenario, measured, before, after)),
-        Calibration(calibrated),
-        "calibrated",
-        replications=2,
-    )
+    from reports.validation import Level, Speed
+
+    def judged(name: str, processor: str, **options: Any) -> Level:
+        run = LevelRun(0.5, 20.0, SMALL, tmp_path / name, Measurement(scenario, measured, before, after))
+        return judge_level(run, Calibration(calibrated), processor, replications=2, **options)
+
+    lv = judged("cal", "calibrated")
     assert (tmp_path / "cal" / "model" / "rep-001" / "result.json").exists()
     assert lv.given_cpu is not None and lv.cpu_drift is not None
     cpu = {c.metric: c for c in lv.given_cpu if c.subject == "station cpu"}["utilization"]
@@ -410,15 +412,8 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
 
     # with the machine's speed around the level (reference runs 1.2 and 1.4 x calibration's CPU time), the
     # calibrated processor is scaled by their mean before the model runs; the diagnosis names the speed
-    from reports.validation import Speed
 
-    slow = judge_level(
-        LevelRun(0.5, 20.0, SMALL, tmp_path / "slow", Measurement(scenario, measured, before, after)),
-        Calibration(calibrated),
-        "calibrated",
-        replications=2,
-        speed=Speed(1.2, 1.4),
-    )
+    slow = judged("slow", "calibrated", speed=Speed(1.2, 1.4))
     assert slow.speed is not None and slow.speed.factor == pytest.approx(1.3)
     used = yaml.safe_load((tmp_path / "slow" / "processor.yaml").read_text())
     assert parse_duration(used["work"]["register"]["step"]["mean"]) == pytest.approx(1.3e-3)
@@ -429,29 +424,11 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     assert busy["slow"] == pytest.approx(1.3 * busy["base"], rel=0.1)
     assert "1.300 x calibration's (reference load before 1.200, after 1.400)" in (slow.diagnosis() or "")
     assert Speed(None, 1.1).factor == pytest.approx(1.1) and Speed(None, None).factor == 1.0
-    unexplained = judge_level(
-        LevelRun(0.5, 20.0, SMALL, tmp_path / "slow-quick", Measurement(scenario, measured, before, after)),
-        Calibration(calibrated),
-        "calibrated",
-        replications=2,
-        diagnose=False,
-        speed=Speed(1.2, 1.4),
-    )
+    unexplained = judged("slow-quick", "calibrated", diagnose=False, speed=Speed(1.2, 1.4))
     assert unexplained.diagnosis() == "the machine's CPU time per request 1.300 x calibration's (reference load before 1.200, after 1.400)"
 
-    quick = judge_level(
-        LevelRun(0.5, 20.0, SMALL, tmp_path / "quick", Measurement(scenario, measured, before, after)),
-        Calibration(calibrated),
-        "calibrated",
-        replications=2,
-        diagnose=False,
-    )
+    quick = judged("quick", "calibrated", diagnose=False)
     assert quick.given_cpu is None and quick.diagnosis() is None
-    level = judge_level(
-        LevelRun(0.5, 20.0, SMALL, tmp_path / "level", Measurement(scenario, measured, before, after)),
-        Calibration(calibrated),
-        "level",
-        replications=2,
-    )
+    level = judged("level", "level")
     assert level.given_cpu is None and (tmp_path / "level" / "processor.yaml").exists()
     assert next(c for c in level.checks if c.subject == "station cpu").verdict == "info"

@@ -20,7 +20,7 @@ class Simulated:
     run_dir: Path
     text: str  # the printable summary
     wall: float  # seconds
-    slos_met: bool
+    missed: list[str]  # the SLOs and thresholds missed
 
 
 def run_simulation(
@@ -29,7 +29,7 @@ def run_simulation(
     """Simulate ``replications`` of ``scenario``; write ``summary.md``, ``summary.json`` and ``rep-NNN/`` to ``run_dir``."""
     from models.results import save
     from models.simulate import simulate, summarize
-    from reports.summary import slo_verdicts, summary_text
+    from reports.summary import slo_verdicts, summary_text, verdicts_text
 
     bars: dict[int, ProgressBar] = {}
 
@@ -57,4 +57,4 @@ def run_simulation(
         "slos": [{"slo": s.label, "value": v, "met": ok} for s, v, ok in verdicts],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return Simulated(run_dir, text, wall, all(ok for _, _, ok in verdicts))
+    return Simulated(run_dir, text, wall, verdicts_text(scenario, results, "model")[1])
