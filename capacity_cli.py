@@ -13,23 +13,21 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from capacity_args import build_parser
 from models.loader import ScenarioError, load_scenario
 from models.overlay import CalibrationError
 from models.scenario import Scenario
 from workflows import BadInput, WorkflowError
-from workflows.options import calibration_option, duration_option, levels_option, run_slice
+from workflows.options import calibration_option, duration_option, effects_option, fault_option, levels_option, run_slice
 from workflows.output import run_dir
 from workflows.target import refuse_remote
 
+if TYPE_CHECKING:
+    from workflows.loadtest import LoadtestOptions
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
@@ -75,7 +73,9 @@ def cmd_serve(args: argparse.Namespace, scenario: Scenario) -> int:
         raise BadInput(f"refusing to bind {args.host}; the reference server binds loopback unless --allow-remote is given")
     data_dir = Path(args.data_dir) if args.data_dir else run_dir(None, f"serve-{scenario.name}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "server.json").write_text(json.dumps(server_config(scenario, test_mode=args.test_mode), indent=1))
+    (data_dir / "server.json").write_text(
+        json.dumps(server_config(scenario, test_mode=args.test_mode, fault=fault_option(args.fault)), indent=1)
+    )
     argv = ["--config", str(data_dir / "server.json"), "--host", args.host, "--port", str(args.port), "--data-dir", str(data_dir)]
     return serve.main(argv + (["--db", args.db] if args.db else []))
 
@@ -147,106 +147,6 @@ def cmd_validate(args: argparse.Namespace, scenario: Scenario) -> int:
     return EXIT_OK if validate(scenario, opts, run_dir(args.out, f"validate-{scenario.name}")) else EXIT_FAILED
 
 
-# --- the parser -------------------------------------------------------------------------------------------------
-
-
-def _common(p: argparse.ArgumentParser, kind: str, target: str | None = None, model: bool = False, gate: bool = False) -> None:
-    """The scenario, --out, --quiet; --host when the command sends load, --calibration when it runs the model, --no-fail when it gates."""
-    p.add_argument("scenario", help="scenario YAML file (e.g. scenarios/smoke.yaml)")
-    p.add_argument("--out", default=None, help=f"run directory (default runs/<timestamp>-{kind}<scenario>)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    if model:
-        p.add_argument("--calibration", default=None, help="a calibration overlay written by capacity calibrate (default: as configured)")
-    if gate:
-        p.add_argument("--no-fail", action="store_true", help="report missed SLOs and thresholds, but exit 0")
-    if target is not None:
-        p.add_argument("--host", default=None, help=target)
-        p.add_argument("--allow-remote", action="store_true", help="allow a target outside loopback")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="capacity", description="Load testing and capacity planning for registration surges.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("simulate", help="run the SimPy model of a scenario and summarize it")
-    _common(p, "", model=True, gate=True)
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the scenario's)")
-    p.add_argument("--replications", "-r", type=int, default=1, help="independent replications (default 1)")
-    p.add_argument("--scale", default=None, help="share of arrivals kept, e.g. 0.1 or 10%% (overrides run.scale)")
-    p.add_argument("--window", nargs=2, metavar=("START", "END"), default=None, help="time window, e.g. 0h 2h (overrides run.window)")
-    p = sub.add_parser(
-        "plan", help="the cheapest capacity that meets every SLO: sizing, schedule, costs, what-ifs (HTML + Markdown + JSON)"
-    )
-    _common(p, "plan-", model=True)
-    p.add_argument("--validation", default=None, help="a validation.json written by capacity validate that backs the calibration")
-    p.add_argument("--workers", type=int, default=None, help="processes for the confirming replications (default: the machine's cores)")
-    p = sub.add_parser("serve", help="run the reference server (and its registry) configured from a scenario")
-    p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: a free one, written to DATA_DIR/port)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless --allow-remote)")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
-    p.add_argument("--db", default=None, help="SQLite file (default DATA_DIR/refserver.sqlite)")
-    p.add_argument("--data-dir", default=None, help="database, photos and keys (default runs/<timestamp>-serve-<scenario>)")
-    p.add_argument("--test-mode", action="store_true", help="enable the loopback-only mailbox and reset endpoints")
-    p = sub.add_parser("loadtest", help="replay a scenario's surge with Locust (open-model arrivals)")
-    _common(p, "loadtest-", "target URL (default: start the reference server for the scenario)", gate=True)
-    p.add_argument("--duration", default=None, help="how much of the window to replay, e.g. 60s (default: all of it)")
-    p.add_argument("--users", type=int, default=None, help="Locust users in the pool (default: from peak rate x journey length)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="Locust worker processes (distributed mode); with --master or --worker: the number of workers in all",
-    )
-    p.add_argument(
-        "--master",
-        action="store_true",
-        help="run only the master and wait for --workers workers started elsewhere (capacity loadtest ... --worker)",
-    )
-    p.add_argument("--master-bind-host", default="127.0.0.1", help="with --master: the address workers connect to (default loopback)")
-    p.add_argument("--master-port", type=int, default=5557, help="the master's port (default 5557)")
-    p.add_argument("--worker", action="store_true", help="run one worker for a master started with --master (on this or another machine)")
-    p.add_argument("--master-host", default=None, help="with --worker: the master's address")
-    p.add_argument(
-        "--worker-index",
-        type=int,
-        default=0,
-        help="with --worker: this worker's index K in 0..N-1; it takes every arrival whose index is K mod N",
-    )
-    p.add_argument("--seed", type=int, default=None, help="arrival seed (default: the scenario's)")
-    p = sub.add_parser("calibrate", help="measure service demands at low load (D = U / X) and write a calibration overlay")
-    _common(p, "calibrate-", "target URL with surgecap station metrics (default: a fresh reference server)")
-    p.add_argument("--duration", default=None, help="length of the low-load run (default 120s)")
-    p = sub.add_parser("validate", help="check the model against load tests at several load levels (HTML + JSON report)")
-    _common(p, "validate-", "validate against this server instead of fresh reference servers")
-    p.add_argument(
-        "--levels", default=None, help="fractions of the saturation rate, e.g. 0.3,0.6,0.9,1.1 (default: the scenario's validation.levels)"
-    )
-    p.add_argument("--duration", default=None, help="measured time per level (default: the scenario's validation.duration)")
-    p.add_argument("--calibration", default=None, help="a calibration overlay to use, or 'none' (default: calibrate first)")
-    p.add_argument(
-        "--processor",
-        choices=["calibrated", "level"],
-        default="calibrated",
-        help="the server's CPU time per request in the model: from calibration (default), or measured in each level itself "
-        "(operational validation; "
-        "the cpu station's utilization is then an input, shown but not judged)",
-    )
-    p.add_argument(
-        "--no-diagnosis",
-        action="store_true",
-        help="with the calibrated processor, skip the model's second run per level given the level's own CPU time",
-    )
-    p.add_argument(
-        "--speed-reference",
-        choices=["bracket", "none"],
-        default="bracket",
-        help="with the calibrated processor: rerun the calibration's processor phase after every level and scale each level's CPU times "
-        "by the machine's speed measured just before and after it (default bracket; none: as calibrated)",
-    )
-    p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
-    return parser
-
-
 def cmd_plan(args: argparse.Namespace, scenario: Scenario) -> int:
     from reports.plan import write_plan_report
     from workflows.plan import PlanOptions, read_validation, run_plan
@@ -268,12 +168,49 @@ def cmd_plan(args: argparse.Namespace, scenario: Scenario) -> int:
     return EXIT_OK
 
 
+def _load_options(args: argparse.Namespace, scenario: Scenario) -> LoadtestOptions:
+    """A load test of the whole window (or --duration) against --host or a fresh reference server (with --server-fault)."""
+    from workflows.loadtest import LoadtestOptions
+
+    refuse_remote(args.host, args.allow_remote)
+    window = scenario.window[1] - scenario.window[0]
+    duration = duration_option(args.duration, min(window, 60.0), low=1e-9, high=window)
+    opts = LoadtestOptions(duration, host=args.host, seed=args.seed, quiet=args.quiet, fault=fault_option(args.server_fault))
+    opts.check(window)
+    return opts
+
+
+def cmd_baseline(args: argparse.Namespace, scenario: Scenario) -> int:
+    from workflows.regress import record_baseline
+
+    if not 1 <= args.runs <= 20:
+        raise BadInput(f"--runs must be between 1 and 20, got {args.runs}")
+    opts = _load_options(args, scenario)
+    record_baseline(scenario, opts, Path(args.baseline_file), args.runs, run_dir(None, f"baseline-{scenario.name}"))
+    print(f"baseline: {args.baseline_file} ({args.runs} run(s) of {opts.duration:g}s)")
+    return EXIT_OK
+
+
+def cmd_regress(args: argparse.Namespace, scenario: Scenario) -> int:
+    from reports.regress import write_regress_report
+    from workflows.regress import Baseline, regress
+
+    opts, effects = _load_options(args, scenario), effects_option(args.min_effect)
+    baseline = Baseline.read(args.baseline)
+    out = run_dir(args.out, f"regress-{scenario.name}")
+    outcome = regress(scenario, baseline, opts, out, effects)
+    paths = write_regress_report(outcome, out, Path(args.junit) if args.junit else None, Path(args.summary) if args.summary else None)
+    print(paths["md"].read_text())
+    print(f"regression report: {paths['html']} (JUnit {paths['junit']}, regress.md, regress.json)")
+    return EXIT_OK if outcome.passed else EXIT_FAILED
+
+
 def _terminated(_signum: int, _frame: object) -> NoReturn:
     raise KeyboardInterrupt  # a kill stops a run as Ctrl-C does: servers and load generators stopped, partial results kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(EXIT_BAD_INPUT).parse_args(argv)
     command = globals()[f"cmd_{args.command}"]  # one cmd_<name> per subcommand
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:

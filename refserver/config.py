@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "ConfigError"]
+__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "ConfigError", "FAULTS"]
+
+FAULTS = ("slow", "cpu", "delay")
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,9 @@ class ServerConfig:
     batch_quota: int = 1000
     photo_max_bytes: int = 2_000_000
     test_mode: bool = False
+    # injected slowness, off by default (for proving that a regression test catches one): "slow" stretches the time a
+    # request spends in its stations by this fraction, "cpu" burns this many seconds of the event loop's CPU, "delay" waits
+    fault: dict[str, float] = field(default_factory=dict)
     seed: int = 1
 
     @classmethod
@@ -62,10 +67,14 @@ class ServerConfig:
                 batch_quota=int(d.get("batch_quota", 1000)),
                 photo_max_bytes=int(d.get("photo_max_bytes", 2_000_000)),
                 test_mode=bool(d.get("test_mode", False)),
+                fault={str(k): float(v) for k, v in d.get("fault", {}).items()},
                 seed=int(d.get("seed", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad server configuration: {exc}") from None
+        for key, value in cfg.fault.items():
+            if key not in FAULTS or not 0 <= value <= 60:
+                raise ConfigError(f"fault {key}={value}: expected one of {', '.join(FAULTS)} between 0 and 60")
         for rt, names in cfg.routes.items():
             for n in names:
                 if n not in cfg.stations:

@@ -144,6 +144,7 @@ class Service:
         storage station (it names the stored file).
         """
         result = None
+        entered = time.monotonic()
         for name in self.cfg.routes.get(rt, []):
             async with self.stations[name].slot(rt):
                 if name == "db" and work is not None and store is None:  # a write naming the stored file waits for it
@@ -159,7 +160,20 @@ class Service:
             await asyncio.to_thread(self._stored(rt, store))
         if work is not None:
             result = await self.db.write(work, rt)
+        if self.cfg.fault:
+            await self._fault(time.monotonic() - entered)
         return result
+
+    async def _fault(self, spent: float) -> None:
+        """The configured injected slowness (``ServerConfig.fault``), after a request's stations."""
+        fault = self.cfg.fault
+        if fault.get("cpu", 0.0) > 0:
+            until = time.thread_time() + fault["cpu"]
+            while time.thread_time() < until:  # real work on the event loop, as a slower handler would do
+                pass
+        wait = fault.get("slow", 0.0) * spent + fault.get("delay", 0.0)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def registrant(self, rid: str) -> tuple[Any, ...]:
         """The registrant's row (id, email_verified, photo_path, nik_verified, batch_id, nik_hash); 404 when unknown."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.results import RunResult
@@ -31,6 +31,7 @@ class LoadtestOptions:
     host: str | None = None
     seed: int | None = None
     quiet: bool = False
+    fault: dict[str, float] = field(default_factory=dict)  # injected slowness of the reference server it starts (refserver.config)
 
     def check(self, window: float) -> None:
         """Raise :class:`BadInput` for options that cannot run, before anything starts."""
@@ -62,7 +63,7 @@ def run_loadtest(scenario: Scenario, opts: LoadtestOptions, run_dir: Path) -> tu
             host = opts.host
         else:
             try:
-                host = stack.enter_context(started(server_config(scenario, test_mode=True), run_dir / "server"))
+                host = stack.enter_context(started(server_config(scenario, test_mode=True, fault=opts.fault), run_dir / "server"))
             except (OSError, RuntimeError) as exc:
                 raise RunFailed(f"the reference server did not start: {exc}") from None
         what = {

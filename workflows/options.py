@@ -7,7 +7,7 @@ from models.scenario import Scenario
 from models.units import UnitError, format_duration, parse_duration, parse_fraction
 from workflows import BadInput
 
-__all__ = ["calibration_option", "duration_option", "levels_option", "run_slice"]
+__all__ = ["calibration_option", "duration_option", "levels_option", "run_slice", "fault_option", "effects_option"]
 
 
 def calibration_option(value: str | None) -> Calibration | None:
@@ -62,3 +62,38 @@ def run_slice(scenario: Scenario, scale: str | None, window: list[str] | None) -
     except UnitError as exc:
         raise BadInput(str(exc)) from None
     return scenario.with_run(**changes) if changes else scenario
+
+
+def fault_option(values: list[str] | None) -> dict[str, float]:
+    """``--server-fault slow=30%`` / ``cpu=2ms`` / ``delay=5ms`` (repeatable) as the server's fault settings."""
+    out: dict[str, float] = {}
+    for text in values or []:
+        key, _, value = text.partition("=")
+        try:
+            if key == "slow":
+                out[key] = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+            elif key in ("cpu", "delay"):
+                out[key] = parse_duration(value)
+            else:
+                raise UnitError(f"unknown fault {key!r}")
+        except (UnitError, ValueError) as exc:
+            raise BadInput(f"--server-fault {text!r}: expected slow=30%, cpu=2ms or delay=5ms ({exc})") from None
+        if not 0 <= out[key] <= 60:
+            raise BadInput(f"--server-fault {text!r}: must lie between 0 and 60")
+    return out
+
+
+def effects_option(values: list[str] | None) -> dict[str, float]:
+    """``--min-effect p95=15%`` (repeatable): the smallest change of a metric that counts as a regression."""
+    from models.regression import METRICS
+
+    out: dict[str, float] = {}
+    for text in values or []:
+        key, _, value = text.partition("=")
+        if key not in METRICS:
+            raise BadInput(f"--min-effect {text!r}: expected one of {', '.join(METRICS)}, e.g. p95=15%")
+        try:
+            out[key] = parse_fraction(value)
+        except UnitError as exc:
+            raise BadInput(f"--min-effect {text!r}: {exc}") from None
+    return out

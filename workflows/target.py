@@ -17,15 +17,18 @@ def refuse_remote(host: str | None, allow_remote: bool) -> None:
         raise BadInput(f"refusing to send load to {host}: only loopback targets unless --allow-remote is given")
 
 
-def server_config(scenario: Scenario, test_mode: bool = False) -> dict[str, object]:
-    """The reference server's plain configuration (``refserver.config.ServerConfig``) for a scenario's system."""
+def server_config(scenario: Scenario, test_mode: bool = False, fault: dict[str, float] | None = None) -> dict[str, object]:
+    """The reference server's plain configuration (``refserver.config.ServerConfig``) for a scenario's system.
+
+    ``fault`` injects slowness (``slow``, ``cpu``, ``delay``; see ``refserver.config.ServerConfig.fault``).
+    """
     sysd = scenario.system
     stations = {
         name: {"servers": st.servers, "queue": st.queue, "service": {rt: dist.model_dump(by_alias=True) for rt, dist in st.service.items()}}
         for name, st in sysd.stations.items()
     }
     routes = {step.request_type: [n for n in step.stations if n != REGISTRY] for step in scenario.journey}
-    cfg: dict[str, object] = {"stations": stations, "routes": routes, "test_mode": test_mode, "seed": scenario.seed}
+    cfg: dict[str, object] = {"stations": stations, "routes": routes, "test_mode": test_mode, "seed": scenario.seed, "fault": fault or {}}
     if sysd.registry is not None:
         r = sysd.registry
         cfg["registry"] = {
