@@ -33,7 +33,7 @@ test-quick: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy models reports refserver locustfiles workflows capacity_cli.py contracts.py
+	$(BIN)/mypy models reports refserver locustfiles workflows capacity_cli.py capacity_args.py contracts.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py

@@ -103,7 +103,7 @@ def surge_decay(c: LaunchSurgeCurve, horizon: float) -> float:
 
 
 def curve_problem(s: Scenario) -> str | None:
-    """Why the scenario's curve is impossible, or None."""
+    """Why the scenario's curve is impossible (or more arrivals than the model can hold), or None."""
     c = s.arrivals
     if isinstance(c, LaunchSurgeCurve):
         if c.peak_at > s.horizon:
@@ -112,7 +112,14 @@ def curve_problem(s: Scenario) -> str | None:
             surge_decay(c, s.horizon)
         except ValueError as exc:
             return str(exc)
+    total = expected_arrivals(c, 0.0, s.horizon, s.horizon) * s.run.scale
+    if not total <= MAX_ARRIVALS:
+        held = f"{MAX_ARRIVALS:,}"
+        return f"about {total:,.3g} arrivals in the horizon; the model holds at most {held} (about 4 GB; lower the rates or run.scale)"
     return None
+
+
+MAX_ARRIVALS = 20_000_000  # registrants in one run: the model keeps a few hundred bytes each
 
 
 def rate_at(curve: Curve, t: np.ndarray | float, horizon: float) -> np.ndarray:

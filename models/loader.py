@@ -122,7 +122,14 @@ def _describe(err: dict[str, Any]) -> tuple[tuple[object, ...], str]:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     msg = msg.replace("Input should be", "must be").replace("List should have", "must have").replace(" after validation", "")
-    return loc, f"{msg} (got {err.get('input')!r})" if kind in _SHOW_INPUT else msg
+    msg = msg if len(msg) <= 4 * QUOTE else msg[: 4 * QUOTE] + "…"
+    return loc, f"{msg} (got {_quote(err.get('input'))})" if kind in _SHOW_INPUT else msg
+
+
+def _quote(value: object) -> str:
+    """A bad value for an error message, cut to :data:`QUOTE` characters."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= QUOTE else text[:QUOTE] + "…"
 
 
 _UNION_TAGS = {"constant", "deterministic", "exponential", "exp", "erlang", "gamma", "lognormal", "uniform", "piecewise", "launch-surge"}
@@ -148,9 +155,16 @@ _SHOW_INPUT = {
 
 def parse_scenario(text: str, source: str = "<scenario>", overlay: dict[str, Any] | None = None) -> Scenario:
     """Validate scenario YAML text; ``source`` names it in errors."""
+    if len(text) > MAX_TEXT:
+        raise ScenarioError(source, [f"{source}: {len(text):,} characters; a scenario is at most {MAX_TEXT:,}"])
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        problem = _shape_problem(node, source)  # before anything expands the aliases
+        if problem:
+            raise ScenarioError(source, [problem])
         data = yaml.load(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ScenarioError(source, [f"{source}: the YAML is nested too deeply"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -179,6 +193,48 @@ def parse_scenario(text: str, source: str = "<scenario>", overlay: dict[str, Any
     if problem:
         raise ScenarioError(source, [f"{source}:{_line_of(node, ('arrivals',))}: arrivals: {problem}"])
     return scenario
+
+
+MAX_TEXT = 1_000_000  # characters in a scenario file
+MAX_VALUES = 100_000  # YAML values a scenario expands to, aliases followed (a few hundred in practice)
+QUOTE = 60  # characters of a bad value an error message shows
+
+
+def _shape_problem(root: yaml.Node | None, source: str) -> str | None:
+    """A duplicate key, or more values than :data:`MAX_VALUES` once aliases are followed (an alias bomb); None when neither.
+
+    Sizes are counted on the composed node graph, where an alias is a shared
+    node, each node once: the expansion is never built.
+    """
+    if root is None:
+        return None
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and not done:
+                    if key.value in seen:
+                        return f"{source}:{key.start_mark.line + 1}: duplicate key {key.value[:QUOTE]!r} (each key once)"
+                    seen.add(key.value)
+                children += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if done:
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_VALUES:
+                return (
+                    f"{source}:{node.start_mark.line + 1}: the YAML expands to more than {MAX_VALUES:,} values (aliases repeating aliases?)"
+                )
+            continue
+        stack.append((node, True))
+        stack += [(c, False) for c in children if id(c) not in size]
+    return None
 
 
 def load_scenario(path: str | Path, overlay: dict[str, Any] | None = None) -> Scenario:

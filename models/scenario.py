@@ -665,9 +665,18 @@ def _threshold_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     return errors
 
 
+MAX_HORIZON = 31 * 86400.0  # seconds: a month; the arrival sampler works second by second
+MAX_PAYLOAD = 20e6  # bytes: the load generator builds each upload in memory
+
+
 def _run_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
-    """The run slice, SLOs, costs and reported figures."""
+    """The run slice, SLOs, costs and reported figures, and sizes the machine cannot hold."""
     errors: list[tuple[tuple[object, ...], str]] = []
+    if s.horizon > MAX_HORIZON:
+        errors.append((("horizon",), f"{s.horizon / 86400:,.0f} days; a scenario spans at most 31 days"))
+    for i, step in enumerate(s.journey):
+        if step.payload is not None and step.payload > MAX_PAYLOAD:
+            errors.append((("journey", i, "payload"), f"{step.payload / 1e6:,.0f} MB; an upload is at most 20 MB"))
     seen_steps = {step.name for step in s.journey}
     start, end = s.window
     if not (0 <= start < end <= s.horizon):

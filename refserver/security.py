@@ -7,7 +7,7 @@ import hmac
 import re
 from datetime import date
 
-__all__ = ["keyed_hash", "nik_problem", "email_problem", "mask"]
+__all__ = ["keyed_hash", "nik_problem", "email_problem", "mask", "ascii_digits"]
 
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
 
@@ -28,8 +28,8 @@ def nik_problem(nik: object, birth_date: date) -> str | None:
 
     Its region code must be well formed and its birth date must agree with the one given.
     """
-    if not isinstance(nik, str) or len(nik) != 16 or not nik.isdigit():
-        return "nik must be 16 digits"
+    if not isinstance(nik, str) or len(nik) != 16 or not ascii_digits(nik):
+        return "nik must be 16 digits (0-9)"
     province, day, month, year, serial = int(nik[0:2]), int(nik[6:8]), int(nik[8:10]), int(nik[10:12]), nik[12:]
     if not 11 <= province <= 94 or nik[2:6] == "0000":
         return "nik has no valid region code (digits 1-6)"
@@ -40,6 +40,12 @@ def nik_problem(nik: object, birth_date: date) -> str | None:
     if serial == "0000":
         return "nik has no valid serial number (digits 13-16)"
     return None
+
+
+def ascii_digits(text: str) -> bool:
+    """Only the digits 0-9: ``str.isdigit`` also takes other scripts' digits (Arabic-Indic, fullwidth, superscript),
+    which would let one NIK register again under another spelling."""
+    return text.isascii() and text.isdigit()
 
 
 def mask(value: str) -> str:

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         sock.close()
         print(f"refserver: cannot write the port file {port_file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    os.umask(0o077)  # from here on, the database, its journal, the photos, the keys: readable by this user only
     reg_file = data_dir / "registry-port"
     registry = _start_registry(args.config, args.host, args.registry_port, reg_file, args.registry_cpu)
     # uvicorn re-raises SIGTERM after its graceful shutdown; with a Python-level

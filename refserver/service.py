@@ -68,6 +68,8 @@ async def read_json(request: Request, required: set[str]) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError:
         raise BadRequest(400, "malformed JSON") from None
+    except RecursionError:  # nested thousands deep: under the size cap, past the parser's stack
+        raise BadRequest(400, "JSON nested too deeply") from None
     return json_fields(body, required)
 
 

@@ -1,0 +1,108 @@
+"""Hostile input an outside tester would try: other scripts' digits, deep JSON, tokens in the database, YAML alias
+bombs, sizes the machine cannot hold, duplicate keys, absurd user counts.  Each is refused clearly and loses nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from capacity_cli import main
+
+from .conftest import SCENARIOS
+from .refserver_helpers import config, make_client, person
+
+SMOKE = SCENARIOS / "smoke.yaml"
+
+
+@pytest.mark.parametrize(
+    "field, spelling",
+    [
+        ("nik", "٣٢٧٣٠١٢١٠٤٩٠٠٠٠١"),  # Arabic-Indic
+        ("nik", "３２７３０１２１０４９００００１"),  # fullwidth
+        ("nik", "³²⁷³⁰¹²¹⁰⁴⁹⁰⁰⁰⁰¹"),  # superscript (was a 500: int('³¹'))
+        ("phone", "+६२८१२३४५६७८९०"),  # Devanagari
+    ],
+)
+def test_only_ascii_digits_count_so_one_nik_registers_once(tmp_path: Path, field: str, spelling: str) -> None:
+    with make_client(tmp_path) as client:
+        r = client.post("/api/register", json=person(**{field: spelling}))
+        assert r.status_code == 422 and "digits (0-9)" in r.json()["error"]
+
+
+def test_deeply_nested_json_gets_a_400_in_the_error_shape(tmp_path: Path) -> None:
+    body = "[" * 8000 + "]" * 8000  # 16 KB, under the size cap
+    with make_client(tmp_path) as client:
+        r = client.post("/api/register", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json() == {"error": "JSON nested too deeply"}
+        assert client.get("/healthz").status_code == 200
+
+
+def test_the_verification_token_is_kept_in_clear_only_in_test_mode(tmp_path: Path) -> None:
+    for mode in (False, True):
+        folder = tmp_path / f"test-mode-{mode}"
+        with make_client(folder, config(test_mode=mode)) as client:
+            assert client.post("/api/register", json=person()).status_code == 201
+        with sqlite3.connect(folder / "db.sqlite") as db:
+            tokens = [row[0] for row in db.execute("SELECT token FROM outbox")]
+        assert len(tokens) == 1 and (tokens[0] != "") == mode
+
+
+def _refused(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> str:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    tracemalloc.start()
+    started = time.monotonic()
+    code = main(["simulate", str(bad), "--out", str(tmp_path / "run"), "-q"])
+    took, (_, peak) = time.monotonic() - started, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "run").exists()
+    assert peak < 200e6, f"{peak / 1e6:.0f} MB to refuse it"
+    assert took < 30, f"{took:.0f}s to refuse it"  # a generous bound: what matters is that it never expands the input
+    return err
+
+
+BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{x}: &{x} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, x in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize("where", ["description", "seed", "top"])
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = SMOKE.read_text()
+    if where == "top":
+        text = BOMB + text
+    else:
+        text = BOMB.replace("i: &i", f"{where}: &i").replace("\n", "\n", 1) + "\n".join(
+            line for line in text.splitlines() if not line.startswith(f"{where}:")
+        )
+    err = _refused(tmp_path, text, capsys)
+    assert "expands to more than" in err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("horizon: 2m", "horizon: 1000000h"), "a scenario spans at most 31 days"),
+        (("peak: 40/s", "peak: 1e12/s"), "arrivals in the horizon; the model holds at most"),
+        (("payload: 100KB", "payload: 10GB"), "an upload is at most 20 MB"),
+        (("seed: 42", "seed: 42\nseed: 43"), "duplicate key 'seed'"),
+    ],
+)
+def test_sizes_the_machine_cannot_hold_and_duplicate_keys_are_refused(
+    change: tuple[str, str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = SMOKE.read_text()
+    assert change[0] in text
+    assert message in _refused(tmp_path, text.replace(change[0], change[1], 1), capsys)
+
+
+@pytest.mark.parametrize("users", ["0", "-5"])
+def test_loadtest_refuses_an_absurd_user_count_before_starting(users: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["loadtest", str(SMOKE), "--users", users, "--out", str(tmp_path / "run")]) == 2
+    assert "--users must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
