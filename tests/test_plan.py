@@ -59,10 +59,12 @@ def test_loss_sizing_matches_the_exact_formula_and_the_simulation(name: str, exa
     assert outcome.confirmed is not None and len(outcome.confirmed.results) == 3
 
 
-@pytest.mark.parametrize("path", [SCENARIOS / "prakerja-launch.yaml", SCENARIOS / "smoke.yaml"])
-def test_more_arrivals_never_need_fewer_servers(path: Path) -> None:
+@pytest.mark.parametrize(
+    "path, loads", [(SCENARIOS / "prakerja-launch.yaml", (0.5, 1.0, 2.0)), (SCENARIOS / "smoke.yaml", (0.25, 0.5, 1.0, 2.0, 4.0))]
+)
+def test_more_arrivals_never_need_fewer_servers(path: Path, loads: tuple[float, ...]) -> None:
     scenario = load_scenario(path)
-    sizes = [screen(scenario, load=m).static() for m in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    sizes = [screen(scenario, load=m).static() for m in loads]
     for smaller, larger in zip(sizes, sizes[1:], strict=False):
         assert all(larger[k] >= smaller[k] for k in smaller), (smaller, larger)
     assert any(sizes[-1][k] > sizes[0][k] for k in sizes[0])
