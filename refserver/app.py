@@ -36,6 +36,7 @@ from refserver import handlers, operations
 from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
 from refserver.handlers import BATCH_ID
+from refserver.health import storage_full
 from refserver.operations import MAILBOX_QUERY
 from refserver.outbox import sender
 from refserver.service import BadRequest, Service
@@ -72,18 +73,32 @@ def _endpoint(svc: Service, name: str, handler: Handler) -> Callable[[Request], 
         svc.metrics.in_flight += 1
         try:
             response = await handler(svc, request)
+            if response.status_code < 500 and svc.health.failing:
+                svc.health.ok("storage")  # a request went through: an open storage or request-failure episode ends
+                svc.health.ok(f"{name} requests")
         except BadRequest as exc:
             response = JSONResponse(exc.body, status_code=exc.code)
         except Overloaded as exc:
             response = JSONResponse(
                 {"error": f"overloaded ({exc.station}), retry later"}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
             )
+        except Exception as exc:  # noqa: BLE001 - answered in the error shape, logged once per episode
+            response = _failure(svc, name, exc)
         finally:
             svc.metrics.in_flight -= 1
         svc.metrics.observe(name, response.status_code, time.perf_counter() - started)
         return response
 
     return wrapped
+
+
+def _failure(svc: Service, name: str, exc: Exception) -> Response:
+    """An unexpected error as the documented JSON shape: 507 when storage ran out, else 500; the connection stays usable."""
+    if storage_full(exc):
+        svc.health.fail("storage", exc)
+        return JSONResponse({"error": "insufficient storage, retry later"}, status_code=507, headers={"Retry-After": "30"})
+    svc.health.fail(f"{name} requests", exc)
+    return JSONResponse({"error": "internal error, retry later"}, status_code=500, headers={"Retry-After": "5"})
 
 
 def _prepare(cfg: ServerConfig) -> Callable[[sqlite3.Connection], None]:

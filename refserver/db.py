@@ -139,9 +139,12 @@ class Database:
                     calls.append(counted.calls + 2)  # with its SAVEPOINT and RELEASE
                 commit_started = time.perf_counter()
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sqlite3.Error as exc:  # every write of the batch fails with it; the writer goes on with the next batch
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the transaction is gone with the failed statement; a writer that stopped here would hang every write
                 outcomes = [(False, exc)] * len(batch)
             done = time.perf_counter()
             self.commits += 1

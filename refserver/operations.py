@@ -29,6 +29,16 @@ async def landing(svc: Service, _: Request) -> Response:
 
 
 async def healthz(svc: Service, _: Request) -> Response:
+    """``ok``; or 503 with the problems while a worker is failing or stuck (an email waiting with the sender silent)."""
+    from refserver.outbox import WORKER
+
+    try:
+        waiting = svc.db.one("SELECT 1 FROM outbox WHERE sent IS NULL LIMIT 1") is not None
+    except Exception as exc:  # noqa: BLE001 - the database itself is the problem
+        return JSONResponse({"status": "degraded", "problems": [f"database: {type(exc).__name__}: {str(exc)[:200]}"]}, status_code=503)
+    problems = svc.health.problems({WORKER: waiting})
+    if problems:
+        return JSONResponse({"status": "degraded", "problems": problems}, status_code=503, headers={"Retry-After": "5"})
     return PlainTextResponse("ok")
 
 

@@ -8,11 +8,36 @@ import time
 
 from refserver.service import Service
 
-__all__ = ["sender"]
+__all__ = ["sender", "WORKER"]
+
+
+WORKER = "email_sender"
+BACKOFF = (0.5, 10.0)  # seconds: the first wait after a failure, and the longest
 
 
 async def sender(svc: Service) -> None:
-    """Deliver outbox emails at the configured send rate into the mailbox."""
+    """Deliver outbox emails at the configured send rate into the mailbox; never give up.
+
+    A failed read or write (a full disk, no file descriptors) is reported to
+    ``svc.health`` (one log line per episode, ``/healthz`` degraded) and tried
+    again after a growing pause; the backlog drains once it works again.
+    """
+    pause = BACKOFF[0]
+    svc.health.ok(WORKER)
+    while True:
+        try:
+            await _send(svc)
+            pause = BACKOFF[0]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported, retried
+            svc.health.fail(WORKER, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, BACKOFF[1])
+
+
+async def _send(svc: Service) -> None:
+    """Send until an error: each tick, as many emails as the send rate allows."""
     tick = 0.05
     allowance = 0.0
     last = time.monotonic()
@@ -26,6 +51,7 @@ async def sender(svc: Service) -> None:
             continue
         ids = [r[0] for r in svc.db.all("SELECT id FROM outbox WHERE sent IS NULL ORDER BY id LIMIT ?", (n,))]
         if not ids:
+            svc.health.ok(WORKER)  # nothing waits: as good as progress
             continue
         allowance -= len(ids)
 
@@ -33,3 +59,4 @@ async def sender(svc: Service) -> None:
             conn.executemany("UPDATE outbox SET sent = ? WHERE id = ?", [(time.time(), i) for i in ids])
 
         await svc.db.write(work, "email_sender")
+        svc.health.ok(WORKER)

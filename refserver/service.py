@@ -24,6 +24,7 @@ from contracts import sampler
 from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
 from refserver.db import Database
+from refserver.health import Health
 from refserver.metrics import Metrics
 from refserver.photos import PUT_CALLS, PhotoStore
 from refserver.stations import Station
@@ -87,6 +88,7 @@ class Service:
             (name, rt): sampler(s.service.get(rt, s.service.get("default")), rng) for name, s in cfg.stations.items() for rt in cfg.routes
         }
         self.metrics = Metrics()
+        self.health = Health()
         self.clock = CpuClock()
         self._db: Database | None = None
         self._photos: PhotoStore | None = None
