@@ -30,7 +30,7 @@ from refserver.photos import PUT_CALLS, PhotoStore
 from refserver.stations import Station
 from refserver.upstream import Upstream
 
-__all__ = ["Service", "BadRequest", "read_json", "json_fields", "MAX_JSON_BYTES"]
+__all__ = ["Service", "BadRequest", "read_body", "read_json", "json_fields", "MAX_JSON_BYTES"]
 
 MAX_JSON_BYTES = 16_384  # a JSON request body larger than this is refused (413)
 
@@ -60,11 +60,25 @@ def json_fields(body: Any, required: set[str]) -> dict[str, Any]:
     return body
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) past ``limit`` bytes without reading the rest: by its declared
+    Content-Length before reading anything, and a chunked body as soon as it passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isascii() or not declared.isdigit() or int(declared) > limit):
+        raise BadRequest(413 if declared.isdigit() else 400, "request body too large" if declared.isdigit() else "bad Content-Length")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, "request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json(request: Request, required: set[str]) -> dict[str, Any]:
     """The request's JSON object with exactly the ``required`` string fields (see :func:`json_fields`)."""
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BYTES:
-        raise BadRequest(413, "request body too large")
+    raw = await read_body(request, MAX_JSON_BYTES)
     try:
         body = json.loads(raw)
     except ValueError:

@@ -106,3 +106,36 @@ def test_loadtest_refuses_an_absurd_user_count_before_starting(users: str, tmp_p
     assert main(["loadtest", str(SMOKE), "--users", users, "--out", str(tmp_path / "run")]) == 2
     assert "--users must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_large_body_is_refused_without_being_read(tmp_path: Path) -> None:
+    # on a real server: a declared 100 MB JSON body gets its 413 before the body is sent; a chunked one after a few
+    # chunks (the server stops reading past its 16 KB limit), where it used to read it all first
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    from refserver.serve import started
+
+    from .refserver_helpers import config
+
+    def answer(sock: socket.socket) -> bytes:
+        sock.settimeout(10)
+        return sock.recv(4096)
+
+    head = "POST /api/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    with started(config().to_dict(), tmp_path / "server") as url:
+        where = urlsplit(url)
+        with socket.create_connection((where.hostname, where.port)) as sock:
+            sock.sendall((head + "Content-Length: 100000000\r\n\r\n").encode() + b'{"name": "')
+            assert answer(sock).startswith(b"HTTP/1.1 413")
+        with socket.create_connection((where.hostname, where.port)) as sock:
+            sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+            chunk = b"%x\r\n" % 65536 + b"x" * 65536 + b"\r\n"
+            sent = 0
+            while sent < 1600 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(chunk)
+                sent += 1
+            assert answer(sock).startswith(b"HTTP/1.1 413")
+            assert sent < 100, f"{sent} chunks of 64 KB went in before the answer"
