@@ -15,7 +15,6 @@ from refserver.upstream import UpstreamError
 
 __all__ = ["landing", "healthz", "metrics_endpoint", "openapi", "mailbox", "reset", "MAILBOX_QUERY"]
 
-TEST_CLIENT = "testclient"  # the client address Starlette's TestClient reports
 # the test mailbox's lookup, by the index outbox_registrant, made in test mode only (a registration then pays for its upkeep)
 MAILBOX_QUERY = "SELECT token, sent FROM outbox WHERE registrant_id = ? AND sent IS NOT NULL"
 
@@ -61,9 +60,14 @@ async def openapi(svc: Service, _: Request) -> Response:
 
 
 def loopback_only(request: Request) -> None:
-    host = request.client.host if request.client else ""
-    if not (is_loopback_host(host) or host == TEST_CLIENT):
+    """The test endpoints answer a client on loopback that asked for a loopback host: a page in a local browser
+    that reached the server by a rebound DNS name sends that name, and is refused."""
+    client = request.client.host if request.client else ""
+    asked = (request.url.hostname or "").strip("[]")
+    if not is_loopback_host(client):
         raise BadRequest(403, "test endpoints answer only on loopback")
+    if not is_loopback_host(asked):
+        raise BadRequest(403, f"test endpoints answer only for a loopback Host, not {asked[:60]!r}")
 
 
 async def mailbox(svc: Service, request: Request) -> Response:

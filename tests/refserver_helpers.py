@@ -95,7 +95,7 @@ def make_client(tmp_path: Path, cfg: ServerConfig | None = None) -> TestClient:
         reset_token=RESET_TOKEN,
         upstream=lambda url, connections: InProcessRegistry(registry),
     )
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000))  # a local client, as the test endpoints want
 
 
 def rows(tmp_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

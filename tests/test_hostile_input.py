@@ -139,3 +139,26 @@ def test_a_large_body_is_refused_without_being_read(tmp_path: Path) -> None:
                 sent += 1
             assert answer(sock).startswith(b"HTTP/1.1 413")
             assert sent < 100, f"{sent} chunks of 64 KB went in before the answer"
+
+
+@pytest.mark.parametrize(
+    "client, host, allowed",
+    [
+        ("127.0.0.1", "127.0.0.1", True),
+        ("::1", "localhost", True),
+        ("testclient", "127.0.0.1", False),  # a name is not a loopback address
+        ("10.0.0.5", "127.0.0.1", False),
+        ("127.0.0.1", "rebound.example.org", False),  # a local browser sent here by a rebound DNS name
+    ],
+)
+def test_the_test_mailbox_answers_only_loopback_clients_asking_for_a_loopback_host(
+    tmp_path: Path, client: str, host: str, allowed: bool
+) -> None:
+    from starlette.testclient import TestClient
+
+    with make_client(tmp_path) as local:
+        rid = local.post("/api/register", json=person()).json()["id"]
+        app = local.app
+    with TestClient(app, base_url=f"http://{host}", client=(client, 40000)) as other:
+        r = other.get(f"/test/mailbox/{rid}")
+        assert (r.status_code != 403) == allowed, r.text
