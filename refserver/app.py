@@ -27,7 +27,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -82,6 +82,8 @@ def _endpoint(svc: Service, name: str, handler: Handler) -> Callable[[Request], 
             response = JSONResponse(
                 {"error": f"overloaded ({exc.station}), retry later"}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
             )
+        except ClientDisconnect:  # the client went away (or was cut off as too slow): no one to answer, nothing wrong here
+            response = JSONResponse({"error": "client disconnected"}, status_code=400)
         except Exception as exc:  # noqa: BLE001 - answered in the error shape, logged once per episode
             response = _failure(svc, name, exc)
         finally:

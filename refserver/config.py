@@ -52,6 +52,8 @@ class ServerConfig:
     # injected slowness, off by default (for proving that a regression test catches one): "slow" stretches the time a
     # request spends in its stations by this fraction, "cpu" burns this many seconds of the event loop's CPU, "delay" waits
     fault: dict[str, float] = field(default_factory=dict)
+    # limits on clients (refserver.protocol.Limits): header_bytes, header_seconds, body_seconds, connections
+    limits: dict[str, float] = field(default_factory=dict)
     seed: int = 1
 
     @classmethod
@@ -68,6 +70,7 @@ class ServerConfig:
                 photo_max_bytes=int(d.get("photo_max_bytes", 2_000_000)),
                 test_mode=bool(d.get("test_mode", False)),
                 fault={str(k): float(v) for k, v in d.get("fault", {}).items()},
+                limits={str(k): float(v) for k, v in d.get("limits", {}).items()},
                 seed=int(d.get("seed", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -75,6 +78,9 @@ class ServerConfig:
         for key, value in cfg.fault.items():
             if key not in FAULTS or not 0 <= value <= 60:
                 raise ConfigError(f"fault {key}={value}: expected one of {', '.join(FAULTS)} between 0 and 60")
+        for key, value in cfg.limits.items():
+            if key not in ("header_bytes", "header_seconds", "body_seconds", "connections") or not value > 0:
+                raise ConfigError(f"limits {key}={value}: expected header_bytes, header_seconds, body_seconds or connections, above 0")
         for rt, names in cfg.routes.items():
             for n in names:
                 if n not in cfg.stations:

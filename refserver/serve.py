@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from refserver.app import create_app
     from refserver.config import ConfigError, ServerConfig
+    from refserver.protocol import Limits, guarded
 
     try:
         cfg = ServerConfig.load(args.config)
@@ -253,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"refserver: cannot write the port file {port_file}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE)
+        limits = Limits.from_config(cfg.limits)
+        config = uvicorn.Config(
+            app, http=guarded(limits), log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         stop(registry, 10.0)
