@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Health", "STUCK_AFTER", "storage_full"]
+__all__ = ["Health", "STUCK_AFTER", "storage_full", "LOG"]
 
 LOG = logging.getLogger("refserver")
 STUCK_AFTER = 30.0  # seconds without progress while there is work: a worker is stuck

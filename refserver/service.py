@@ -24,7 +24,7 @@ from contracts import sampler
 from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
 from refserver.db import Database
-from refserver.health import Health
+from refserver.health import LOG, Health
 from refserver.metrics import Metrics
 from refserver.photos import PUT_CALLS, PhotoStore
 from refserver.stations import Station
@@ -115,13 +115,22 @@ class Service:
         self._registry = registry
 
     async def stop(self) -> None:
-        """Close what :meth:`start` opened (the database writer drains first)."""
+        """Close what :meth:`start` opened (the database writer drains first); a step that fails (a full disk) is
+        logged and the others still run, so that shutdown always completes."""
+        steps: list[tuple[str, Any]] = []
         if self._registry is not None:
-            await self._registry.aclose()
+            steps.append(("registry client", self._registry.aclose))
         if self._photos is not None:
-            self._photos.close()
+            steps.append(("photo store", self._photos.close))
         if self._db is not None:
-            self._db.close()
+            steps.append(("database", self._db.close))
+        for what, close in steps:
+            try:
+                done = close()
+                if asyncio.iscoroutine(done):
+                    await done
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on
+                LOG.warning("refserver: closing the %s failed: %s: %s", what, type(exc).__name__, str(exc)[:200])
 
     @property
     def db(self) -> Database:
