@@ -97,5 +97,7 @@ def test_a_full_disk_during_a_load_loses_nothing_acknowledged(small_disk: Path) 
     with sqlite3.connect(small_disk / "server" / "refserver.sqlite") as db:
         stored = {row[0] for row in db.execute("SELECT id FROM registrants")}
     assert set(acked) <= stored
+    for name in ("refserver.sqlite", "secret", "reset-token"):  # personal data and keys: readable by the server's user only
+        assert (small_disk / "server" / name).stat().st_mode & 0o077 == 0, name
     assert resets == [], resets[:3]
     assert set(codes) <= {201, 507}, codes
