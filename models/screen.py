@@ -42,7 +42,7 @@ from models.distributions import Distribution
 from models.queueing import erlang_a, erlang_c, mmck
 from models.scenario import EMAIL, REGISTRY, Scenario, Slo
 
-__all__ = ["Screen", "screen", "servers_needed", "fluid_queue", "rate_to_drain", "DEFAULT_MAX_SERVERS"]
+__all__ = ["Screen", "screen", "servers_needed", "fluid_queue", "rate_to_drain", "registry_capacity", "DEFAULT_MAX_SERVERS"]
 
 DEFAULT_MAX_SERVERS = 256  # a station not bounded in plan.stations may have up to max(this, 8 x its configured servers)
 DRAWS = 20_000  # samples of each think time and route service time
@@ -274,6 +274,19 @@ def _checks(scenario: Scenario, station: str, seed: int) -> tuple[list[tuple[str
     return checks, broken
 
 
+def registry_capacity(scenario: Scenario, starts: np.ndarray) -> np.ndarray:
+    """Calls per second the registry can answer at each interval start: its concurrency over its mean latency."""
+    registry = scenario.system.registry
+    if registry is None or registry.latency.mean <= 0:
+        return np.full(len(starts), math.inf)
+    servers = _rate_over_time(
+        float(registry.concurrency),
+        [(c.at, float(c.servers)) for c in scenario.system.changes if c.station == REGISTRY and c.servers is not None],
+        starts,
+    )
+    return servers / registry.latency.mean
+
+
 def _step_rates(
     scenario: Scenario, arrivals: np.ndarray, dt: float, starts: np.ndarray, seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Backlog]]:
@@ -295,12 +308,15 @@ def _step_rates(
         rates[step.name] = rate
         done = rate
         registry = s.system.registry
-        if REGISTRY in step.stations and registry is not None and registry.rate_limit is not None:
+        if REGISTRY in step.stations and registry is not None:
+            # the registry serves at most its rate limit, and at most its concurrency over its mean latency
+            cap = registry_capacity(s, starts)
             limit = _rate_over_time(
-                registry.rate_limit,
+                registry.rate_limit if registry.rate_limit is not None else math.inf,
                 [(c.at, c.rate_limit) for c in s.system.changes if c.station == REGISTRY and c.rate_limit is not None],
                 starts,
             )
+            limit = np.minimum(limit, cap)
             backlog, served = fluid_queue(rate, limit, dt)
             backlogs[REGISTRY] = Backlog(REGISTRY, limit, rate, backlog, dt)
             done = served * (1 - registry.mismatch)

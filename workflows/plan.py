@@ -141,6 +141,19 @@ def _rates(base: Scenario, first: Screen) -> tuple[float | None, float | None, l
         within = RATE_MARGIN * slo.backlog_drained if slo is not None and slo.backlog_drained else 0.0
         needed = rate_to_drain(backlog.inflow, backlog.dt, within) if within else 0.0
         what = "the email send rate" if name == EMAIL else "the registry's rate limit"
+        if name == REGISTRY and base.system.registry is not None and math.isfinite(needed):
+            reg = base.system.registry
+            # no rate limit helps past what the registry itself answers without a queue of its own: its concurrency over
+            # its latency, at the utilization the plan allows any station (plan.target)
+            ceiling = base.plan.target * reg.concurrency / reg.latency.mean if reg.latency.mean > 0 else math.inf
+            if needed > ceiling:
+                problems.append(
+                    f"{slo.label if slo else 'backlog'}: the NIK checks need {needed:.4g} registry calls/s to drain in time, but the "
+                    f"registry answers {ceiling:.4g}/s at {base.plan.target:.0%} busy ({reg.concurrency} at once, {reg.latency.mean:g}s "
+                    "each); its concurrency is the registry's to raise"
+                )
+                choices[name] = min(ceiling, bounds.max) if bounds is not None else None
+                continue
         choices[name], problem = _rate_choice(configured, bounds, needed, what, slo.label if slo else "")
         if problem:
             problems.append(problem)
