@@ -30,35 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from models.results import RequestSeries, RunResult
+from models.simulate import t_quantile
 
 __all__ = ["Comparison", "interval_figures", "compare_runs", "permutation_p", "METRICS", "MIN_EFFECT"]
 
 METRICS = ("p50", "p95", "p99", "error_rate", "throughput")
 MIN_EFFECT = {"p50": 0.10, "p95": 0.10, "p99": 0.10, "error_rate": 0.01, "throughput": 0.10}
 MIN_REQUESTS = 20  # an interval with fewer requests of the type gives no figure
-_T995 = {
-    1: 63.657,
-    2: 9.925,
-    3: 5.841,
-    4: 4.604,
-    5: 4.032,
-    6: 3.707,
-    7: 3.499,
-    8: 3.355,
-    9: 3.250,
-    10: 3.169,
-    15: 2.947,
-    20: 2.845,
-    30: 2.750,
-    60: 2.660,
-}
-
-
-def _t995(df: int) -> float:
-    for k in sorted(_T995):
-        if df <= k:
-            return _T995[k]
-    return 2.576
 
 
 @dataclass(frozen=True)
@@ -165,7 +143,7 @@ def _band(run_medians: Sequence[float], spread: tuple[float, int], log: bool) ->
         return None
     scale = [math.log(x) for x in xs] if log else xs
     mean = sum(scale) / len(scale)
-    half = _t995(df) * s * math.sqrt(1 + 1 / len(xs))
+    half = t_quantile(df, 0.995) * s * math.sqrt(1 + 1 / len(xs))
     low, high = mean - half, mean + half
     return (math.exp(low), math.exp(high)) if log else (low, high)
 

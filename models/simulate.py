@@ -20,44 +20,25 @@ from models.scenario import FAILURE_REASONS, Scenario
 
 __all__ = ["simulate", "figures", "Estimate", "summarize", "t_quantile"]
 
-# two-sided 97.5 % quantiles of Student's t by degrees of freedom
-_T975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    11: 2.201,
-    12: 2.179,
-    13: 2.160,
-    14: 2.145,
-    15: 2.131,
-    16: 2.120,
-    17: 2.110,
-    18: 2.101,
-    19: 2.093,
-    20: 2.086,
-    25: 2.060,
-    30: 2.042,
-    40: 2.021,
-    60: 2.000,
-    120: 1.980,
-}
+# quantiles of Student's t by degrees of freedom: 0.975 (two-sided 95 %) and 0.995 (two-sided 99 %)
+_T = {
+    0.975: {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201,
+            12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060,
+            30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980},
+    0.995: {1: 63.657, 2: 9.925, 3: 5.841, 4: 4.604, 5: 4.032, 6: 3.707, 7: 3.499, 8: 3.355, 9: 3.250, 10: 3.169, 15: 2.947,
+            20: 2.845, 30: 2.750, 60: 2.660, 120: 2.617},
+}  # fmt: skip
 
 
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """The ``p`` quantile (0.975 or 0.995) of Student's t with ``df`` degrees of freedom.
+
+    Between tabulated degrees of freedom, the next one down (a wider interval, never a narrower one).
+    """
     if df < 1:
         return math.nan
-    for k in sorted(_T975):
-        if df <= k:
-            return _T975[k]
-    return 1.96
+    table = _T[p]
+    return table[max(k for k in table if k <= df)]
 
 
 @dataclass(frozen=True)
