@@ -46,6 +46,7 @@ __all__ = ["Screen", "screen", "servers_needed", "fluid_queue", "rate_to_drain",
 
 DEFAULT_MAX_SERVERS = 256  # a station not bounded in plan.stations may have up to max(this, 8 x its configured servers)
 DRAWS = 20_000  # samples of each think time and route service time
+QUEUE_SETTLED = 0.5  # requests: the mean queue a station may keep once the backlog_drained SLO's time has passed
 STEP = 60.0  # seconds: the screen's interval at most (a launch's peak lasts minutes; an interval's mean rate must not hide it)
 
 
@@ -184,7 +185,8 @@ def servers_needed(lam: float, mean: float, checks: list[tuple[str, str, float, 
     """The fewest servers in [low, high] that keep utilization at most ``target`` and meet every check.
 
     A check is (label, kind, x, limit): kind "wait" needs P(W > x) <= limit
-    (Erlang C), "loss" needs the shed share of an M/M/c/K with x waiting places
+    (Erlang C), "queue" needs the mean queue length Lq = C(c, a) a / (c - a) at most
+    limit, "loss" needs the shed share of an M/M/c/K with x waiting places
     (x < 0: unbounded) at most limit, "abandon" needs Erlang A's abandonment with
     patience mean x at most limit.  Every check gets easier with more servers,
     so the count is found by bisection.
@@ -201,6 +203,8 @@ def servers_needed(lam: float, mean: float, checks: list[tuple[str, str, float, 
             if kind == "wait" and _p_wait_exceeds(lam, mu, c, x) > limit:
                 return label
             if kind == "loss" and x >= 0 and mmck(lam, mu, c, c + int(x)).p_block > limit:
+                return label
+            if kind == "queue" and (a >= c or erlang_c(c, a) * a / (c - a) > limit):
                 return label
             if kind == "abandon" and erlang_a(lam, mu, c, 1.0 / x).p_abandon > limit:
                 return label
@@ -351,14 +355,18 @@ def screen(scenario: Scenario, seed: int | None = None, load: float = 1.0) -> Sc
         bounds[name] = (low, high)
         checks, broken = _checks(s, name, seed)
         infeasible += broken
+        # once the backlog must be gone, no standing queue: the simulation counts a mean queue of one as a backlog
+        drained = slo_for_backlog(s)
+        settled = checks + [(drained.label, "queue", 0.0, QUEUE_SETTLED)] if drained is not None else checks
         a, x = offered.get(name, np.zeros(len(starts))), lam.get(name, np.zeros(len(starts)))
-        cache: dict[tuple[float, float], Need] = {}
+        cache: dict[tuple[float, float, bool], Need] = {}
         needs[name] = []
         for j in range(len(starts)):
-            key = (round(float(x[j]), 6), round(float(a[j]), 9))
+            late = drained is not None and drained.backlog_drained is not None and starts[j] - start >= drained.backlog_drained - dt
+            key = (round(float(x[j]), 6), round(float(a[j]), 9), late)
             if key not in cache:
                 mean = float(a[j] / x[j]) if x[j] > 0 else 0.0
-                cache[key] = servers_needed(float(x[j]), mean, checks, s.plan.target, low, high)
+                cache[key] = servers_needed(float(x[j]), mean, settled if late else checks, s.plan.target, low, high)
             needs[name].append(cache[key])
         blocked = sorted({need.blocked or "utilization" for need in needs[name] if need.reason == "bound"})
         infeasible += [f"{why} at station {name}: needs more than its bound of {high} servers" for why in blocked]
