@@ -37,6 +37,8 @@ class Health:
     failing: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (since, first error)
     progress: dict[str, float] = field(default_factory=dict)  # worker -> monotonic time of its last progress
     episodes: int = 0
+    checked: float = -1e9  # when /healthz last asked the database whether emails wait
+    waiting: bool = False  # its answer
 
     def fail(self, name: str, exc: BaseException) -> None:
         """``name`` hit an error; the first of an episode is logged."""

@@ -65,16 +65,27 @@ def guarded(limits: Limits) -> type[HttpToolsProtocol]:
 
 
 class GuardedProtocol(HttpToolsProtocol):
+    """Each connection keeps a deadline; one sweep a second acts on those past it (a timer per request cost /healthz
+    a third of its throughput)."""
+
     limits = Limits()
+    SWEEP = 0.5  # seconds between sweeps: a deadline is acted on at most this late
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.head_bytes = 0
         self.in_head = True
         self.last_seen = time.monotonic()
-        self.guard: asyncio.TimerHandle | None = self.loop.call_later(self.limits.header_seconds, self._too_slow)
+        self.deadline = self.last_seen + self.limits.header_seconds
+        self._sweeping()
         if len(self.connections) > self.limits.connections and not self._evict_idle():
             self._refuse(503, "too many connections, retry later")
+
+    def _sweeping(self) -> None:
+        """Start the sweep of this server's connections (once per set of connections)."""
+        owner = getattr(self.server_state, "_surgecap_sweep", None)
+        if owner is None or owner.done():
+            self.server_state._surgecap_sweep = self.loop.create_task(_sweep(self.connections, self.SWEEP))  # type: ignore[attr-defined]
 
     def _evict_idle(self) -> bool:
         idle = [c for c in self.connections if c is not self and isinstance(c, GuardedProtocol) and c._idle()]
@@ -88,22 +99,17 @@ class GuardedProtocol(HttpToolsProtocol):
     def _idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
-    def _arm(self, seconds: float) -> None:
-        if self.guard is not None:
-            self.guard.cancel()
-        self.guard = self.loop.call_later(seconds, self._too_slow)
-
     def data_received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+        now = self.last_seen = time.monotonic()
         if self.in_head:
             if self.head_bytes == 0:
-                self._arm(self.limits.header_seconds)  # the next request's headers start: they get their time
+                self.deadline = now + self.limits.header_seconds  # the next request's headers start: they get their time
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.header_bytes and not self._head_done_in(data):
                 self._refuse(431, "request headers too large")
                 return
-        elif self.guard is not None:
-            self._arm(self.limits.body_seconds)  # the body is still coming: its next piece gets its time
+        elif self.deadline:
+            self.deadline = now + self.limits.body_seconds  # the body is still coming: its next piece gets its time
         super().data_received(data)
 
     def _head_done_in(self, data: bytes) -> bool:
@@ -111,29 +117,23 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self._arm(self.limits.body_seconds)
+        self.deadline = time.monotonic() + self.limits.body_seconds
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        if self.guard is not None:
-            self.guard.cancel()
-            self.guard = None
+        self.deadline = 0.0  # the request is in; the handler takes its time
         self.in_head, self.head_bytes = True, 0
         super().on_message_complete()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.guard is not None:
-            self.guard.cancel()
-            self.guard = None
-        super().connection_lost(exc)
-
-    def _too_slow(self) -> None:
-        self.guard = None
-        if self.transport.is_closing():
+    def check(self, now: float) -> None:
+        """Act on a deadline that has passed (the sweep calls this)."""
+        if not self.deadline or now < self.deadline or self.transport.is_closing():
             return
-        if self.in_head and self._idle():
-            self._refuse(408, "request headers not received in time")
-        elif not self.in_head:
+        if self.in_head:
+            if self._idle():
+                self._refuse(408, "request headers not received in time")
+            self.deadline = 0.0
+        else:
             self.transport.close()  # a body that stopped coming: the handler sees the disconnect
 
     def _refuse(self, status: int, message: str) -> None:
@@ -142,3 +142,13 @@ class GuardedProtocol(HttpToolsProtocol):
         head += [b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]
         self.transport.write(b"".join(head))
         self.transport.close()
+
+
+async def _sweep(connections: set[Any], every: float) -> None:
+    """Every ``every`` seconds, let each connection act on a deadline that has passed; ends with the last connection."""
+    while connections:
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        for conn in list(connections):
+            if isinstance(conn, GuardedProtocol):
+                conn.check(now)
