@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.loader import load_scenario  # noqa: E402
 from models.results import load  # noqa: E402
-from refserver.serve import free_port, wait_ready  # noqa: E402
+from refserver.serve import free_port, serve_cmd, wait_ready  # noqa: E402
 from workflows.target import pool_size, server_config  # noqa: E402
 
 PEAK = ROOT / "scenarios" / "peak-register.yaml"
@@ -110,20 +110,7 @@ def main() -> None:
         (data / "server.json").write_text(json.dumps(server_config(scenario, test_mode=True)))
         port = free_port()
         server = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                "0",
-                sys.executable,
-                "-m",
-                "refserver.serve",
-                "--config",
-                str(data / "server.json"),
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-            ],
+            ["taskset", "-c", "0", *serve_cmd(data / "server.json", port, data)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )

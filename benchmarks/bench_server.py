@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from refserver.serve import free_port, wait_ready  # noqa: E402
+from refserver.serve import free_port, serve_cmd, wait_ready  # noqa: E402
 
 CONFIG = {
     "stations": {
@@ -74,20 +74,7 @@ def main() -> None:
         cfg_path.write_text(json.dumps(CONFIG))
         port = free_port()
         proc = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                "0",
-                sys.executable,
-                "-m",
-                "refserver.serve",
-                "--config",
-                str(cfg_path),
-                "--port",
-                str(port),
-                "--data-dir",
-                tmp,
-            ],
+            ["taskset", "-c", "0", *serve_cmd(cfg_path, port, tmp)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )

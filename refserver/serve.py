@@ -54,6 +54,11 @@ def wait_ready(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | 
         time.sleep(0.05)
 
 
+def serve_cmd(config: str | Path, port: int | str, data_dir: str | Path, *extra: str) -> list[str]:
+    """The command that runs the reference server (and its registry) with a configuration file."""
+    return [sys.executable, "-m", "refserver.serve", "--config", str(config), "--port", str(port), "--data-dir", str(data_dir), *extra]
+
+
 @contextlib.contextmanager
 def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, registry_cpu: int | None = None) -> Iterator[str]:
     """Run a fresh server (and registry) with ``config`` in ``data_dir``; yield its URL; always stop it.
@@ -68,7 +73,7 @@ def started(config: dict[str, Any], data_dir: Path, cpu: int | None = None, regi
     port_file.unlink(missing_ok=True)
     # port 0: the server binds a free port itself and names it in DATA_DIR/port.  A port chosen here and bound
     # there could be taken in between, and the readiness probe could then be answered by another process.
-    cmd = [sys.executable, "-m", "refserver.serve", "--config", str(data_dir / "server.json"), "--port", "0", "--data-dir", str(data_dir)]
+    cmd = serve_cmd(data_dir / "server.json", 0, data_dir)
     if registry_cpu is not None:
         cmd += ["--registry-cpu", str(registry_cpu)]
     if cpu is not None:

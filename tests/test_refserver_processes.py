@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from refserver.config import RegistryConfig, StationConfig
-from refserver.serve import read_port, wait_ready
+from refserver.serve import read_port, serve_cmd, wait_ready
 
 from .conftest import ROOT
 from .refserver_helpers import advance, config, make_client, person
@@ -274,19 +274,7 @@ def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_p
     )
     assert no_port.returncode == 2 and "cannot listen on 127.0.0.1:70000" in no_port.stderr and "Traceback" not in no_port.stderr
     unwritable = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "refserver.serve",
-            "--config",
-            str(cfg_path),
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "nowhere"),
-            "--port-file",
-            str(tmp_path / "no-such-dir" / "port"),
-        ],
+        serve_cmd(cfg_path, 0, tmp_path / "nowhere", "--port-file", str(tmp_path / "no-such-dir" / "port")),
         cwd=ROOT,
         capture_output=True,
         text=True,
