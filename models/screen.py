@@ -348,6 +348,7 @@ def screen(scenario: Scenario, seed: int | None = None, load: float = 1.0) -> Sc
             lam[name] = lam.get(name, np.zeros(len(starts))) + rates[step.name]
     needs: dict[str, list[Need]] = {}
     bounds: dict[str, tuple[int, int]] = {}
+    drained = slo_for_backlog(s)
     infeasible: list[str] = []
     for name, st in s.system.stations.items():
         b = s.plan.stations.get(name)
@@ -356,7 +357,6 @@ def screen(scenario: Scenario, seed: int | None = None, load: float = 1.0) -> Sc
         checks, broken = _checks(s, name, seed)
         infeasible += broken
         # once the backlog must be gone, no standing queue: the simulation counts a mean queue of one as a backlog
-        drained = slo_for_backlog(s)
         settled = checks + [(drained.label, "queue", 0.0, QUEUE_SETTLED)] if drained is not None else checks
         a, x = offered.get(name, np.zeros(len(starts))), lam.get(name, np.zeros(len(starts)))
         cache: dict[tuple[float, float, bool], Need] = {}

@@ -107,8 +107,7 @@ def planned(base: Scenario, candidate: Candidate) -> Scenario:
     if candidate.email_rate is not None and sysd.email is not None:
         update["email"] = sysd.email.model_copy(update={"rate": candidate.email_rate})
     if candidate.rate_limit is not None and sysd.registry is not None:
-        burst = sysd.registry.burst if sysd.registry.burst is not None else None
-        update["registry"] = sysd.registry.model_copy(update={"rate_limit": candidate.rate_limit, "burst": burst})
+        update["registry"] = sysd.registry.model_copy(update={"rate_limit": candidate.rate_limit})
     return base.model_copy(update={"system": sysd.model_copy(update=update)})
 
 

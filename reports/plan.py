@@ -19,7 +19,7 @@ import pandas as pd
 
 from models.queueing import mmc
 from models.scenario import EMAIL, REGISTRY
-from models.sizing import PlanOutcome, server_hours
+from models.sizing import Candidate, PlanOutcome, cost, server_hours
 from models.units import format_duration
 
 __all__ = ["write_plan_report", "tables"]
@@ -111,9 +111,7 @@ def tables(o: PlanOutcome) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _cost(o: PlanOutcome, candidate: Any) -> float:
-    from models.sizing import cost
-
+def _cost(o: PlanOutcome, candidate: Candidate) -> float:
     return cost(candidate, o.base)
 
 
@@ -262,7 +260,6 @@ def plots(o: PlanOutcome) -> dict[str, str]:
         out["Latency against load (the hockey stick)"] = _png(fig)
 
     if o.whatifs:
-        loads = [w for w in o.whatifs if w.rate_limit is None or w.load != 1.0]
         loads = [w for w in o.whatifs if w.label.startswith("arrivals")]
         fig, ax = plt.subplots(figsize=(6, 3.4))
         ax.plot([w.load for w in loads], [w.static_cost for w in loads], marker="o", label="static")

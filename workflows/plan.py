@@ -50,6 +50,7 @@ from models.sizing import (
     judge,
     planned,
     raised,
+    server_hours,
 )
 from models.units import format_duration
 from workflows.output import say
@@ -174,12 +175,10 @@ def _candidate(sc: Screen, step: float, email: float | None, limit: float | None
 
 
 def _order_by_cost(candidate: Candidate, scenario: Scenario) -> list[str]:
+    """Stations by what they cost over the window, dearest first (by server-hours where no price is set)."""
     prices = scenario.costs.per_unit_hour
-    start, end = scenario.window
-    from models.sizing import server_hours
-
-    hours = server_hours(candidate, start, end)
-    return sorted(hours, key=lambda k: -(hours[k] * prices.get(k, 0.0) or hours[k] * 1e-9))
+    hours = server_hours(candidate, *scenario.window)
+    return sorted(hours, key=lambda k: (hours[k] * prices.get(k, 0.0), hours[k]), reverse=True)
 
 
 def _search(
