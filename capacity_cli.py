@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace, scenario: Scenario) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else run_dir(None, f"serve-{scenario.name}")
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "server.json").write_text(
-        json.dumps(server_config(scenario, test_mode=args.test_mode, fault=fault_option(args.fault)), indent=1)
+        json.dumps(server_config(scenario, test_mode=args.test_mode, fault=fault_option(args.fault, "--fault")), indent=1)
     )
     argv = ["--config", str(data_dir / "server.json"), "--host", args.host, "--port", str(args.port), "--data-dir", str(data_dir)]
     return serve.main(argv + (["--db", args.db] if args.db else []))

@@ -64,8 +64,8 @@ def run_slice(scenario: Scenario, scale: str | None, window: list[str] | None) -
     return scenario.with_run(**changes) if changes else scenario
 
 
-def fault_option(values: list[str] | None) -> dict[str, float]:
-    """``--server-fault slow=30%`` / ``cpu=2ms`` / ``delay=5ms`` (repeatable) as the server's fault settings."""
+def fault_option(values: list[str] | None, flag: str = "--server-fault") -> dict[str, float]:
+    """``slow=30%`` / ``cpu=2ms`` / ``delay=5ms`` (``flag`` repeated) as the server's fault settings."""
     out: dict[str, float] = {}
     for text in values or []:
         key, _, value = text.partition("=")
@@ -77,9 +77,9 @@ def fault_option(values: list[str] | None) -> dict[str, float]:
             else:
                 raise UnitError(f"unknown fault {key!r}")
         except (UnitError, ValueError) as exc:
-            raise BadInput(f"--server-fault {text!r}: expected slow=30%, cpu=2ms or delay=5ms ({exc})") from None
+            raise BadInput(f"{flag} {text!r}: expected slow=30%, cpu=2ms or delay=5ms ({exc})") from None
         if not 0 <= out[key] <= 60:
-            raise BadInput(f"--server-fault {text!r}: must lie between 0 and 60")
+            raise BadInput(f"{flag} {text!r}: must lie between 0 and 60")
     return out
 
 
