@@ -99,7 +99,13 @@ def build_parser(bad_input: int = 2) -> argparse.ArgumentParser:
     p.add_argument("--baseline-file", "--to", dest="baseline_file", required=True, help="where to store it, e.g. baselines/smoke.json")
     p.add_argument("--runs", type=int, default=3, help="load tests in the baseline (default 3: their spread is the run-to-run noise)")
     p = sub.choices["regress"]
-    p.add_argument("--baseline", required=True, help="a baseline written by capacity baseline")
+    p.add_argument("--baseline", default=None, help="a baseline written by capacity baseline (or --against)")
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="URL",
+        help="A/B in one run: serve every arrival to URL too (the build compared with), interleaved, and compare pair by pair",
+    )
     p.add_argument("--junit", default=None, help="write JUnit XML here too (default RUN_DIR/junit.xml)")
     p.add_argument("--summary", default=None, help="append the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
     p.add_argument(

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -22,7 +23,7 @@ from models.scenario import Scenario
 from workflows import BadInput, WorkflowError
 from workflows.options import calibration_option, duration_option, effects_option, fault_option, levels_option, run_slice
 from workflows.output import run_dir
-from workflows.target import refuse_remote
+from workflows.target import reachable, refuse_remote
 
 if TYPE_CHECKING:
     from workflows.loadtest import LoadtestOptions
@@ -193,12 +194,18 @@ def cmd_baseline(args: argparse.Namespace, scenario: Scenario) -> int:
 
 def cmd_regress(args: argparse.Namespace, scenario: Scenario) -> int:
     from reports.regress import write_regress_report
-    from workflows.regress import Baseline, regress
+    from workflows.regress import Baseline, regress, regress_ab
 
+    if (args.baseline is None) == (args.against is None):
+        raise BadInput("give --baseline FILE (a recorded baseline) or --against URL (A/B in one run), one of the two")
     opts, effects = _load_options(args, scenario), effects_option(args.min_effect)
-    baseline = Baseline.read(args.baseline)
     out = run_dir(args.out, f"regress-{scenario.name}")
-    outcome = regress(scenario, baseline, opts, out, effects)
+    if args.against is not None:
+        refuse_remote(args.against, args.allow_remote)
+        reachable(args.against, "--against")
+        outcome = regress_ab(scenario, replace(opts, against=args.against), out, effects)
+    else:
+        outcome = regress(scenario, Baseline.read(args.baseline), opts, out, effects)
     paths = write_regress_report(outcome, out, Path(args.junit) if args.junit else None, Path(args.summary) if args.summary else None)
     print(paths["md"].read_text())
     print(f"regression report: {paths['html']} (JUnit {paths['junit']}, regress.md, regress.json)")

@@ -23,7 +23,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["LOOPBACK_NAMES", "is_loopback_host", "is_loopback_url", "registry_mismatch", "decision_seed", "sampler"]
+__all__ = [
+    "LOOPBACK_NAMES",
+    "is_loopback_host",
+    "is_loopback_url",
+    "registry_mismatch",
+    "decision_seed",
+    "sampler",
+    "drawer",
+    "keyed_rng",
+    "draw_key",
+]
 
 #: Host names that are this machine's loopback whatever the resolver says.
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -62,8 +72,8 @@ def decision_seed(seed: int, replication: int = 0) -> int:
     return seed * 1_000_003 + replication
 
 
-def sampler(spec: dict[str, Any] | float | None, rng: random.Random) -> Callable[[], float]:
-    """A function drawing seconds from a plain distribution mapping (or a constant); None draws 0.
+def drawer(spec: dict[str, Any] | float | None) -> Callable[[random.Random], float]:
+    """A function drawing seconds from a plain distribution mapping (or a constant) with a given generator; None draws 0.
 
     Kinds and parameters as in a scenario (``models.distributions``, whose
     analytic means and variances these draws are tested against): constant
@@ -72,30 +82,53 @@ def sampler(spec: dict[str, Any] | float | None, rng: random.Random) -> Callable
     seconds as numbers.
     """
     if spec is None:
-        return lambda: 0.0
+        return lambda rng: 0.0
     if isinstance(spec, (int, float)):
         value = float(spec)
-        return lambda: value
+        return lambda rng: value
     kind = spec.get("dist", "constant")
     if kind in ("constant", "deterministic"):
         value = float(spec.get("value", spec.get("mean", 0.0)))
-        return lambda: value
+        return lambda rng: value
     if kind in ("exponential", "exp"):
         rate = 1.0 / float(spec["mean"])
-        return lambda: rng.expovariate(rate)
+        return lambda rng: rng.expovariate(rate)
     if kind == "erlang":
         k, mean = int(spec["k"]), float(spec["mean"])
-        return lambda: rng.gammavariate(k, mean / k)
+        return lambda rng: rng.gammavariate(k, mean / k)
     if kind == "gamma":
         mean, cv = float(spec["mean"]), float(spec["cv"])
         shape = 1 / cv**2
-        return lambda: rng.gammavariate(shape, mean / shape)
+        return lambda rng: rng.gammavariate(shape, mean / shape)
     if kind == "lognormal":
         mean, cv = float(spec["mean"]), float(spec["cv"])
         s2 = math.log1p(cv**2)
         mu, sigma = math.log(mean) - s2 / 2, math.sqrt(s2)
-        return lambda: rng.lognormvariate(mu, sigma)
+        return lambda rng: rng.lognormvariate(mu, sigma)
     if kind == "uniform":
         lo, hi = float(spec["low"]), float(spec["high"])
-        return lambda: rng.uniform(lo, hi)
+        return lambda rng: rng.uniform(lo, hi)
     raise ValueError(f"unknown distribution {kind!r}")
+
+
+def sampler(spec: dict[str, Any] | float | None, rng: random.Random) -> Callable[[], float]:
+    """A function drawing seconds from a plain distribution mapping (see :func:`drawer`) with ``rng``."""
+    draw = drawer(spec)
+    return lambda: draw(rng)
+
+
+def keyed_rng(seed: int, *parts: str) -> random.Random:
+    """A generator that depends only on ``seed`` and ``parts``: common random numbers.
+
+    Two servers given the same request key draw the same service times for it,
+    so in an A/B run the builds' difference is not buried under their own draws.
+    """
+    digest = hashlib.blake2b("|".join((str(seed), *parts)).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
+def draw_key(value: object) -> str | None:
+    """A usable draw key (for :func:`keyed_rng`): a string of at most 64 printable ASCII characters, else None (ignored)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isascii() or not value.isprintable():
+        return None
+    return value

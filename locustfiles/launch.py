@@ -57,6 +57,7 @@ class LoadRun:
     master_host: str = "127.0.0.1"  # the master's address (a worker connects to it; a master binds it)
     master_port: int | None = None
     worker_index: int = 0
+    against: str | None = None  # A/B: a second target served the same arrivals (its result in run_dir/against)
 
 
 MASTER_WAIT = 300  # seconds a master waits for its workers to connect
@@ -73,6 +74,7 @@ def _settings(run: LoadRun, worker_index: int | None = None) -> Settings:
         worker_index=run.worker_index,
         progress=not run.quiet,
         metrics=run.metrics,
+        against=run.against,
     )
     if worker_index is None:
         return settings

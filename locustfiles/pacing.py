@@ -64,13 +64,14 @@ class Pacer:
             self.next += 1
         return out
 
-    def accept(self, now: float, intended: float) -> bool:
-        """A user takes a released arrival at ``now``: start it (True) or count it dropped."""
+    def accept(self, now: float, intended: float, lateness: Lateness | None = None) -> bool:
+        """A user takes a released arrival at ``now``: start it (True) or count it dropped (in ``lateness``, default the pacer's)."""
         late = max(0.0, now - intended)
+        counts = self.lateness if lateness is None else lateness
         if late > self.drop_after:
-            self.lateness.dropped += 1
+            counts.dropped += 1
             return False
-        self.lateness.record(late)
+        counts.record(late)
         return True
 
     @property

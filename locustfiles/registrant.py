@@ -37,13 +37,13 @@ from locust.user.users import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUS
 from contracts import decision_seed, registry_mismatch
 from locustfiles.client import JSON_HEADERS, Client
 from locustfiles.distributed import STOP_MESSAGE, Results, send_result
-from locustfiles.pacing import Pacer
+from locustfiles.pacing import Lateness, Pacer
 from locustfiles.recorder import Recorder
 from locustfiles.settings import Settings, SettingsError
 from models.arrivals import MISMATCH_SLOT, PERSON_SLOT, decision, give_up_slot, proceed_slot, word
 from models.calibrate import Snapshot, snapshot, station_series
 from models.histogram import Histogram
-from models.results import save
+from models.results import StationSeries, save
 
 try:
     RUN = Settings.from_environ().load()
@@ -53,9 +53,31 @@ SETTINGS, SCENARIO, SEED, DURATION = RUN.settings, RUN.scenario, RUN.seed, RUN.d
 OUT, WORKERS, WORKER_INDEX = SETTINGS.out, SETTINGS.workers, SETTINGS.worker_index
 JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
 PACER = Pacer(RUN.times, SETTINGS.drop_after)
-RECORDER = Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
+
+
+def _recorder() -> Recorder:
+    return Recorder(SCENARIO.name, SCENARIO.request_types, [s.name for s in SCENARIO.journey], SCENARIO.run.interval, DURATION)
+
+
+class Side:
+    """One target of the run and what it saw: its recorder and its arrivals' lateness.
+
+    A plain run has one side, the ``--host``.  An A/B run (``SURGECAP_AGAINST``)
+    has a second, the build compared with: every arrival walks its journey on
+    both, as two journeys started together (which one is handed out first
+    alternates with the arrival's index), so a drift in the machine's speed
+    meets both alike.
+    """
+
+    def __init__(self, index: int, label: str, recorder: Recorder, lateness: Lateness):
+        self.index, self.label, self.recorder, self.lateness = index, label, recorder, lateness
+
+
+RECORDER = _recorder()
+AGAINST = SETTINGS.against
+SIDES = [Side(0, "", RECORDER, PACER.lateness)] + ([Side(1, " (against)", _recorder(), Lateness())] if AGAINST else [])
 CLOCK: dict[str, Any] = {}
-QUEUE: Queue[tuple[int, float]] = Queue()
+QUEUE: Queue[tuple[int, float, Side]] = Queue()
 # the journey as the registrant walks it: each step, its request type and its think time (compressed; None: no thinking)
 STEPS = [(s, s.request_type, s.think.scaled(1 / SCENARIO.run.compress) if s.think.mean > 0 else None) for s in SCENARIO.journey]
 
@@ -119,6 +141,7 @@ def _reason(status: int, body: dict[str, Any]) -> str | None:
     return "error"
 
 
+DRAW_HEADER = "X-Surgecap-Draw"  # the reference server's common-random-numbers key (honoured in its test mode)
 CONNECTIONS = 5000  # at most this many connections to the target: a cap, opened only as needed
 CLIENTS: dict[str, Client] = {}  # target URL -> the pool all users share
 EXPECTED_KEY = {"register": "id", "verify_email": "status", "upload_photo": "status", "verify_nik": "status", "join_batch": "status"}
@@ -140,10 +163,13 @@ class Registrant(User):
         super().__init__(environment)
         if not self.host:
             raise LocustError("locustfile: no target; pass --host (or set it in the web UI)")
-        key = self.host
-        if key not in CLIENTS:
-            CLIENTS[key] = Client(key, environment.events.request.fire, CONNECTIONS, self.connection_timeout, self.network_timeout)
-        self.http = CLIENTS[key]
+        for key in (self.host, AGAINST):
+            if key and key not in CLIENTS:
+                CLIENTS[key] = Client(key, environment.events.request.fire, CONNECTIONS, self.connection_timeout, self.network_timeout)
+        self.clients = [CLIENTS[self.host]] + ([CLIENTS[AGAINST]] if AGAINST else [])
+        self.http = self.clients[0]
+        self.side = SIDES[0]
+        self.draw = ""  # the current request's draw key: arrival, step, attempt
 
     def now(self) -> float:
         return time.monotonic() - CLOCK.get("start", time.monotonic())
@@ -161,10 +187,11 @@ class Registrant(User):
             # Idle, the user is "waiting" as Locust means it between tasks, so a stopping run ends it at once
             # (killed inside get(), which then takes no arrival) instead of waiting out the stop timeout.
             self._state = LOCUST_STATE_WAITING
-            index, intended = get()
+            index, intended, side = get()
             self._state = LOCUST_STATE_RUNNING
-            if accept(self.now(), intended):
-                RECORDER.arrival(intended)
+            if accept(self.now(), intended, side.lateness):
+                self.side, self.http = side, self.clients[side.index]
+                side.recorder.arrival(intended)
                 self.walk(index, intended)
         raise StopUser
 
@@ -172,6 +199,8 @@ class Registrant(User):
         self, rt: str, step_name: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[str | None, dict[str, Any]]:
         """Send one request of type ``rt``, validate and record it: (why it failed or None, JSON body)."""
+        if AGAINST:  # common random numbers: both reference servers draw this request's service times from its key
+            headers = {**(headers or {}), DRAW_HEADER: self.draw}
         sent = self.now()
         IN_FLIGHT[0] += 1
         try:
@@ -192,41 +221,43 @@ class Registrant(User):
             failure = f"{status} with an unusable 'id' (expected letters, digits, '-' or '_')"
         elif reason is not None:
             failure = f"{status} {reason}"
-        self.http.report(method, step_name, path, answer, failure)
-        RECORDER.request(rt, sent, answer.seconds, reason)
+        self.http.report(method, step_name + self.side.label, path, answer, failure)
+        self.side.recorder.request(rt, sent, answer.seconds, reason)
         return reason, body_json
 
     def walk(self, index: int, intended: float) -> None:
         index = WORKER_INDEX + WORKERS * index  # the arrival's index in the whole trace
         rng: random.Random | None = None  # the registrant's think times and backoff jitter, made when first needed
+        recorder = self.side.recorder
         me = person(index)
         rid: str | None = None
         for i, (step, rt, think_time) in enumerate(STEPS):
             if i > 0:
                 went_on = decision(DECISION_SEED, index, proceed_slot(i)) < step.proceed
                 if self.now() < DURATION:  # counted within the window, like everything recorded
-                    RECORDER.decisions[step.name][0 if went_on else 1] += 1
+                    recorder.decisions[step.name][0 if went_on else 1] += 1
                 if not went_on:
-                    RECORDER.step(step.name, "dropped", self.now())
+                    recorder.step(step.name, "dropped", self.now())
                     return
             token = None
             if rt == "verify_email" and rid is not None:
                 token = self.read_mailbox(rid)
                 if token is None:
-                    RECORDER.step(step.name, "failed", self.now())
+                    recorder.step(step.name, "failed", self.now())
                     return
             if think_time is not None:
                 rng = rng or random.Random(decision_seed(SEED, index))
                 think = think_time.draw(rng)
                 if think > 0:
                     gevent.sleep(think)
-            RECORDER.step(step.name, "reached", self.now())
+            recorder.step(step.name, "reached", self.now())
             began = self.now()
             attempt = 1
             while True:
+                self.draw = f"{index}.{i}.{attempt}"
                 reason, body = self.send(rt, step.name, me, rid, token, step.payload)
                 if i == 0 and attempt == 1:
-                    RECORDER.from_arrival.record(max(0.0, self.now() - intended))
+                    recorder.from_arrival.record(max(0.0, self.now() - intended))
                 if reason is None and rt == "register":
                     rid = body.get("id")
                 if reason is None:
@@ -237,14 +268,14 @@ class Registrant(User):
                     or attempt >= retry.max_attempts
                     or decision(DECISION_SEED, index, give_up_slot(i, attempt)) < retry.give_up
                 ):
-                    RECORDER.step(step.name, "failed", self.now())
+                    recorder.step(step.name, "failed", self.now())
                     return
                 rng = rng or random.Random(decision_seed(SEED, index))
                 wait = min(retry.max_backoff, retry.backoff * retry.multiplier ** (attempt - 1))
                 wait *= 1.0 + retry.jitter * (2.0 * rng.random() - 1.0)
                 attempt += 1
                 gevent.sleep(max(0.0, wait / SCENARIO.run.compress))
-            RECORDER.step(step.name, "completed", self.now(), self.now() - began)
+            recorder.step(step.name, "completed", self.now(), self.now() - began)
 
     def read_mailbox(self, rid: str, wait: float = 60.0) -> str | None:
         """The registrant reads their email: poll the test mailbox until the token is there."""
@@ -256,7 +287,7 @@ class Registrant(User):
                 answer = self.http.request("GET", path)
             finally:
                 IN_FLIGHT[0] -= 1
-            self.http.report("GET", "mailbox", path, answer, None)  # "not delivered yet" is an expected answer
+            self.http.report("GET", "mailbox" + self.side.label, path, answer, None)  # "not delivered yet" is an expected answer
             if answer.status == 200:
                 found = answer.json()
                 if isinstance(found, dict) and "token" in found:
@@ -304,8 +335,13 @@ def _dispatch() -> None:
     """Release arrivals into the queue at their intended times (to within TICK)."""
     while not PACER.done:
         now = time.monotonic() - CLOCK["start"]
-        for item in PACER.release(now):
-            QUEUE.put(item)
+        for index, intended in PACER.release(now):
+            if AGAINST:  # both sides, the first alternating
+                first = index % 2
+                QUEUE.put((index, intended, SIDES[first]))
+                QUEUE.put((index, intended, SIDES[1 - first]))
+            else:
+                QUEUE.put((index, intended, SIDES[0]))
         due = PACER.next_due()
         if due is not None:
             gevent.sleep(max(TICK, due - (time.monotonic() - CLOCK["start"])))
@@ -415,6 +451,36 @@ def _stopping(environment: Environment, **_: Any) -> None:
         environment.runner.send_message(STOP_MESSAGE)
 
 
+def _meta(side: Side, host: str | None) -> dict[str, Any]:
+    """What a side's result records about the run: seed, target, window, and how its arrivals fared."""
+    lat = side.lateness
+    queued = sum(1 for item in QUEUE.queue if item[2] is side)
+    return {
+        "seed": SEED,
+        "scenario_file": SCENARIO.path,
+        "host": host,
+        "duration": DURATION,
+        "arrivals_planned": PACER.total,
+        "worker": WORKER_INDEX,
+        "workers": WORKERS,
+        "arrivals_started": lat.started,
+        "arrivals_dropped": lat.dropped,
+        "arrivals_not_reached": PACER.not_started(queued),
+        "late_over_100ms": lat.late_100ms,
+        "share_on_time_100ms": lat.share_on_time,
+        "max_lateness": lat.max_late,
+        "wall_seconds": round(time.monotonic() - CLOCK.get("start", time.monotonic()), 3),
+        **({"ab_side": "current" if side.index == 0 else "against"} if AGAINST else {}),
+    }
+
+
+def _stations() -> dict[str, StationSeries] | None:
+    """The station series scraped from the target's /metrics, when scraped."""
+    if not SNAPS or "start" not in CLOCK:
+        return None
+    return station_series(SNAPS, CLOCK["start"], RECORDER.interval, RECORDER.n)
+
+
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
     if CLOCK.get("stopped"):
@@ -426,30 +492,15 @@ def _stop(environment: Environment, **_: Any) -> None:
     for name in ("progress", "dispatcher", "scraper", "finisher"):
         if name in CLOCK:
             CLOCK.pop(name).kill()
-    lat = PACER.lateness
-    meta = {
-        "seed": SEED,
-        "scenario_file": SCENARIO.path,
-        "host": environment.host,
-        "duration": DURATION,
-        "arrivals_planned": PACER.total,
-        "worker": WORKER_INDEX,
-        "workers": WORKERS,
-        "arrivals_started": lat.started,
-        "arrivals_dropped": lat.dropped,
-        "arrivals_not_reached": PACER.not_started(QUEUE.qsize()),
-        "late_over_100ms": lat.late_100ms,
-        "share_on_time_100ms": lat.share_on_time,
-        "max_lateness": lat.max_late,
-        "wall_seconds": round(time.monotonic() - CLOCK.get("start", time.monotonic()), 3),
-    }
-    stations = station_series(SNAPS, CLOCK["start"], RECORDER.interval, RECORDER.n) if SNAPS and "start" in CLOCK else None
-    result = RECORDER.finish(meta, stations)
+    result = RECORDER.finish(_meta(SIDES[0], environment.host), _stations())
     if OUT:
         save(result, OUT)
-        Path(OUT, "lateness.json").write_text(json.dumps(meta, indent=1))
+        Path(OUT, "lateness.json").write_text(json.dumps(result.meta, indent=1, default=str))
         if SNAPS and "start" in CLOCK:
             Path(OUT, "scrapes.json").write_text(json.dumps([snap.to_dict(CLOCK["start"]) for snap in SNAPS]))
+        if AGAINST:
+            other = SIDES[1].recorder.finish(_meta(SIDES[1], AGAINST))
+            save(other, Path(OUT, "against"))
     if isinstance(environment.runner, WorkerRunner):
         send_result(environment.runner, WORKER_INDEX, result)
 

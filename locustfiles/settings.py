@@ -49,6 +49,7 @@ class Settings:
     worker_index: int = 0
     progress: bool = True
     metrics: bool = False
+    against: str | None = None  # A/B: a second target served the same arrivals, interleaved (its result in OUT/against)
 
     def to_environ(self) -> dict[str, str]:
         """The variables that carry these settings to the locustfile."""
@@ -60,7 +61,12 @@ class Settings:
             "SURGECAP_WORKERS": str(self.workers),
             "SURGECAP_WORKER_INDEX": str(self.worker_index),
         }
-        for name, value in (("SURGECAP_SEED", self.seed), ("SURGECAP_DURATION", self.duration), ("SURGECAP_OUT", self.out)):
+        for name, value in (
+            ("SURGECAP_SEED", self.seed),
+            ("SURGECAP_DURATION", self.duration),
+            ("SURGECAP_OUT", self.out),
+            ("SURGECAP_AGAINST", self.against),
+        ):
             if value is not None:
                 env[name] = str(value)
         return env
@@ -95,9 +101,12 @@ class Settings:
             worker_index=0 if index is None else int(index),
             progress=environ.get("SURGECAP_PROGRESS", "1") == "1",
             metrics=environ.get("SURGECAP_METRICS") == "1",
+            against=environ.get("SURGECAP_AGAINST") or None,
         )
         if settings.workers < 1 or not 0 <= settings.worker_index < settings.workers:
             raise SettingsError(f"SURGECAP_WORKER_INDEX must be in [0, {settings.workers}), got {settings.worker_index}")
+        if settings.against is not None and settings.workers > 1:
+            raise SettingsError("SURGECAP_AGAINST (an A/B run) needs one load generator process, got SURGECAP_WORKERS > 1")
         if settings.duration is not None and not settings.duration > 0:
             raise SettingsError(f"SURGECAP_DURATION must be positive, got {settings.duration}")
         return settings

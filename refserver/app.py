@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from contracts import draw_key
 from refserver import handlers, operations
 from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
@@ -39,7 +40,7 @@ from refserver.handlers import BATCH_ID
 from refserver.health import storage_full
 from refserver.operations import MAILBOX_QUERY
 from refserver.outbox import sender
-from refserver.service import BadRequest, Service
+from refserver.service import DRAW_HEADER, DRAW_KEY, BadRequest, Service
 from refserver.stations import Overloaded
 from refserver.upstream import HttpUpstream, Upstream
 
@@ -71,6 +72,8 @@ def _endpoint(svc: Service, name: str, handler: Handler) -> Callable[[Request], 
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
         svc.metrics.in_flight += 1
+        if svc.cfg.test_mode:
+            DRAW_KEY.set(draw_key(request.headers.get(DRAW_HEADER)))  # this request's task only
         try:
             response = await handler(svc, request)
             if response.status_code < 500 and svc.health.failing:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from contracts import registry_mismatch, sampler
+from contracts import draw_key, drawer, keyed_rng, registry_mismatch, sampler
 from refserver.config import RegistryConfig
 from refserver.metrics import station_lines
 from refserver.stations import Overloaded, Station
@@ -49,6 +49,7 @@ class _Bucket:
 def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
     station = Station("registry", cfg.concurrency, cfg.queue)
     latency = sampler(cfg.latency, random.Random(seed))
+    keyed_latency = drawer(cfg.latency)
     bucket = _Bucket(cfg.rate_limit, cfg.burst)
     state = {"day": int(time.time() // 86400), "used": 0, "checks": 0, "refused": 0}
 
@@ -56,6 +57,7 @@ def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
         try:
             body = await request.json()
             nik = str(body["nik"])
+            key = draw_key(body.get("draw"))
         except Exception:  # noqa: BLE001 - any unreadable body is the caller's error
             return JSONResponse({"error": "expected JSON {nik, birth_date}"}, status_code=400)
         if not bucket.take():
@@ -70,7 +72,7 @@ def create_registry_app(cfg: RegistryConfig, seed: int = 1) -> Starlette:
         state["used"] += 1
         try:
             async with station.slot("verify_nik"):
-                await asyncio.sleep(latency())
+                await asyncio.sleep(latency() if key is None else keyed_latency(keyed_rng(seed, key, "registry")))
         except Overloaded:
             return JSONResponse({"error": "registry busy", "reason": "full"}, status_code=503, headers={"Retry-After": "1"})
         state["checks"] += 1

@@ -10,6 +10,7 @@ type's route of stations.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
 import sqlite3
@@ -20,7 +21,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from contracts import sampler
+from contracts import drawer, keyed_rng, sampler
 from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
 from refserver.db import Database
@@ -88,6 +89,12 @@ async def read_json(request: Request, required: set[str]) -> dict[str, Any]:
     return json_fields(body, required)
 
 
+#: In test mode, the request's draw key (header ``X-Surgecap-Draw``): its service times then depend on the key alone,
+#: so two servers given the same requests draw the same times (common random numbers for A/B runs).
+DRAW_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("draw_key", default=None)
+DRAW_HEADER = "x-surgecap-draw"
+
+
 class Service:
     """One server's state: configuration, stations, service times, metrics and, once started, its resources."""
 
@@ -98,6 +105,9 @@ class Service:
         rng = random.Random(cfg.seed)
         # the database write runs in the writer thread inside the db station, the photo write in a worker thread inside storage
         self.stations = {name: Station(name, s.servers, s.queue, threaded=name in ("db", "storage")) for name, s in cfg.stations.items()}
+        self.drawers: dict[tuple[str, str], Callable[[random.Random], float]] = {
+            (name, rt): drawer(s.service.get(rt, s.service.get("default"))) for name, s in cfg.stations.items() for rt in cfg.routes
+        }
         self.services: dict[tuple[str, str], Callable[[], float]] = {
             (name, rt): sampler(s.service.get(rt, s.service.get("default")), rng) for name, s in cfg.stations.items() for rt in cfg.routes
         }
@@ -180,7 +190,8 @@ class Service:
                 elif name == "storage" and store is not None:
                     await asyncio.to_thread(self._stored(rt, store))
                     store = None
-                pause = self.services[(name, rt)]()
+                key = DRAW_KEY.get()
+                pause = self.services[(name, rt)]() if key is None else self.drawers[(name, rt)](keyed_rng(self.cfg.seed, key, name, rt))
                 if pause > 0:
                     await asyncio.sleep(pause)
         if store is not None:

@@ -33,6 +33,21 @@ def _cases(o: Any) -> dict[str, list[tuple[str, str | None, str]]]:
     return {"thresholds": thresholds, "slos": slos, "baseline comparison": compared}
 
 
+def _mode(o: Any) -> str:
+    """How the run was compared, in a sentence."""
+    against = getattr(o, "against", None)
+    if against:
+        return (
+            f"A/B in one run: every arrival served by this target and by {against} (the build compared with), "
+            "interleaved; each metric compared interval by interval (sign-flip test on the paired differences)"
+        )
+    return f"against the baseline of {len(o.baseline.runs)} run(s) recorded {o.baseline.created or '(undated)'}"
+
+
+def _base(o: Any) -> str:
+    return "against" if getattr(o, "against", None) else "baseline"
+
+
 def junit_xml(o: Any) -> str:
     """The outcome as JUnit XML (the schema CI systems read: testsuites > testsuite > testcase [> failure])."""
     cases = _cases(o)
@@ -70,7 +85,7 @@ def junit_xml(o: Any) -> str:
 def markdown(o: Any) -> str:
     """A summary for a CI job's page: the verdict, what failed, and the comparison table."""
     verdict = "passed" if o.passed else "FAILED"
-    lines = [f"## surgecap regress: {o.scenario.name} {verdict}", ""]
+    lines = [f"## surgecap regress: {o.scenario.name} {verdict}", "", f"Compared {_mode(o)}.", ""]
     for w in o.warnings:
         lines.append(f"> warning: {w}")
     if o.warnings:
@@ -79,8 +94,8 @@ def markdown(o: Any) -> str:
     lines += [f"- threshold or SLO missed: {x}" for x in failed]
     lines += [f"- regression: {c.describe()}" for c in o.regressions]
     if not failed and not o.regressions:
-        lines.append("- every threshold and SLO met; no metric worse than the baseline beyond its minimum effect and noise")
-    lines += ["", "| request | metric | baseline | now | change | p | verdict |", "|---|---|---|---|---|---|---|"]
+        lines.append(f"- every threshold and SLO met; no metric worse than the {_base(o)} beyond its minimum effect and noise")
+    lines += ["", f"| request | metric | {_base(o)} | now | change | p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in o.comparisons:
         lines.append(
             f"| {c.request} | {c.metric} | {_fmt(c, c.baseline)} | {_fmt(c, c.current)} | {_change(c)} | {c.p_value:.3g} | "
@@ -117,7 +132,7 @@ def _plot(o: Any) -> str:
     for ax, rt in zip(axes[0], rts, strict=False):
         for k, run in enumerate(o.baseline.runs):
             ys = _p95_series(run, rt)
-            ax.plot(np.arange(len(ys)) * run.interval, np.array(ys) * 1000, color="grey", alpha=0.6, label="baseline" if k == 0 else None)
+            ax.plot(np.arange(len(ys)) * run.interval, np.array(ys) * 1000, color="grey", alpha=0.6, label=_base(o) if k == 0 else None)
         ys = _p95_series(o.result, rt)
         ax.plot(np.arange(len(ys)) * o.result.interval, np.array(ys) * 1000, color="tab:red", label="this run")
         ax.set_title(f"{rt}: p95 per interval, ms", fontsize=9)
@@ -136,6 +151,8 @@ def write_regress_report(o: Any, out: Path, junit: Path | None = None, summary: 
     data = {
         "scenario": o.scenario.name,
         "passed": o.passed,
+        "mode": "ab" if getattr(o, "against", None) else "baseline",
+        "against": getattr(o, "against", None),
         "warnings": o.warnings,
         "environment": {"baseline": o.baseline.environment, "now": o.environment},
         "thresholds": [{"threshold": v.threshold.label, "value": v.value, "passed": v.passed} for v in o.thresholds],
@@ -167,11 +184,11 @@ def write_regress_report(o: Any, out: Path, junit: Path | None = None, summary: 
         + "".join(f"<p>warning: {html.escape(w)}</p>" for w in o.warnings)
         + f"<pre>{html.escape(md)}</pre>"
         + "<table class=table-comparisons><tr>"
-        + "".join(f"<th>{h}</th>" for h in ("request", "metric", "baseline", "now", "change", "p", "verdict"))
+        + "".join(f"<th>{h}</th>" for h in ("request", "metric", _base(o), "now", "change", "p", "verdict"))
         + "</tr>"
         + rows
         + "</table>"
-        + f"<h2>Latency over time, the baseline's runs beside this one</h2><img alt='p95 per interval' "
+        + f"<h2>Latency over time, the {_base(o)} beside this run</h2><img alt='p95 per interval' "
         f"src='data:image/png;base64,{_plot(o)}'>" + "</html>"
     )
     return paths

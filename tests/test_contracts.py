@@ -13,7 +13,7 @@ import random
 import pytest
 from pydantic import TypeAdapter
 
-from contracts import decision_seed, is_loopback_host, is_loopback_url, registry_mismatch, sampler
+from contracts import decision_seed, draw_key, drawer, is_loopback_host, is_loopback_url, keyed_rng, registry_mismatch, sampler
 from models.distributions import Distribution
 
 
@@ -74,3 +74,21 @@ def test_the_plain_sampler_draws_what_the_model_describes(spec: dict[str, object
 def test_an_unknown_distribution_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown distribution"):
         sampler({"dist": "pareto", "mean": 1.0}, random.Random(1))
+
+
+def test_a_draw_key_gives_the_same_service_time_on_every_server_and_others_differ() -> None:
+    # common random numbers for A/B runs: the time depends on (seed, key, station, request) alone
+    draw = drawer({"dist": "lognormal", "mean": 0.1, "cv": 1.0})
+    same = {draw(keyed_rng(42, "17.0.1", "web", "register")) for _ in range(5)}
+    assert len(same) == 1
+    others = {draw(keyed_rng(42, f"{n}.0.1", "web", "register")) for n in range(200)}
+    assert len(others) == 200
+    assert abs(sum(others) / 200 - 0.1) < 4 * 0.1 / 200**0.5  # still the distribution: mean within 4 standard errors
+    assert draw(keyed_rng(43, "17.0.1", "web", "register")) not in same  # another server seed, other draws
+
+
+@pytest.mark.parametrize(
+    "value, key", [("12.3.1", "12.3.1"), ("", None), ("x" * 65, None), ("١٢.3", None), ("a\nb", None), (17, None), (None, None)]
+)
+def test_only_short_printable_ascii_draw_keys_are_honoured(value: object, key: str | None) -> None:
+    assert draw_key(value) == key

@@ -25,6 +25,8 @@ def test_settings_survive_the_trip_through_the_environment() -> None:
     )
     got = Settings.from_environ(sent.to_environ())
     assert got == Settings(str((SCENARIOS / "smoke.yaml").resolve()), 7, 30.0, "/tmp/run", 0.5, 3, 2, False, True)
+    ab = Settings(str(SCENARIOS / "smoke.yaml"), against="http://127.0.0.1:9001")
+    assert Settings.from_environ(ab.to_environ()).against == "http://127.0.0.1:9001"
 
 
 def test_workers_split_one_trace_exactly_once() -> None:
@@ -41,6 +43,7 @@ def test_workers_split_one_trace_exactly_once() -> None:
         ({"SURGECAP_SEED": "abc"}, "SURGECAP_SEED must be a number"),
         ({"SURGECAP_WORKERS": "2", "SURGECAP_WORKER_INDEX": "2"}, "SURGECAP_WORKER_INDEX must be in [0, 2)"),
         ({"SURGECAP_DURATION": "-5"}, "SURGECAP_DURATION must be positive"),
+        ({"SURGECAP_AGAINST": "http://127.0.0.1:9", "SURGECAP_WORKERS": "2"}, "needs one load generator process"),
     ],
 )
 def test_bad_settings_are_named(environ: dict[str, str], message: str) -> None:

@@ -23,3 +23,14 @@ def test_lateness_and_drops_are_counted() -> None:
     assert (lat.started, lat.dropped, lat.late_100ms) == (2, 1, 1)
     assert lat.share_on_time == 0.5 and lat.max_late == 0.5
     assert p.not_started(queued=1) == 1  # the fourth is still queued
+
+
+def test_an_ab_run_counts_each_side_apart() -> None:
+    from locustfiles.pacing import Lateness
+
+    p = Pacer([0.0, 0.0], drop_after=1.0)
+    p.release(1.0)
+    other = Lateness()
+    assert p.accept(0.05, 0.0) and p.accept(0.5, 0.0, other) and not p.accept(2.0, 0.0, other)
+    assert (p.lateness.started, p.lateness.dropped) == (1, 0)
+    assert (other.started, other.late_100ms, other.dropped) == (1, 1, 1)

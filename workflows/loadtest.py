@@ -32,6 +32,7 @@ class LoadtestOptions:
     seed: int | None = None
     quiet: bool = False
     fault: dict[str, float] = field(default_factory=dict)  # injected slowness of the reference server it starts (refserver.config)
+    against: str | None = None  # A/B: a second target served every arrival too, interleaved (capacity regress --against)
 
     def check(self, window: float) -> None:
         """Raise :class:`BadInput` for options that cannot run, before anything starts."""
@@ -41,6 +42,8 @@ class LoadtestOptions:
             raise BadInput("--workers must be at least 1")
         if self.users is not None and self.users < 1:
             raise BadInput(f"--users must be at least 1, got {self.users}")
+        if self.against is not None and (self.workers > 1 or self.role != "local"):
+            raise BadInput("--against (an A/B run) runs in one load generator process: no --workers, --master or --worker")
         if self.role == "worker" and (self.master_host is None or not 0 <= self.worker_index < self.workers):
             raise BadInput("--worker needs --master-host HOST, --workers N (all the workers) and --worker-index K (0 <= K < N)")
 
@@ -53,7 +56,7 @@ def run_loadtest(scenario: Scenario, opts: LoadtestOptions, run_dir: Path) -> tu
     if scenario.path is None:
         raise BadInput(f"scenario {scenario.name!r} was not read from a file; Locust reads the scenario by its path")
     run_dir.mkdir(parents=True, exist_ok=True)
-    users = opts.users or pool_size(scenario, opts.duration)
+    users = opts.users or pool_size(scenario, opts.duration) * (2 if opts.against else 1)
     if opts.role == "worker":  # a worker's share of the pool: the master's -u is split across the workers
         users = max(1, users // opts.workers)
     with contextlib.ExitStack() as stack:
@@ -73,7 +76,8 @@ def run_loadtest(scenario: Scenario, opts: LoadtestOptions, run_dir: Path) -> tu
         }[opts.role]
         say(
             "loadtest",
-            f"{scenario.name} for {format_duration(opts.duration)} against {host}{what} with a pool of {users} users; results in "
+            f"{scenario.name} for {format_duration(opts.duration)} against {host}{what}"
+            f"{f' and, interleaved, {opts.against}' if opts.against else ''} with a pool of {users} users; results in "
             f"{run_dir}/",
         )
         run = LoadRun(
@@ -90,6 +94,7 @@ def run_loadtest(scenario: Scenario, opts: LoadtestOptions, run_dir: Path) -> tu
             master_host=opts.master_host if opts.role == "worker" and opts.master_host else opts.master_bind_host,
             master_port=opts.master_port,
             worker_index=opts.worker_index,
+            against=opts.against,
         )
         try:
             return run_locust(run)

@@ -6,6 +6,12 @@ throughput) with the environment it ran in.  ``regress`` runs the same load
 test once more, judges the scenario's thresholds and SLOs, and compares every
 request type's p50, p95, p99, error rate and throughput with the baseline
 (:mod:`models.regression`).
+
+With ``--against URL`` (A/B) no baseline file is needed: one load test serves
+every arrival to both the current target and the build at URL, interleaved,
+and the comparison pairs their figures interval by interval
+(:func:`models.regression.compare_paired`), so a drift in the machine's speed
+meets both alike.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from typing import Any
 import yaml
 
 from models.loader import load_scenario
-from models.regression import Comparison, compare_runs
-from models.results import RunResult
+from models.regression import ALPHA, MIN_REQUESTS, Comparison, compare_paired, compare_runs, min_p, unjudged
+from models.results import RunResult, load
 from models.scenario import Scenario
 from models.thresholds import ThresholdVerdict, judge
 from workflows import BadInput, RunFailed
@@ -31,10 +37,11 @@ from workflows.loadtest import LoadtestOptions, run_loadtest
 from workflows.measure import raw_scenario
 from workflows.output import machine_description, say
 
-__all__ = ["Baseline", "RegressOutcome", "record_baseline", "regress", "environment", "INTERVAL", "FORMAT"]
+__all__ = ["Baseline", "RegressOutcome", "record_baseline", "regress", "regress_ab", "environment", "INTERVAL", "AB_INTERVAL", "FORMAT"]
 
 FORMAT = 1
 INTERVAL = 5.0  # seconds: the result intervals of a regression run, each one sample of every metric
+AB_INTERVAL = 2.0  # seconds: the intervals of an A/B run, each one pair (a 30 s run gives 15)
 PACKAGES = ("surgecap", "locust", "starlette", "uvicorn", "simpy", "numpy")
 
 
@@ -148,6 +155,7 @@ class RegressOutcome:
     comparisons: list[Comparison]
     environment: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    against: str | None = None  # A/B: the target compared with (then ``baseline`` holds its run from this same load test)
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -160,8 +168,6 @@ class RegressOutcome:
 
 def regress(scenario: Scenario, baseline: Baseline, opts: LoadtestOptions, run_dir: Path, min_effect: dict[str, float]) -> RegressOutcome:
     """One load test like the baseline's, judged by the thresholds and SLOs and compared with the baseline."""
-    from reports.summary import slo_verdicts
-
     if baseline.scenario != scenario.name:
         raise BadInput(f"the baseline is of scenario {baseline.scenario!r}, not {scenario.name!r}")
     sliced = _slice(scenario, baseline.duration, baseline.interval, run_dir)
@@ -175,13 +181,56 @@ def regress(scenario: Scenario, baseline: Baseline, opts: LoadtestOptions, run_d
     ]
     if len(baseline.runs) < 2:
         warnings.append("the baseline holds one run, so the run-to-run noise is not known; record it with --runs 3")
+    return _outcome(scenario, baseline, result, compare_runs(baseline.runs, result, min_effect), env, warnings)
+
+
+def _outcome(
+    scenario: Scenario, baseline: Baseline, result: RunResult, comparisons: list[Comparison], env: dict[str, Any], warnings: list[str]
+) -> RegressOutcome:
+    """The run judged by the scenario's thresholds and SLOs, with its comparisons."""
+    from reports.summary import slo_verdicts
+
     return RegressOutcome(
         scenario,
         baseline,
         result,
         judge(scenario.threshold_list, [result], scenario.request_types),
         [(slo.label, value, ok) for slo, value, ok in slo_verdicts(scenario, [result])],
-        compare_runs(baseline.runs, result, min_effect),
+        comparisons,
         env,
         warnings,
     )
+
+
+def regress_ab(scenario: Scenario, opts: LoadtestOptions, run_dir: Path, min_effect: dict[str, float]) -> RegressOutcome:
+    """One A/B load test: every arrival served by the current target and by ``opts.against``, compared pair by pair."""
+    against = opts.against
+    if against is None:
+        raise BadInput("an A/B run needs --against URL")
+    if opts.host is not None and opts.host.rstrip("/") == against.rstrip("/"):
+        raise BadInput(f"--against {against} is the --host itself; an A/B run compares two different targets")
+    sliced = _slice(scenario, opts.duration, AB_INTERVAL, run_dir)
+    result = _one_run(sliced, opts, run_dir / "run")
+    try:
+        other = load(run_dir / "run" / "against")
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunFailed(f"the A/B run wrote no result for {against}: {exc}; see {run_dir}/run/locust.log") from None
+    if not any(sum(s.started) for s in other.requests.values()):
+        raise RunFailed(f"the A/B run sent no request to {against}; see {run_dir}/run/locust.log")
+    env = environment(opts.host, opts.fault)
+    made = f"{datetime.now():%Y-%m-%d %H:%M}"
+    base = Baseline(scenario.name, opts.duration, AB_INTERVAL, opts.seed, [other], {**env, "server": against}, made)
+    warnings = []
+    left_out = unjudged(other, result)
+    if left_out:
+        warnings.append(f"too few intervals with {MIN_REQUESTS} requests on both targets to judge: {', '.join(left_out)} (run longer)")
+    comparisons = compare_paired(other, result, min_effect)
+    floor = min((min_p(c.samples[1]) for c in comparisons), default=1.0) * len(comparisons)
+    if comparisons and floor >= ALPHA:
+        warnings.append(
+            f"the run is too short for any change to be significant: with {max(c.samples[1] for c in comparisons)} paired intervals "
+            f"at most, the smallest Holm-adjusted p is {floor:.2g} (needs < {ALPHA}); run longer (--duration 40s or more)"
+        )
+    outcome = _outcome(scenario, base, result, comparisons, env, warnings)
+    outcome.against = against
+    return outcome

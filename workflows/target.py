@@ -8,13 +8,32 @@ from contracts import is_loopback_url
 from models.scenario import REGISTRY, Scenario
 from workflows import BadInput
 
-__all__ = ["refuse_remote", "server_config", "pool_size", "cpus"]
+__all__ = ["refuse_remote", "reachable", "server_config", "pool_size", "cpus"]
 
 
 def refuse_remote(host: str | None, allow_remote: bool) -> None:
     """Raise :class:`BadInput` when ``host`` lies outside loopback and ``--allow-remote`` was not given."""
     if host and not is_loopback_url(host) and not allow_remote:
         raise BadInput(f"refusing to send load to {host}: only loopback targets unless --allow-remote is given")
+
+
+def reachable(url: str, flag: str, timeout: float = 5.0) -> None:
+    """Raise :class:`BadInput` unless something accepts a TCP connection at ``url`` (a load run against nothing proves nothing)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput(f"{flag} {url}: expected http://HOST:PORT")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise BadInput(f"{flag} {url}: the port is not a number in 1-65535") from None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise BadInput(f"{flag} {url}: nothing answers there ({exc.strerror or exc}); start that build first") from None
 
 
 def server_config(scenario: Scenario, test_mode: bool = False, fault: dict[str, float] | None = None) -> dict[str, object]:
