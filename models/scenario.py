@@ -410,6 +410,16 @@ class Plan(_Model):
     target: float = Field(default=0.85, gt=0, lt=1, description="the screen never plans a station busier than this in any interval")
 
 
+class ReferenceServer(_Model):
+    """How the reference server plays this system beyond its stations; the model does not read it (calibration measures it)."""
+
+    work: dict[str, int] = Field(
+        default_factory=dict,
+        description="real CPU work per request type: rounds of iterated SHA-256 (a key stretch, about 0.35 us a round), "
+        "run on the server's event loop inside the request's first station",
+    )
+
+
 class Costs(_Model):
     currency: str = "USD"
     per_unit_hour: dict[str, float] = Field(default_factory=dict, description="price of one server of a station per hour")
@@ -436,6 +446,24 @@ class Tolerances(_Model):
     error_rate: Probability = Field(default=0.01, description="absolute (percentage points as a fraction), also shed and abandonment")
     queue_growth: Probability = Field(default=0.25, description="relative, at overload levels")
     min_samples: int = Field(default=100, ge=1, description="fewer requests than this: the figure is shown, not judged")
+    near_knee: KneeTolerances | None = Field(
+        default=None, description="wider latency tolerances for levels from near_knee.at up to saturation (1.0)"
+    )
+
+    def at(self, fraction: float) -> Tolerances:
+        """The tolerances for a level at ``fraction`` of the saturation rate."""
+        k = self.near_knee
+        if k is None or not k.at <= fraction <= 1.0:
+            return self
+        return self.model_copy(update={"p50": k.p50, "p95": k.p95})
+
+
+class KneeTolerances(_Model):
+    """Near the knee a 2 % error in demand moves the wait by tens of percent: the latency tolerances there."""
+
+    at: float = Field(default=0.9, gt=0, le=1.0, description="the lowest level (fraction of saturation) they apply to")
+    p50: Probability = Field(default=0.20, description="relative")
+    p95: Probability = Field(default=0.20, description="relative")
 
 
 class Validation(_Model):
@@ -488,6 +516,7 @@ class Scenario(_Model):
     reported: Reported | None = None
     validation: Validation = Field(default_factory=Validation)
     plan: Plan = Field(default_factory=Plan)
+    reference_server: ReferenceServer = Field(default_factory=ReferenceServer)
     thresholds: dict[str, list[ThresholdText]] = Field(
         default_factory=dict,
         description="pass/fail criteria per request type ('all': every type together; 'run': the load generator), "
@@ -693,6 +722,11 @@ def _run_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
         if slo.request is not None and slo.request not in s.request_types:
             errors.append((("slos", k, "request"), f"unknown request type {slo.request!r}; expected one of {', '.join(s.request_types)}"))
     errors += _threshold_errors(s)
+    for rt, rounds in s.reference_server.work.items():
+        if rt not in s.request_types:
+            errors.append((("reference_server", "work", rt), f"unknown request type {rt!r}; expected one of {', '.join(s.request_types)}"))
+        elif not 0 <= rounds <= 10_000_000:
+            errors.append((("reference_server", "work", rt), f"{rounds:,} rounds; expected 0 to 10,000,000 (about 4 s of CPU)"))
     for name in s.plan.stations:
         if name not in s.system.stations:
             errors.append((("plan", "stations", name), f"unknown station {name!r}; expected one of {', '.join(sorted(s.system.stations))}"))

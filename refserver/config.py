@@ -15,6 +15,7 @@ from typing import Any
 __all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "ConfigError", "FAULTS"]
 
 FAULTS = ("slow", "cpu", "delay")
+MAX_WORK = 10_000_000  # rounds of work per request: about 4 s of CPU
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,9 @@ class ServerConfig:
     fault: dict[str, float] = field(default_factory=dict)
     # limits on clients (refserver.protocol.Limits): header_bytes, header_seconds, body_seconds, connections
     limits: dict[str, float] = field(default_factory=dict)
+    # real CPU work per request type (a scenario's reference_server.work): rounds of iterated SHA-256, a key stretch as a
+    # registration service does when it stores a credential, run on the event loop inside the request's first station
+    work: dict[str, int] = field(default_factory=dict)
     seed: int = 1
 
     @classmethod
@@ -71,6 +75,7 @@ class ServerConfig:
                 test_mode=bool(d.get("test_mode", False)),
                 fault={str(k): float(v) for k, v in d.get("fault", {}).items()},
                 limits={str(k): float(v) for k, v in d.get("limits", {}).items()},
+                work={str(k): int(v) for k, v in d.get("work", {}).items()},
                 seed=int(d.get("seed", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -81,6 +86,9 @@ class ServerConfig:
         for key, value in cfg.limits.items():
             if key not in ("header_bytes", "header_seconds", "body_seconds", "connections") or not value > 0:
                 raise ConfigError(f"limits {key}={value}: expected header_bytes, header_seconds, body_seconds or connections, above 0")
+        for rt, rounds in cfg.work.items():
+            if rt not in cfg.routes or not cfg.routes[rt] or not 0 <= rounds <= MAX_WORK:
+                raise ConfigError(f"work {rt}={rounds}: expected a request type with stations and 0 to {MAX_WORK:,} rounds")
         for rt, names in cfg.routes.items():
             for n in names:
                 if n not in cfg.stations:

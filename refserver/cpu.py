@@ -31,8 +31,9 @@ __all__ = ["CpuClock"]
 
 T = TypeVar("T")
 
-# per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds, thread calls]
-REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS = range(6)
+# per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds, thread calls,
+# seconds of the request's own computation (refserver.service.stretch; within its loop steps), requests that did it]
+REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED = range(8)
 
 
 class _Timed(Awaitable[T]):
@@ -82,7 +83,7 @@ class CpuClock:
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
         if acc is None:
-            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0]
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0]
         return acc
 
     def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
@@ -99,6 +100,12 @@ class CpuClock:
             acc[THREAD] += seconds
             acc[CALLS] += calls
 
+    def work(self, rt: str, seconds: float) -> None:
+        """Add the CPU seconds of one request's own computation (already part of its loop step's time)."""
+        acc = self._acc(rt)
+        acc[WORK] += seconds
+        acc[WORKED] += 1
+
     def lines(self) -> list[str]:
         """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds."""
         out: list[str] = []
@@ -109,6 +116,8 @@ class CpuClock:
             ("surgecap_cpu_loop_seconds_squared_total", SQUARES, "{:.9f}", "Sum of squared step times."),
             ("surgecap_cpu_thread_seconds_total", THREAD, "{:.6f}", "CPU time of worker threads for requests."),
             ("surgecap_cpu_thread_calls_total", CALLS, "{:.2f}", "Worker-thread calls that give up the interpreter lock and take it back."),
+            ("surgecap_cpu_work_seconds_total", WORK, "{:.6f}", "CPU time of requests' own computation (part of their loop time)."),
+            ("surgecap_cpu_work_requests_total", WORKED, "{:.0f}", "Requests that did their own computation."),
         ):
             out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
             for rt, acc in sorted(self.by_type.items()):

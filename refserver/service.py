@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import json
 import random
 import sqlite3
@@ -93,6 +94,16 @@ async def read_json(request: Request, required: set[str]) -> dict[str, Any]:
 #: so two servers given the same requests draw the same times (common random numbers for A/B runs).
 DRAW_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("draw_key", default=None)
 DRAW_HEADER = "x-surgecap-draw"
+
+
+def stretch(rounds: int, salt: str) -> float:
+    """Iterated SHA-256 (``rounds`` times, holding the interpreter lock): a key stretch's CPU work; its thread CPU seconds."""
+    started = time.thread_time()
+    digest = hashlib.sha256(salt.encode()).digest()
+    sha256 = hashlib.sha256
+    for _ in range(rounds):
+        digest = sha256(digest).digest()
+    return time.thread_time() - started
 
 
 class Service:
@@ -182,6 +193,7 @@ class Service:
         """
         result = None
         entered = time.monotonic()
+        rounds = self.cfg.work.get(rt, 0)
         for name in self.cfg.routes.get(rt, []):
             async with self.stations[name].slot(rt):
                 if name == "db" and work is not None and store is None:  # a write naming the stored file waits for it
@@ -194,6 +206,9 @@ class Service:
                 pause = self.services[(name, rt)]() if key is None else self.drawers[(name, rt)](keyed_rng(self.cfg.seed, key, name, rt))
                 if pause > 0:
                     await asyncio.sleep(pause)
+                if rounds:  # the request's own computation, in the step that resumes it inside its first station
+                    self.clock.work(rt, stretch(rounds, key or rt))
+                    rounds = 0
         if store is not None:
             await asyncio.to_thread(self._stored(rt, store))
         if work is not None:

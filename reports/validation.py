@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from models.compare import CPU_SUBJECT, Check
+from models.histogram import Histogram
 from models.results import RunResult
 from reports.summary import table
 
@@ -159,7 +160,53 @@ def verdict_table(checks: Sequence[Check], judged_only: bool = False) -> str:
     return table(["subject", "metric", "model", "measured", "error", "tolerance", "verdict"], rows)
 
 
-def _plots(levels: list[Level], out: Path) -> list[str]:
+def _measured_ci(h: Histogram, p: float) -> tuple[float, float]:
+    """A distribution-free 95 % interval of the ``p``-th percentile from ``h``'s samples (order statistics: n q ± 1.96 √(n q (1 − q)))."""
+    n, q = h.count, p / 100
+    half = 1.96 * math.sqrt(n * q * (1 - q))
+    return h.percentile(max(0.0, 100 * (n * q - half) / n)), h.percentile(min(100.0, 100 * (n * q + half) / n))
+
+
+def _hockey_stick(levels: list[Level], rts: list[str], curve: dict[str, Any] | None, out: Path) -> str:
+    """Latency against load for every request type: the model (a curve when given, else its levels), the measured points with CIs."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rts), figsize=(4 * len(rts), 3.4), squeeze=False)
+    xs = [lv.fraction for lv in levels]
+    for ax, rt in zip(axes[0], rts, strict=False):
+        for p, colour in ((50, "tab:blue"), (95, "tab:orange")):
+            if curve is not None and rt in curve["requests"]:
+                ax.plot(curve["fractions"], [v * 1000 for v in curve["requests"][rt][f"p{p}"]], "-", color=colour, label=f"model p{p}")
+            else:
+                by_level = [next((c for c in lv.checks if c.subject == rt and c.metric == f"p{p}"), None) for lv in levels]
+                ax.plot(xs, [c.model * 1000 if c else math.nan for c in by_level], "-", color=colour, label=f"model p{p}")
+            meas, low, high = [], [], []
+            for lv in levels:
+                h = lv.measured.requests[rt].total_latency
+                if h.count:
+                    lo, hi = _measured_ci(h, p)
+                    m = h.percentile(p)
+                    meas.append(m * 1000)
+                    low.append(max(0.0, m - lo) * 1000)
+                    high.append(max(0.0, hi - m) * 1000)
+                else:
+                    meas.append(math.nan)
+                    low.append(0.0)
+                    high.append(0.0)
+            ax.errorbar(xs, meas, yerr=[low, high], fmt="o", color=colour, capsize=3, markersize=4, label=f"measured p{p} (95 % CI)")
+        ax.set_yscale("log")
+        ax.set_title(rt)
+        ax.set_xlabel("load (fraction of saturation)")
+        ax.set_ylabel("latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency-vs-load.png", dpi=90)
+    plt.close(fig)
+    return "latency-vs-load.png"
+
+
+def _plots(levels: list[Level], out: Path, curve: dict[str, Any] | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,28 +216,7 @@ def _plots(levels: list[Level], out: Path) -> list[str]:
     rts = [rt for rt in levels[0].measured.requests if any(lv.measured.requests[rt].total_latency.count for lv in levels)]
     if not rts:
         return names
-    # the hockey stick: latency percentiles against load level, model band and measured points
-    fig, axes = plt.subplots(1, len(rts), figsize=(4 * len(rts), 3.4), squeeze=False)
-    xs = [lv.fraction for lv in levels]
-    for ax, rt in zip(axes[0], rts, strict=False):
-        for p, colour in ((50, "tab:blue"), (95, "tab:orange"), (99, "tab:red")):
-            by_level = [next((c for c in lv.checks if c.subject == rt and c.metric == f"p{p}"), None) for lv in levels]
-            model = [c.model * 1000 if c else math.nan for c in by_level]
-            lo = [c.band[0] * 1000 if c and c.band else math.nan for c in by_level]
-            hi = [c.band[1] * 1000 if c and c.band else math.nan for c in by_level]
-            meas = [c.measured * 1000 if c else math.nan for c in by_level]
-            ax.plot(xs, model, "-", color=colour, label=f"model p{p}")
-            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
-            ax.plot(xs, meas, "o", color=colour, label=f"measured p{p}")
-        ax.set_title(rt)
-        ax.set_xlabel("load (fraction of saturation)")
-        ax.set_ylabel("latency (ms)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "latency-vs-load.png", dpi=90)
-    plt.close(fig)
-    names.append("latency-vs-load.png")
+    names.append(_hockey_stick(levels, rts, curve, out))
     # per-interval series of each level: throughput and p95 of every request type
     for lv in levels:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -220,7 +246,9 @@ def _plots(levels: list[Level], out: Path) -> list[str]:
     return names
 
 
-def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta: dict[str, Any]) -> tuple[Path, Path]:
+def write_report(
+    out: Path, scenario: str, levels: list[Level], knee: Knee, meta: dict[str, Any], curve: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """Write validation.json, validation.html and the plots into ``out``; return the two report paths."""
     out.mkdir(parents=True, exist_ok=True)
     passed = all(lv.passed for lv in levels) and knee.verdict != "fail"
@@ -254,7 +282,10 @@ def write_report(out: Path, scenario: str, levels: list[Level], knee: Knee, meta
     }
     json_path = out / "validation.json"
     json_path.write_text(json.dumps(data, indent=1, default=str))
-    images = _plots(levels, out)
+    if curve is not None:
+        data["model_curve"] = curve
+        json_path.write_text(json.dumps(data, indent=1, default=str))
+    images = _plots(levels, out, curve)
     parts = [
         "<!doctype html><html lang=en><meta charset=utf-8>",
         f"<title>Validation of {html.escape(scenario)}</title>",

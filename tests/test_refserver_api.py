@@ -329,3 +329,54 @@ def test_a_mailbox_lookup_reads_by_index_not_the_whole_outbox(tmp_path: Path) ->
     with make_client(served, config(test_mode=False)) as client:  # no mailbox: a registration does not pay for the index
         assert client.get("/healthz").status_code == 200
     assert rows(served, "SELECT name FROM sqlite_master WHERE name = 'outbox_registrant'") == []
+
+
+def test_real_cpu_work_per_request_type_is_done_and_counted_apart(tmp_path: Path) -> None:
+    # reference_server.work: rounds of iterated SHA-256 inside the request's first station, on the event loop
+    with make_client(tmp_path, config(work={"register": 200_000})) as client:
+        assert client.post("/api/register", json=person()).status_code == 201
+        cpu = {(n, lab["request"]): v for n, lab, v in parse_prometheus(client.get("/metrics").text) if n.startswith("surgecap_cpu_")}
+    work = cpu[("surgecap_cpu_work_seconds_total", "register")]
+    assert cpu[("surgecap_cpu_work_requests_total", "register")] == 1
+    assert work > 0.01  # 200,000 rounds: tens of milliseconds of CPU on any machine this runs on
+    assert cpu[("surgecap_cpu_loop_seconds_total", "register")] >= work  # part of the request's own loop time
+    assert cpu.get(("surgecap_cpu_work_requests_total", "verify_email"), 0) == 0
+
+
+@pytest.mark.parametrize("work", [{"register": -1}, {"register": 10**8}, {"nonsense": 5}])
+def test_bad_cpu_work_is_refused(work: dict[str, int]) -> None:
+    from refserver.config import ConfigError, ServerConfig
+
+    with pytest.raises(ConfigError, match="work"):
+        ServerConfig.from_dict({**config().to_dict(), "work": work})
+
+
+def test_a_draw_key_makes_two_servers_draw_the_same_service_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    # common random numbers (test mode): the same X-Surgecap-Draw gives the same station times on any server of the config
+    import asyncio
+
+    from refserver import service as service_module
+    from refserver.config import StationConfig
+    from refserver.service import DRAW_KEY, Service
+
+    pauses: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(service_module.asyncio, "sleep", no_wait)
+    exponential = {"default": {"dist": "exponential", "mean": 1.0}}
+    cfg = config(stations={name: StationConfig(servers=1, queue=1, service=exponential) for name in ("web", "db", "storage")})
+
+    def walk(key: str | None) -> list[float]:
+        async def go() -> None:
+            DRAW_KEY.set(key)
+            await Service(cfg, b"k" * 32).through("register")  # a fresh server each time
+
+        pauses.clear()
+        asyncio.run(go())
+        return list(pauses)
+
+    first, again, other = walk("7.0.1"), walk("7.0.1"), walk("8.0.1")
+    assert len(first) == 2 and first == again  # web, then db: the same times on two servers
+    assert other != first

@@ -47,7 +47,14 @@ def server_config(scenario: Scenario, test_mode: bool = False, fault: dict[str, 
         for name, st in sysd.stations.items()
     }
     routes = {step.request_type: [n for n in step.stations if n != REGISTRY] for step in scenario.journey}
-    cfg: dict[str, object] = {"stations": stations, "routes": routes, "test_mode": test_mode, "seed": scenario.seed, "fault": fault or {}}
+    cfg: dict[str, object] = {
+        "stations": stations,
+        "routes": routes,
+        "test_mode": test_mode,
+        "seed": scenario.seed,
+        "fault": fault or {},
+        "work": dict(scenario.reference_server.work),
+    }
     if sysd.registry is not None:
         r = sysd.registry
         cfg["registry"] = {

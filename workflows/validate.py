@@ -7,6 +7,7 @@ judges them; the report goes to ``validation.html`` and ``validation.json``.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ def judge_level(
     from models.results import save
     from models.simulate import simulate
 
-    tol = run.measurement.scenario.validation.tolerances
+    tol = run.measurement.scenario.validation.tolerances.at(run.fraction)
     measured = run.measurement.result
     overload = run.fraction > 1.0
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +264,8 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             _print_level(lv, cpu)
     knee_check = _knee(calibrated, knee, done, durations, opts.levels)
     meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee)
-    html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta)
+    curve = model_curve(raw, scenario.name, calibration, knee.rate, opts.duration, run_dir / "curve", opts.quiet)
+    html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta, curve)
     print(
         f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} "
         f"{knee_check.request}/s; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}"
@@ -279,6 +281,34 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         return False
     print("capacity validate: every check passed")
     return True
+
+
+CURVE_POINTS = tuple(round(0.1 + 0.05 * k, 2) for k in range(25))  # 0.10, 0.15, ... 1.30 of the saturation rate
+
+
+def model_curve(
+    raw: dict[str, Any], name: str, calibration: Calibration, knee_rate: float, duration: float, run_dir: Path, quiet: bool
+) -> dict[str, Any]:
+    """The calibrated model's latency against load, drawn continuously: one model run per point of :data:`CURVE_POINTS`.
+
+    Each point is a steady level like the measured ones (same length and
+    think-time compression); returns ``{"fractions": [...], "requests": {rt: {"p50": [...], "p95": [...]}}}``.
+    """
+    from models.simulate import simulate
+
+    curve: dict[str, Any] = {"fractions": list(CURVE_POINTS), "requests": {}}
+    say("validate", f"the model's curve: {len(CURVE_POINTS)} load points, {CURVE_POINTS[0]:g} to {CURVE_POINTS[-1]:g}", quiet)
+    for k, f in enumerate(CURVE_POINTS):
+        path = level_file(raw, f"{name}-curve-{f:g}", f * knee_rate, duration, run_dir / f"point-{f:g}")
+        (result,) = simulate(calibration.apply(path), replications=1)
+        for rt, series in result.requests.items():
+            row = curve["requests"].setdefault(rt, {"p50": [math.nan] * len(CURVE_POINTS), "p95": [math.nan] * len(CURVE_POINTS)})
+            h = series.total_latency
+            if h.count:
+                row["p50"][k], row["p95"][k] = h.percentile(50), h.percentile(95)
+        if (k + 1) % 5 == 0:
+            say("validate", f"the model's curve: {k + 1} of {len(CURVE_POINTS)} points", quiet)
+    return curve
 
 
 def _print_level(lv: Level, cpu: float | None) -> None:
