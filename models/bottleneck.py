@@ -73,7 +73,7 @@ def limits(scenario: Scenario) -> list[Limit]:
         for v, step in zip(visits, scenario.journey, strict=True):
             work = sysd.cpu.work_for(step.request_type)
             if work is not None:
-                demand[CPU] = demand.get(CPU, 0.0) + v * work.steps * work.step.mean * sysd.cpu.factor(1.0)  # at saturation
+                demand[CPU] = demand.get(CPU, 0.0) + v * work.demand * sysd.cpu.factor(1.0)  # at saturation
     out: list[Limit] = []
     for name, d in demand.items():
         if name == CPU:
@@ -123,7 +123,7 @@ def busiest_step(scenario: Scenario, limit: Limit) -> tuple[int, float]:
             load = v if step.waits_for == EMAIL else 0.0
         elif resource == CPU:
             work = scenario.system.cpu.work_for(step.request_type) if scenario.system.cpu is not None else None
-            load = v * work.steps * work.step.mean if work is not None else 0.0
+            load = v * work.demand if work is not None else 0.0
         elif resource not in step.stations:
             load = 0.0
         elif resource == REGISTRY:

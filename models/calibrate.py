@@ -163,6 +163,8 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_loop_seconds_squared_total": 3,
         "surgecap_cpu_thread_seconds_total": 4,
         "surgecap_cpu_thread_calls_total": 5,
+        "surgecap_cpu_work_seconds_total": 6,
+        "surgecap_cpu_work_requests_total": 7,
     }
     writer = {
         "surgecap_db_batches_total": "batches",
@@ -178,7 +180,7 @@ def snapshot(text: str, at: float) -> Snapshot:
             snap.writes.setdefault(labels["request"], [0.0] * 3)[writes[name]] = value
             continue
         if name in cpu and "request" in labels:
-            snap.cpu_typed.setdefault(labels["request"], [0.0] * 6)[cpu[name]] = value
+            snap.cpu_typed.setdefault(labels["request"], [0.0] * 8)[cpu[name]] = value
             continue
         station = labels.get("station")
         if name in simple and station is not None:
@@ -268,18 +270,26 @@ class CpuEstimate:
     wait: float = 0.0  # seconds per step: the processor's queueing at the calibration load
     locks: float = 0.0  # per request: worker-thread calls that give up the interpreter lock and take it back
     rho: float = 0.0  # the processor's utilization by all request types at the calibration load
+    work: float = 0.0  # seconds per request of its own computation (part of ``own``; the server counts it apart)
 
     @property
     def demand(self) -> float:
         return self.own + self.shared
 
+    @property
+    def step_mean(self) -> float:
+        """Mean time of a step, the own computation left out."""
+        return (self.demand - self.work) / self.steps
+
     def as_work(self) -> dict[str, Any]:
         work: dict[str, Any] = {
             "steps": self.steps,
-            "step": {"dist": "gamma", "mean": _round(self.demand / self.steps), "cv": round(self.cv, 3)},
+            "step": {"dist": "gamma", "mean": _round(self.step_mean), "cv": round(self.cv, 3)},
         }
         if self.locks > 0:
             work["locks"] = round(self.locks, 2)
+        if self.work > 0:
+            work["work"] = {"dist": "constant", "value": _round(self.work)}
         return work
 
 
@@ -295,7 +305,7 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
         return {}
     total = after.cpu_seconds - before.cpu_seconds
     delta = {
-        rt: [a - b for a, b in zip([*acc, 0.0][:6], [*before.cpu_typed.get(rt, []), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0][:6], strict=True)]
+        rt: [a - b for a, b in zip([*acc, *[0.0] * 8][:8], [*before.cpu_typed.get(rt, []), *[0.0] * 8][:8], strict=True)]
         for rt, acc in after.cpu_typed.items()
     }
     kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] >= MIN_SAMPLES}
@@ -304,10 +314,16 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
     owned = sum(d[2] + d[4] for d in kept.values())
     shared = max(0.0, total - owned - background * elapsed) / sum(d[0] for d in kept.values())
     out: dict[str, CpuEstimate] = {}
-    for rt, (n, steps, loop, squares, thread, calls) in kept.items():
+    for rt, (n, steps, loop, squares, thread, calls, worked_s, worked_n) in kept.items():
+        own = (loop + thread) / n
+        if worked_n > 0 and steps > 0:
+            # the steps without the own computation: each of worked_n steps held m + w, so take off w^2 + 2 m w from the squares
+            w = worked_s / worked_n
+            loop -= worked_s
+            m = loop / steps
+            squares = max(loop * m, squares - worked_n * (w * w + 2 * m * w))
         per_step = loop / steps if steps > 0 else 0.0
         cv = math.sqrt(max(0.0, squares / steps / per_step**2 - 1)) if per_step > 0 else 1.0
-        own = (loop + thread) / n
         out[rt] = CpuEstimate(
             rt,
             int(n),
@@ -318,11 +334,12 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
             min(max(cv, 0.05), 4.0),
             n * (own + shared) / elapsed,
             locks=calls / n,
+            work=worked_s / n,
         )
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
     lam = sum(e.n * e.steps for e in out.values()) / elapsed
     rho = min(background + sum(e.utilization for e in out.values()), 0.95)
-    second = sum(e.n * e.steps * (1 + e.cv**2) * (e.demand / e.steps) ** 2 for e in out.values()) / max(
+    second = sum(e.n * (e.steps * (1 + e.cv**2) * e.step_mean**2 + e.work**2 + 2 * e.work * e.step_mean) for e in out.values()) / max(
         1.0, sum(e.n * e.steps for e in out.values())
     )
     wait = lam * second / (2 * (1 - rho))
@@ -376,7 +393,10 @@ def speed_index(work: dict[str, Any], now: dict[str, CpuEstimate]) -> float | No
         w = work.get(rt)
         if not isinstance(w, dict) or not isinstance(w.get("step"), dict):
             continue
+        own = w.get("work")
         then = float(w.get("steps", 1)) * parse_duration(w["step"]["mean"])
+        if isinstance(own, dict):
+            then += parse_duration(own.get("value", own.get("mean", 0.0)))
         if then > 0:
             num += est.n * est.demand
             den += est.n * then
@@ -399,6 +419,8 @@ def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:
     for w in out.get("work", {}).values():
         if isinstance(w, dict) and isinstance(w.get("step"), dict):
             w["step"]["mean"] = _round(parse_duration(w["step"]["mean"]) * speed)
+        if isinstance(w, dict) and isinstance(w.get("work"), dict) and "value" in w["work"]:
+            w["work"]["value"] = _round(parse_duration(w["work"]["value"]) * speed)
     for key, top in (("measured_at", 0.99), ("low_at", 0.99), ("background", 0.5)):
         if key in out:
             out[key] = round(min(float(out[key]) * speed, top), 4)
@@ -432,11 +454,14 @@ def held_services(
         if e is None:
             continue
         first_thread = next((st for st in step.stations if st in threads), None)
+        first_held = next((st for st in step.stations if st != REGISTRY), None)
         for st in step.stations:
             est = estimates.get((st, rt))
             if est is None or st == REGISTRY:
                 continue
             cut = e.wait + (e.thread + e.wait + round(e.locks) * e.wait * (1 - e.rho) if st == first_thread else 0.0)
+            if st == first_held:
+                cut += e.work  # the own computation runs inside the first station: the model adds it there
             mean = max(est.mean - cut, est.mean / 10)
             out[(st, rt)] = dataclasses.replace(est, mean=mean, log_mean=est.log_mean + math.log(mean / est.mean))
     return out

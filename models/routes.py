@@ -64,7 +64,13 @@ VISIT, HOLD, DELAY, RELEASE, LOCK = range(5)  # legs of a route through the proc
 
 
 def cpu_legs(
-    visits: list[tuple[Station, Sampler | None]], cpu: Station, steps: int, step: Sampler | None, threads: frozenset[str], locks: int = 0
+    visits: list[tuple[Station, Sampler | None]],
+    cpu: Station,
+    steps: int,
+    step: Sampler | None,
+    threads: frozenset[str],
+    locks: int = 0,
+    work: Sampler | None = None,
 ) -> list[tuple[int, Station | None, Sampler | None]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
@@ -75,7 +81,9 @@ def cpu_legs(
     calls that give up the interpreter lock) each wait for the processor's
     current step to end, before the thread's step.  The other steps are spread
     over the gaps before, between and after the stations, first gaps first.
-    The registry (an outside service) is visited, not held.
+    The registry (an outside service) is visited, not held.  The request's own
+    computation (``work``, e.g. a key stretch) adds to the step that resumes it
+    inside its first held station, as the reference server runs it there.
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -101,11 +109,19 @@ def cpu_legs(
             legs += [(LOCK, cpu, None)] * locks
             legs.append((VISIT, cpu, step))
         legs.append((DELAY, None, service))
+        own = work if held and j == held[0] else None
         if resumes > 0:
-            legs.append((VISIT, cpu, step))
+            legs.append((VISIT, cpu, _plus(step, own) if own is not None and step is not None else step))
             resumes -= 1
+        elif own is not None:
+            legs.append((VISIT, cpu, own))
         legs.append((RELEASE, station, None))
     return legs
+
+
+def _plus(a: Sampler, b: Sampler) -> Sampler:
+    """A sampler of the sum of two draws."""
+    return lambda: a() + b()
 
 
 class CpuRoute:

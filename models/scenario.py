@@ -212,6 +212,16 @@ class CpuWork(_Model):
         description="times its worker-thread work (in a threaded station) takes back the interpreter lock; "
         "each waits for the processor's current step to end",
     )
+    work: Distribution | None = Field(
+        default=None,
+        description="the request's own computation (e.g. a key stretch): CPU time added to the step in which the event loop "
+        "resumes it inside its first station, as the reference server does it",
+    )
+
+    @property
+    def demand(self) -> float:
+        """Mean processor seconds per request: its steps and its own computation."""
+        return self.steps * self.step.mean + (self.work.mean if self.work is not None else 0.0)
 
 
 class CpuModes(_Model):

@@ -432,3 +432,20 @@ def test_a_calibrated_level_is_also_judged_given_its_own_processor_time(tmp_path
     level = judged("level", "level")
     assert level.given_cpu is None and (tmp_path / "level" / "processor.yaml").exists()
     assert next(c for c in level.checks if c.subject == "station cpu").verdict == "info"
+
+
+def test_a_requests_own_computation_is_calibrated_apart_from_its_steps() -> None:
+    # the server counts the key stretch's CPU (surgecap_cpu_work_*): 100 registrations, 4 loop steps each of 0.25 ms, one
+    # of them also 10 ms of work; 0.1 s of CPU no request owns.  Calibration: work 10 ms, 5 steps of (12 - 10) / 5 ms
+    from models.calibrate import Snapshot, cpu_estimates
+
+    m, w = 0.00025, 0.010
+    squares = 300 * m * m + 100 * (m + w) ** 2
+    before = Snapshot(at=0.0, cpu_seconds=0.0, cpu_typed={"register": [0.0] * 8})
+    after = Snapshot(at=10.0, cpu_seconds=1.2, cpu_typed={"register": [100, 400, 400 * m + 100 * w, squares, 0.0, 0.0, 100 * w, 100]})
+    est = cpu_estimates(before, after, ["register"])["register"]
+    assert est.work == pytest.approx(w) and est.steps == 5
+    assert est.demand == pytest.approx(0.012) and est.step_mean == pytest.approx(0.0004)
+    assert est.cv == pytest.approx(0.05)  # the plain steps are all alike once the work is taken out (the floor)
+    work = est.as_work()
+    assert work["work"] == {"dist": "constant", "value": "10ms"} and work["steps"] == 5

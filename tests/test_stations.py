@@ -153,6 +153,22 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
     ]
 
 
+def test_a_requests_own_computation_joins_its_resumption_inside_the_first_station() -> None:
+    # system.cpu.work (e.g. a key stretch): the same legs, and the step that resumes it inside web costs step + work
+    from models.routes import VISIT, cpu_legs
+
+    env = simpy.Environment()
+    cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
+    plain = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
+    legs = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}), work=lambda: 0.010)
+    assert [(k, st) for k, st, _ in legs] == [(k, st) for k, st, _ in plain]
+    costs = [round(f(), 6) for k, _, f in legs if k == VISIT and f is not None]
+    assert costs == [0.0002, 0.0102, 0.0002, 0.0002, 0.0002]  # before web, web's resumption (+ work), db's thread, db's resumption
+    # with no steps at all the work still runs inside web
+    alone = cpu_legs([(web, lambda: 0.025)], cpu, 0, None, frozenset(), work=lambda: 0.010)
+    assert [round(f(), 6) for k, _, f in alone if k == VISIT and f is not None] == [0.010]
+
+
 def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:
     # system.cpu.speedup: step times scale by 1 - speedup x (U - measured_at), U over the last window (1 s)
     from models.scenario import Cpu
