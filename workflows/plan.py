@@ -289,7 +289,7 @@ def _headroom(scenario: Scenario, sc: Screen, static: dict[str, int]) -> list[tu
     cpu = scenario.system.cpu
     if cpu is not None:
         demand = sum(
-            sc.step_rates[s.name] * (w.steps * w.step.mean if (w := cpu.work_for(s.request_type)) else 0.0) for s in scenario.journey
+            sc.step_rates[s.name] * (w.demand if (w := cpu.work_for(s.request_type)) else 0.0) for s in scenario.journey
         )
         if float(np.max(demand)) > 0:
             out.append((CPU, cpu.cores / float(np.max(demand)), f"{cpu.cores} core(s)"))
