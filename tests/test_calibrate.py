@@ -449,3 +449,27 @@ def test_a_requests_own_computation_is_calibrated_apart_from_its_steps() -> None
     assert est.cv == pytest.approx(0.05)  # the plain steps are all alike once the work is taken out (the floor)
     work = est.as_work()
     assert work["work"] == {"dist": "constant", "value": "10ms"} and work["steps"] == 5
+
+
+@pytest.mark.slow
+def test_a_validation_where_the_processor_queues_passes_at_0_9(tmp_path: Path) -> None:
+    # tests/scenarios/validate-knee.yaml: a key stretch per registration makes the server's processor the knee, so at
+    # 0.9 a queue forms there (M/G/1 at rho 0.9: the wait is about 9 mean steps) and latency climbs; the model must follow it.
+    # The processor's CPU time comes from each level itself (operational validation; the machine's speed drifts)
+    out = tmp_path / "knee"
+    code = main(
+        ["validate", str(TEST_SCENARIOS / "validate-knee.yaml"), "--levels", "0.3,0.9", "--processor", "level", "--out", str(out), "-q"]
+    )
+    report = json.loads((out / "validation.json").read_text())
+    failed = [
+        (lv["fraction"], c["subject"], c["metric"], c["error"]) for lv in report["levels"] for c in lv["checks"] if c["verdict"] == "fail"
+    ]
+    assert code == 0, failed
+    assert report["knee"]["resource"] == "cpu"
+    overlay = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
+    assert "work" in overlay["system"]["cpu"]["work"]["register"]  # the key stretch, calibrated apart from the steps
+    # the hockey stick is real: register's measured p95 at 0.9 well above its value at 0.3
+    p95 = {lv["fraction"]: next(c["measured"] for c in lv["checks"] if c["subject"] == "register" and c["metric"] == "p95")
+           for lv in report["levels"]}  # fmt: skip
+    assert p95[0.9] > 1.5 * p95[0.3]
+    assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
