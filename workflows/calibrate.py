@@ -78,14 +78,15 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     # registration; the rate is set against this journey's own saturation, so every station stays lightly loaded
     whole = steady_scenario(raw, f"{scenario.name}-calibration", 1.0, duration, everyone=True)
     knee = saturation(parse_scenario(yaml.safe_dump(whole), source))
-    rate = CALIBRATION_LOAD * knee.rate
-    low_file = level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
     flush_writes(quiet)
     modes = speed_modes(duration, quiet) if lab.host is None else None  # before the server starts: the CPU to itself
+    knee_rate, knee_by = _low_load_knee(raw, scenario.name, knee.rate, knee.resource, run_dir / "pilot", lab)
+    rate = CALIBRATION_LOAD * knee_rate
+    low_file = level_file(raw, f"{scenario.name}-calibration", rate, duration, run_dir, everyone=True)
     say(
         "calibrate",
         f"{rate:.4g} arrivals/s, every registrant walking the whole journey ({CALIBRATION_LOAD:.0%} of that journey's saturation "
-        f"rate {knee.rate:.4g}/s, set by {knee.resource}) for {format_duration(duration)}",
+        f"rate {knee_rate:.4g}/s, set by {knee_by}) for {format_duration(duration)}",
         quiet,
     )
     low = lab.measure(low_file, run_dir, idle=IDLE_WATCH)
@@ -103,7 +104,11 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     overlay = calibration_overlay(scenario, estimates, overhead)
     cpu: dict[str, CpuEstimate] = {}
     cpu_rate = speedup = u_low = u_work = 0.0
-    phase = _processor_phase(scenario, raw, Calibration(overlay), duration, run_dir / "cpu", lab, background) if low_cpu else None
+    # the processor's phase runs at a share of the saturation rate with the processor as measured at low load in it:
+    # a server whose own CPU is the knee saturates well below its stations
+    held_low = held_services(low.scenario, estimates, low_cpu, threads)
+    with_cpu = calibration_overlay(scenario, held_low, overheads(low.scenario, low.result, held_low, low_cpu), low_cpu, threads)
+    phase = _processor_phase(scenario, raw, Calibration(with_cpu), duration, run_dir / "cpu", lab, background) if low_cpu else None
     if phase is not None and phase.cpu:
         cpu, cpu_rate = phase.cpu, phase.rate
         # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
@@ -128,6 +133,28 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     calibration.write(path, header)
     text = _calibration_text(scenario, estimates, low_cpu, cpu, (speedup, u_low, u_work), modes, overhead)
     return Calibrated(calibration, path, text)
+
+
+PILOT = 15.0  # seconds of the pilot that measures the processor's time per arrival before calibration
+PILOT_LOAD = 0.05  # the pilot's rate: this share of the stations' saturation rate
+
+
+def _low_load_knee(raw: dict[str, Any], name: str, stations_rate: float, stations_by: str, run_dir: Path, lab: Lab) -> tuple[float, str]:
+    """The whole journey's saturation rate for choosing calibration's low load: the stations', or the processor's when lower.
+
+    The scenario's stations say nothing about the server's own CPU, which can
+    be its knee (a key stretch per registration).  A short pilot at
+    :data:`PILOT_LOAD` of the stations' rate measures the server's CPU seconds
+    per arrival; one core saturates at its inverse.
+    """
+    rate = PILOT_LOAD * stations_rate
+    say("calibrate", f"pilot: {rate:.4g} arrivals/s for {format_duration(PILOT)}, measuring the server's CPU per arrival", lab.quiet)
+    pilot = lab.measure(level_file(raw, f"{name}-calibration-pilot", rate, PILOT, run_dir, everyone=True), run_dir)
+    busy = pilot.cpu_utilization
+    if busy is None or busy <= 0:
+        return stations_rate, stations_by
+    cpu_rate = rate / busy
+    return (cpu_rate, "the server's processor (pilot)") if cpu_rate < stations_rate else (stations_rate, stations_by)
 
 
 def _calibration_text(

@@ -288,9 +288,7 @@ def _headroom(scenario: Scenario, sc: Screen, static: dict[str, int]) -> list[tu
             out.append((f"{name} {what}", float(backlog.rate.min()) / peak, f"{float(backlog.rate.min()):.4g}/s (a queue forms past it)"))
     cpu = scenario.system.cpu
     if cpu is not None:
-        demand = sum(
-            sc.step_rates[s.name] * (w.demand if (w := cpu.work_for(s.request_type)) else 0.0) for s in scenario.journey
-        )
+        demand = sum(sc.step_rates[s.name] * (w.demand if (w := cpu.work_for(s.request_type)) else 0.0) for s in scenario.journey)
         if float(np.max(demand)) > 0:
             out.append((CPU, cpu.cores / float(np.max(demand)), f"{cpu.cores} core(s)"))
     return sorted(out, key=lambda x: x[1])
