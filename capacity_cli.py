@@ -20,7 +20,7 @@ from capacity_args import build_parser
 from models.loader import ScenarioError, load_scenario
 from models.overlay import CalibrationError
 from models.scenario import Scenario
-from workflows import BadInput, WorkflowError
+from workflows import BadInput, RunFailed, WorkflowError
 from workflows.options import calibration_option, duration_option, effects_option, fault_option, levels_option, run_slice
 from workflows.output import run_dir
 from workflows.target import reachable, refuse_remote
@@ -174,11 +174,18 @@ def _load_options(args: argparse.Namespace, scenario: Scenario) -> LoadtestOptio
     from workflows.loadtest import LoadtestOptions
 
     refuse_remote(args.host, args.allow_remote)
+    if args.host:
+        reachable(args.host, "--host")
     window = scenario.window[1] - scenario.window[0]
     duration = duration_option(args.duration, min(window, 60.0), low=1e-9, high=window)
     opts = LoadtestOptions(duration, host=args.host, seed=args.seed, quiet=args.quiet, fault=fault_option(args.server_fault))
     opts.check(window)
     return opts
+
+
+def _not_made(exc: RunFailed) -> BadInput:
+    """In a CI gate exit 1 says the service got worse: a run that could not be made (no server, no result) is exit 2."""
+    return BadInput(f"the load test could not be made: {exc}")
 
 
 def cmd_baseline(args: argparse.Namespace, scenario: Scenario) -> int:
@@ -187,7 +194,10 @@ def cmd_baseline(args: argparse.Namespace, scenario: Scenario) -> int:
     if not 1 <= args.runs <= 20:
         raise BadInput(f"--runs must be between 1 and 20, got {args.runs}")
     opts = _load_options(args, scenario)
-    record_baseline(scenario, opts, Path(args.baseline_file), args.runs, run_dir(None, f"baseline-{scenario.name}"))
+    try:
+        record_baseline(scenario, opts, Path(args.baseline_file), args.runs, run_dir(None, f"baseline-{scenario.name}"))
+    except RunFailed as exc:
+        raise _not_made(exc) from None
     print(f"baseline: {args.baseline_file} ({args.runs} run(s) of {opts.duration:g}s)")
     return EXIT_OK
 
@@ -200,12 +210,15 @@ def cmd_regress(args: argparse.Namespace, scenario: Scenario) -> int:
         raise BadInput("give --baseline FILE (a recorded baseline) or --against URL (A/B in one run), one of the two")
     opts, effects = _load_options(args, scenario), effects_option(args.min_effect)
     out = run_dir(args.out, f"regress-{scenario.name}")
-    if args.against is not None:
-        refuse_remote(args.against, args.allow_remote)
-        reachable(args.against, "--against")
-        outcome = regress_ab(scenario, replace(opts, against=args.against), out, effects)
-    else:
-        outcome = regress(scenario, Baseline.read(args.baseline), opts, out, effects)
+    try:
+        if args.against is not None:
+            refuse_remote(args.against, args.allow_remote)
+            reachable(args.against, "--against")
+            outcome = regress_ab(scenario, replace(opts, against=args.against), out, effects)
+        else:
+            outcome = regress(scenario, Baseline.read(args.baseline), opts, out, effects)
+    except RunFailed as exc:
+        raise _not_made(exc) from None
     paths = write_regress_report(outcome, out, Path(args.junit) if args.junit else None, Path(args.summary) if args.summary else None)
     print(paths["md"].read_text())
     print(f"regression report: {paths['html']} (JUnit {paths['junit']}, regress.md, regress.json)")

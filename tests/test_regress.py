@@ -142,6 +142,7 @@ def test_junit_is_well_formed_and_its_counts_agree(tmp_path: Path, scale: float,
         (["regress", str(SCENARIOS / "smoke.yaml"), "--against", "http://127.0.0.1:1"], "nothing answers there"),
         (["regress", str(SCENARIOS / "smoke.yaml"), "--against", "ftp://127.0.0.1:1"], "expected http://HOST:PORT"),
         (["regress", str(SCENARIOS / "smoke.yaml"), "--against", "http://127.0.0.1:99999"], "port is not a number"),
+        (["regress", str(SCENARIOS / "smoke.yaml"), "--baseline", "x.json", "--host", "http://127.0.0.1:1"], "--host http://127.0.0.1:1"),
     ],
 )
 def test_bad_regress_input_is_refused_before_any_load(
