@@ -94,7 +94,8 @@ def markdown(o: Any) -> str:
     lines += [f"- threshold or SLO missed: {x}" for x in failed]
     lines += [f"- regression: {c.describe()}" for c in o.regressions]
     if not failed and not o.regressions:
-        lines.append(f"- every threshold and SLO met; no metric worse than the {_base(o)} beyond its minimum effect and noise")
+        than = "the build compared with" if getattr(o, "against", None) else "the baseline"
+        lines.append(f"- every threshold and SLO met; no metric worse than {than} beyond its minimum effect and noise")
     lines += ["", f"| request | metric | {_base(o)} | now | change | p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in o.comparisons:
         lines.append(
