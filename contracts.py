@@ -33,6 +33,7 @@ __all__ = [
     "drawer",
     "keyed_rng",
     "draw_key",
+    "DRAW_HEADER",
 ]
 
 #: Host names that are this machine's loopback whatever the resolver says.
@@ -125,6 +126,11 @@ def keyed_rng(seed: int, *parts: str) -> random.Random:
     """
     digest = hashlib.blake2b("|".join((str(seed), *parts)).encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
+
+
+#: The request header that carries a draw key (:func:`draw_key`): sent by the load generator in A/B runs, honoured by
+#: the reference server in test mode.  HTTP header names are case-insensitive; Starlette reads them lower-cased.
+DRAW_HEADER = "x-surgecap-draw"
 
 
 def draw_key(value: object) -> str | None:

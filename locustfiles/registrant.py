@@ -34,7 +34,7 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from locust.user.users import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 
-from contracts import decision_seed, registry_mismatch
+from contracts import DRAW_HEADER, decision_seed, registry_mismatch
 from locustfiles.client import JSON_HEADERS, Client
 from locustfiles.distributed import STOP_MESSAGE, Results, send_result
 from locustfiles.pacing import Lateness, Pacer
@@ -141,7 +141,6 @@ def _reason(status: int, body: dict[str, Any]) -> str | None:
     return "error"
 
 
-DRAW_HEADER = "X-Surgecap-Draw"  # the reference server's common-random-numbers key (honoured in its test mode)
 CONNECTIONS = 5000  # at most this many connections to the target: a cap, opened only as needed
 CLIENTS: dict[str, Client] = {}  # target URL -> the pool all users share
 EXPECTED_KEY = {"register": "id", "verify_email": "status", "upload_photo": "status", "verify_nik": "status", "join_batch": "status"}

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from contracts import draw_key
+from contracts import DRAW_HEADER, draw_key
 from refserver import handlers, operations
 from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
@@ -40,7 +40,7 @@ from refserver.handlers import BATCH_ID
 from refserver.health import storage_full
 from refserver.operations import MAILBOX_QUERY
 from refserver.outbox import sender
-from refserver.service import DRAW_HEADER, DRAW_KEY, BadRequest, Service
+from refserver.service import DRAW_KEY, BadRequest, Service
 from refserver.stations import Overloaded
 from refserver.upstream import HttpUpstream, Upstream
 

@@ -93,7 +93,6 @@ async def read_json(request: Request, required: set[str]) -> dict[str, Any]:
 #: In test mode, the request's draw key (header ``X-Surgecap-Draw``): its service times then depend on the key alone,
 #: so two servers given the same requests draw the same times (common random numbers for A/B runs).
 DRAW_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("draw_key", default=None)
-DRAW_HEADER = "x-surgecap-draw"
 
 
 def stretch(rounds: int, salt: str) -> float:

@@ -35,7 +35,7 @@ def _cases(o: Any) -> dict[str, list[tuple[str, str | None, str]]]:
 
 def _mode(o: Any) -> str:
     """How the run was compared, in a sentence."""
-    against = getattr(o, "against", None)
+    against = o.against
     if against:
         return (
             f"A/B in one run: every arrival served by this target and by {against} (the build compared with), "
@@ -45,7 +45,7 @@ def _mode(o: Any) -> str:
 
 
 def _base(o: Any) -> str:
-    return "against" if getattr(o, "against", None) else "baseline"
+    return "against" if o.against else "baseline"
 
 
 def junit_xml(o: Any) -> str:
@@ -94,7 +94,7 @@ def markdown(o: Any) -> str:
     lines += [f"- threshold or SLO missed: {x}" for x in failed]
     lines += [f"- regression: {c.describe()}" for c in o.regressions]
     if not failed and not o.regressions:
-        than = "the build compared with" if getattr(o, "against", None) else "the baseline"
+        than = "the build compared with" if o.against else "the baseline"
         lines.append(f"- every threshold and SLO met; no metric worse than {than} beyond its minimum effect and noise")
     lines += ["", f"| request | metric | {_base(o)} | now | change | p | verdict |", "|---|---|---|---|---|---|---|"]
     for c in o.comparisons:
@@ -152,8 +152,8 @@ def write_regress_report(o: Any, out: Path, junit: Path | None = None, summary: 
     data = {
         "scenario": o.scenario.name,
         "passed": o.passed,
-        "mode": "ab" if getattr(o, "against", None) else "baseline",
-        "against": getattr(o, "against", None),
+        "mode": "ab" if o.against else "baseline",
+        "against": o.against,
         "warnings": o.warnings,
         "environment": {"baseline": o.baseline.environment, "now": o.environment},
         "thresholds": [{"threshold": v.threshold.label, "value": v.value, "passed": v.passed} for v in o.thresholds],
