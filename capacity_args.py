@@ -145,4 +145,11 @@ def build_parser(bad_input: int = 2) -> argparse.ArgumentParser:
         "by the machine's speed measured just before and after it (default bracket; none: as calibrated)",
     )
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
+    p.add_argument(
+        "--measured",
+        default=None,
+        metavar="RUN_DIR",
+        help="judge the levels an earlier validate run recorded (its --out directory) again with the model as it is now, "
+        "sending no load (with its calibration, unless --calibration)",
+    )
     return parser

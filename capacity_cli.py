@@ -142,7 +142,10 @@ def cmd_validate(args: argparse.Namespace, scenario: Scenario) -> int:
         diagnose=not args.no_diagnosis,
         host=args.host,
         quiet=args.quiet,
+        measured=Path(args.measured) if args.measured else None,
     )
+    if opts.measured is not None and opts.host is not None:
+        raise BadInput("--measured judges recorded levels again and sends no load, so --host has nothing to do; pass one of the two")
     if opts.replications < 2:
         raise BadInput("--replications must be at least 2 (the model's band needs a spread)")
     return EXIT_OK if validate(scenario, opts, run_dir(args.out, f"validate-{scenario.name}")) else EXIT_FAILED

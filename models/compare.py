@@ -12,7 +12,8 @@ funnel counts, latency percentiles and queue growth; absolute for utilization
 and for error, shed and abandonment rates.  A figure with fewer than
 ``min_samples`` requests on either side is shown but not judged (its sampling
 error alone can exceed the tolerance).  At an overload level (above 1.0) the
-latency checks give way to the shed and refusal rates and the queue growth.
+latency checks give way to the shed and refusal rates, the queue growth and
+the requests sent per registrant (retry amplification).
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def compare(
     for name, step in measured.steps.items():
         if name in m0.steps:
             checks += _step_checks(models, name, step, tol)
+    if (amplified := _amplification(models, measured, tol, overload)) is not None:
+        checks.append(amplified)
     for name, st in measured.stations.items():
         if name in m0.stations:
             checks += _station_checks(models, measured, name, st, tol, overload, inputs)
@@ -204,6 +207,34 @@ def _request_checks(
             )
         )
     return out
+
+
+AMPLIFICATION = "all requests"  # the subject of the requests-per-registrant check
+
+
+def _amplification(models: list[RunResult], measured: RunResult, tol: Tolerances, overload: bool) -> Check | None:
+    """Requests sent per registrant (every attempt of every request type over those who reached the first step):
+    the retry amplification.  Judged at an overload level (relative, the throughput tolerance), shown below it."""
+    first = next(iter(measured.steps), None)
+    if first is None or first not in models[0].steps:
+        return None
+
+    def per_registrant(r: RunResult) -> float:
+        arrived = sum(r.steps[first].reached)
+        return sum(sum(q.started) for q in r.requests.values()) / arrived if arrived else math.nan
+
+    arrived = min(sum(models[0].steps[first].reached), sum(measured.steps[first].reached))
+    judged = overload and arrived >= tol.min_samples
+    return Check(
+        AMPLIFICATION,
+        "per registrant",
+        per_registrant(models[0]),
+        per_registrant(measured),
+        tol.throughput if judged else None,
+        True,
+        _band([per_registrant(m) for m in models]),
+        "" if judged else ("judged at overload" if arrived >= tol.min_samples else f"fewer than {tol.min_samples}"),
+    )
 
 
 def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tolerances) -> list[Check]:

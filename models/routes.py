@@ -17,7 +17,7 @@ from models.stations import Station
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
 
-__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK"]
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD"]
 
 
 class Route:
@@ -60,7 +60,7 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, LOCK = range(5)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD = range(6)  # legs of a route through the processor
 
 
 def cpu_legs(
@@ -79,7 +79,8 @@ def cpu_legs(
     service; then the step in which the event loop resumes the request, which
     is waited for before the station is let go.  The thread's ``locks`` (its
     calls that give up the interpreter lock) each wait for the processor's
-    current step to end, before the thread's step.  The other steps are spread
+    current step to end, before the thread's step, which then runs ahead of the
+    loop's waiting steps (it holds the lock).  The other steps are spread
     over the gaps before, between and after the stations, first gaps first.
     The registry (an outside service) is visited, not held.  The request's own
     computation (``work``, e.g. a key stretch) adds to the step that resumes it
@@ -107,7 +108,7 @@ def cpu_legs(
         legs.append((HOLD, station, None))
         if j == thread_at:
             legs += [(LOCK, cpu, None)] * locks
-            legs.append((VISIT, cpu, step))
+            legs.append((THREAD, cpu, step))
         legs.append((DELAY, None, service))
         own = work if held and j == held[0] else None
         if resumes > 0:
@@ -178,6 +179,9 @@ class CpuRoute:
                 leg = m.env.timeout(sampler())
             elif sampler is None:  # the registry
                 leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)  # type: ignore[union-attr]
+            elif kind == THREAD:  # a worker thread's work, holding the interpreter lock: served next
+                self.step = sampler() * station.factor()
+                leg = station.urgent(self.step)
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
                 leg = station.request(self.step)

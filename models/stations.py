@@ -281,7 +281,9 @@ class Processor(Station):
     callbacks: a batch is the steps waiting when the previous one ended (or the
     step that found the processor idle), and steps that come during a batch wait
     for the next.  A worker thread's take of the interpreter lock waits for the
-    batch to end (:meth:`boundary`).
+    batch to end, at most the switch interval (:meth:`boundary`); once it has the
+    lock, the thread's own work runs next (:meth:`urgent`), ahead of the loop's
+    waiting steps.
     """
 
     def __init__(
@@ -329,6 +331,21 @@ class Processor(Station):
         if self.busy == 0 and self._batch == 0:
             self._batch = 1  # an idle processor: this step is a batch of its own
         return super().request(service, *args, **kwargs)
+
+    def urgent(self, service: float) -> Event:
+        """A worker thread's work once it holds the interpreter lock: served as soon as a server is free,
+        ahead of every waiting step (and inside the batch now running)."""
+        if self.busy < self.servers:
+            return self.request(service)
+        self.work += service
+        self.n_arrivals += 1
+        ev = Event(self.env)
+        self.queue.appendleft(_Job(ev, service, self.env._now, "abandoned", INF, None))
+        self.qlen += 1
+        self.n_waited += 1
+        if self.servers == 1:
+            self._batch += 1
+        return ev
 
     def boundary(self) -> Event:
         """An event when a worker thread gets the interpreter lock back: at once when the processor is

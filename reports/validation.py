@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,7 @@ class Knee:
 def _fmt(metric: str, v: float) -> str:
     if math.isnan(v):
         return "-"
-    if metric.startswith("p"):
+    if re.fullmatch(r"p\d+", metric):
         return f"{v * 1000:.1f}ms"
     if "rate" in metric or metric == "utilization":
         return f"{v:.2%}"

@@ -453,10 +453,13 @@ def test_a_requests_own_computation_is_calibrated_apart_from_its_steps() -> None
 
 @pytest.mark.slow
 def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_path: Path) -> None:
-    # tests/scenarios/validate-knee.yaml: a key stretch per registration makes the server's processor the knee.  What
-    # holds today: the pilot finds the processor, calibration carries the key stretch apart from the steps, at 0.9 a queue
-    # forms (register's measured p95 well above its value at 0.3), the model's throughput and the processor's utilization
-    # follow the measurement, and the model's curve is drawn.  Its latencies at the knee do not yet pass (docs/validation.md).
+    # tests/scenarios/validate-knee.yaml: a key stretch per registration makes the server's processor the knee.  The pilot
+    # finds the processor, calibration carries the key stretch apart from the steps, at 0.9 a queue forms (register's
+    # measured p95 well above its value at 0.3), and the model, given each level's own CPU time per request (so that this
+    # machine's changing speed is not what is tested), sees it form too: register's p50 at 0.9 within the near-knee
+    # tolerance (20 %), its p95 within a factor of 1.5 (the model's tail at the knee runs light, by 24 % on the run this
+    # test was written against: docs/validation.md), the throughput within 5 %; and the model's curve is drawn.  A model
+    # whose queue at the knee vanished (p95 back at its 0.3 value, a third of the measured) or doubled fails here.
     out = tmp_path / "knee"
     main(["validate", str(TEST_SCENARIOS / "validate-knee.yaml"), "--levels", "0.3,0.9", "--processor", "level", "--out", str(out), "-q"])
     report = json.loads((out / "validation.json").read_text())
@@ -467,4 +470,25 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert checks[(0.9, "register", "p95")]["measured"] > 1.5 * checks[(0.3, "register", "p95")]["measured"]
     for f in (0.3, 0.9):
         assert checks[(f, "register", "throughput /s")]["verdict"] == "pass", checks[(f, "register", "throughput /s")]
+    p50, p95 = checks[(0.9, "register", "p50")], checks[(0.9, "register", "p95")]
+    assert p50["tolerance"] == pytest.approx(0.2) and p50["verdict"] == "pass", p50
+    assert 1 / 1.5 <= p95["model"] / p95["measured"] <= 1.5, p95
+    assert p95["model"] > 2.5 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
+
+
+def test_fitted_overheads_recover_a_constant_delay_the_model_lacks(tmp_path: Path) -> None:
+    # the "measurement" is the model with 3 ms of overhead on register (another seed); fitting the overhead with the model
+    # itself at that load recovers it to within a histogram bucket (2 %) of the median; verify_email, without one, gets ~0
+    from models.calibrate import fitted_overheads
+    from models.simulate import simulate
+    from workflows.measure import level_file, raw_scenario
+
+    raw = raw_scenario(load_scenario(TEST_SCENARIOS / "validate-small.yaml"))
+    low = level_file(raw, "low", 20.0, 30.0, tmp_path / "low")
+    truth = {**raw, "seed": 99, "system": {**raw["system"], "overhead": {"register": {"dist": "constant", "value": "3ms"}}}}
+    measured = simulate(load_scenario(level_file(truth, "truth", 20.0, 30.0, tmp_path / "truth")), replications=1)[0]
+    fitted = fitted_overheads(low, {}, measured)
+    median = measured.requests["register"].total_latency.percentile(50)
+    assert fitted["register"] == pytest.approx(0.003, abs=0.03 * median)
+    assert fitted["verify_email"] <= 0.03 * measured.requests["verify_email"].total_latency.percentile(50)

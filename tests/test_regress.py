@@ -158,16 +158,16 @@ def test_bad_regress_input_is_refused_before_any_load(
 
 @pytest.mark.slow
 def test_regress_passes_an_unchanged_server_and_fails_a_slowed_one(tmp_path: Path) -> None:
-    # a baseline of two 30 s runs: on this machine a run's median moves about 12 % from run to run, so the band
+    # a baseline of two 20 s runs: on this machine a run's median moves about 12 % from run to run, so the band
     # flags only changes beyond about 45 %; the server here is twice as slow (30 % needs longer runs or the A/B mode)
     smoke = str(SCENARIOS / "smoke.yaml")
     base = tmp_path / "smoke.json"
-    assert main(["baseline", smoke, "--to", str(base), "--runs", "2", "--duration", "30s", "-q"]) == 0
+    assert main(["baseline", smoke, "--to", str(base), "--runs", "2", "--duration", "20s", "-q"]) == 0
     assert len(json.loads(base.read_text())["runs"]) == 2
     same = tmp_path / "same"
-    assert main(["regress", smoke, "--baseline", str(base), "--duration", "30s", "--out", str(same), "-q"]) == 0
+    assert main(["regress", smoke, "--baseline", str(base), "--duration", "20s", "--out", str(same), "-q"]) == 0
     slow = tmp_path / "slow"
-    code = main(["regress", smoke, "--baseline", str(base), "--duration", "30s", "--out", str(slow), "-q", "--server-fault", "slow=100%"])
+    code = main(["regress", smoke, "--baseline", str(base), "--duration", "20s", "--out", str(slow), "-q", "--server-fault", "slow=100%"])
     assert code == 1
     root = ET.fromstring((slow / "junit.xml").read_text())
     failed = {c.get("name", "").split()[0] for c in root.iter("testcase") if c.find("failure") is not None}
@@ -184,11 +184,11 @@ def test_ab_regress_passes_the_same_build_and_fails_a_slowed_one(tmp_path: Path)
     smoke = str(SCENARIOS / "smoke.yaml")
     with started(server_config(load_scenario(smoke), test_mode=True), tmp_path / "old") as old:
         same = tmp_path / "same"
-        assert main(["regress", smoke, "--against", old, "--duration", "40s", "--out", str(same), "-q"]) == 0
+        assert main(["regress", smoke, "--against", old, "--duration", "30s", "--out", str(same), "-q"]) == 0
         assert json.loads((same / "regress.json").read_text())["mode"] == "ab"
         assert (same / "run" / "against" / "result.json").exists()
         slow = tmp_path / "slow"
-        code = main(["regress", smoke, "--against", old, "--duration", "40s", "--out", str(slow), "-q", "--server-fault", "slow=30%"])
+        code = main(["regress", smoke, "--against", old, "--duration", "30s", "--out", str(slow), "-q", "--server-fault", "slow=30%"])
     assert code == 1
     root = ET.fromstring((slow / "junit.xml").read_text())
     failures = [c for c in root.iter("testcase") if c.find("failure") is not None]

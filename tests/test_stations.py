@@ -131,8 +131,9 @@ def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
 
 def test_processor_steps_sit_inside_the_station_visits() -> None:
     # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
-    # thread's step and its resumption; the 2 steps left go to the gaps before web and between web and db (first gaps first)
-    from models.routes import DELAY, HOLD, RELEASE, VISIT, cpu_legs
+    # thread's step (served ahead of the loop's steps: it holds the lock) and its resumption; the 2 steps left go to the
+    # gaps before web and between web and db (first gaps first)
+    from models.routes import DELAY, HOLD, RELEASE, THREAD, VISIT, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
@@ -146,7 +147,7 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
         (RELEASE, "web"),
         (VISIT, "cpu"),
         (HOLD, "db"),
-        (VISIT, "cpu"),
+        (THREAD, "cpu"),
         (DELAY, None),
         (VISIT, "cpu"),
         (RELEASE, "db"),
@@ -155,14 +156,14 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
 
 def test_a_requests_own_computation_joins_its_resumption_inside_the_first_station() -> None:
     # system.cpu.work (e.g. a key stretch): the same legs, and the step that resumes it inside web costs step + work
-    from models.routes import VISIT, cpu_legs
+    from models.routes import THREAD, VISIT, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
     plain = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
     legs = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}), work=lambda: 0.010)
     assert [(k, st) for k, st, _ in legs] == [(k, st) for k, st, _ in plain]
-    costs = [round(f(), 6) for k, _, f in legs if k == VISIT and f is not None]
+    costs = [round(f(), 6) for k, _, f in legs if k in (VISIT, THREAD) and f is not None]
     assert costs == [0.0002, 0.0102, 0.0002, 0.0002, 0.0002]  # before web, web's resumption (+ work), db's thread, db's resumption
     # with no steps at all the work still runs inside web
     alone = cpu_legs([(web, lambda: 0.025)], cpu, 0, None, frozenset(), work=lambda: 0.010)
@@ -197,10 +198,11 @@ def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:
     assert seen[-1] == pytest.approx(cpu.factor(0.6 / 1.6))  # 0.6 s of work in the 1.6 s since the start
 
 
-def test_processor_runs_batches_and_a_lock_take_waits_for_the_batch() -> None:
+def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goes_first() -> None:
     # A takes the idle processor at 0 (1 ms); B and C come during A, so they form the next batch (1-2 ms, 2-3 ms).
     # A lock take asked for at 1.5 ms, during B, waits for that batch to end at 3 ms, not for B's end at 2 ms.
-    # One asked for during a 20 ms step is let go after the switch interval (5 ms).
+    # One asked for during a 20 ms step is let go after the switch interval (5 ms).  A worker thread's work asked for
+    # at 1.6 ms (0.5 ms; it holds the lock) runs as soon as B ends, ahead of C, and inside the batch: C ends at 3.5 ms.
     from models.stations import SWITCH_INTERVAL, Processor
 
     env = simpy.Environment()
@@ -217,13 +219,19 @@ def test_processor_runs_batches_and_a_lock_take_waits_for_the_batch() -> None:
         yield cpu.boundary()
         got[name] = env.now
 
+    def thread(name: str, at: float, service: float) -> Generator[simpy.Event, None, None]:
+        yield env.timeout(at)
+        yield cpu.urgent(service)
+        got[name] = env.now
+
     for name, at, service in (("A", 0.0, 0.001), ("B", 0.0002, 0.001), ("C", 0.0004, 0.001), ("D", 0.010, 0.020)):
         env.process(step(name, at, service))
     env.process(lock("lock in batch", 0.0015))
+    env.process(thread("thread", 0.0016, 0.0005))
     env.process(lock("lock in long step", 0.011))
     env.process(lock("lock when idle", 0.005))
     env.run()
-    assert got["B"] == pytest.approx(0.002) and got["C"] == pytest.approx(0.003)
-    assert got["lock in batch"] == pytest.approx(0.003)
+    assert got["B"] == pytest.approx(0.002) and got["thread"] == pytest.approx(0.0025) and got["C"] == pytest.approx(0.0035)
+    assert got["lock in batch"] == pytest.approx(0.0035)
     assert got["lock in long step"] == pytest.approx(0.011 + SWITCH_INTERVAL)
     assert got["lock when idle"] == pytest.approx(0.005)

@@ -64,6 +64,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
         calibration_overlay,
         cpu_estimates,
         cpu_speedup,
+        fitted_overheads,
         held_services,
         overheads,
         service_estimates,
@@ -104,6 +105,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     overlay = calibration_overlay(scenario, estimates, overhead)
     cpu: dict[str, CpuEstimate] = {}
     cpu_rate = speedup = u_low = u_work = 0.0
+    fitted = False
     # the processor's phase runs at a share of the saturation rate with the processor as measured at low load in it:
     # a server whose own CPU is the knee saturates well below its stations
     held_low = held_services(low.scenario, estimates, low_cpu, threads)
@@ -125,13 +127,19 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
                 "reference": {"rate": round(phase.rate, 4), "duration": phase.duration, "compress": round(phase.compress, 4)},
             }
         )
+        # the model with its processor runs the low load itself: the overhead is what its median lacks there
+        overhead = fitted_overheads(low_file, overlay, low.result)
+        overlay["system"].pop("overhead", None)
+        if overhead:
+            overlay["system"]["overhead"] = calibration_overlay(scenario, {}, overhead)["system"]["overhead"]
+        fitted = True
     path = run_dir / "calibration.yaml"
     header = calibration_header(
         source, path, f"{rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "")
     )
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
-    text = _calibration_text(scenario, estimates, low_cpu, cpu, (speedup, u_low, u_work), modes, overhead)
+    text = _calibration_text(scenario, estimates, low_cpu, cpu, (speedup, u_low, u_work), modes, overhead, fitted)
     return Calibrated(calibration, path, text)
 
 
@@ -165,8 +173,10 @@ def _calibration_text(
     law: tuple[float, float, float],
     modes: SpeedModes | None,
     overhead: dict[str, float],
+    fitted: bool = False,
 ) -> str:
-    """What calibration found, printable: the demands, the processor (``law``: speedup, low and working utilization), the overheads."""
+    """What calibration found, printable: the demands, the processor (``law``: speedup, low and working utilization), the overheads
+    (``fitted``: matched to the low load's medians by the model itself, see :func:`models.calibrate.fitted_overheads`)."""
     text = _estimates_text(scenario, estimates)
     if cpu:
         text += "\n\n" + _processor_text(low_cpu, cpu, *law)
@@ -176,7 +186,11 @@ def _calibration_text(
         text += "\n\nthe server publishes no CPU accounting (surgecap_cpu_*): the model keeps no processor station"
     if overhead:
         text += (
-            "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU time):\n"
+            "\n\noverhead outside the stations and the processor (the delay that brings the model's median latency at low load, its own "
+            "queueing included, to the measured median):\n"
+            if fitted
+            else "\n\noverhead outside the stations and the processor (mean latency at low load minus the station demands and the CPU "
+            "time):\n"
         )
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
     return text

@@ -23,10 +23,21 @@ import yaml
 from models.calibrate import Snapshot
 from models.results import RunResult
 from models.scenario import Scenario
-from workflows import RunFailed
+from workflows import BadInput, RunFailed
 from workflows.target import cpus, pool_size, server_config
 
-__all__ = ["Lab", "Measurement", "level_file", "raw_scenario", "flush_writes", "pending_writes", "warm", "CPU_WARMUP"]
+__all__ = [
+    "Lab",
+    "Measurement",
+    "level_file",
+    "raw_scenario",
+    "recorded",
+    "flush_writes",
+    "pending_writes",
+    "warm",
+    "CPU_WARMUP",
+    "SNAPSHOTS",
+]
 
 CPU_WARMUP = 0.25  # share of a processor phase left out: a fresh server's first requests cost more (imports, caches, connections)
 
@@ -40,6 +51,11 @@ class Measurement:
     before: Snapshot | None
     after: Snapshot | None
 
+    def keep(self, level_dir: Path) -> None:
+        """Write the metrics scraped around the level to ``level_dir``/:data:`SNAPSHOTS` (:func:`recorded` reads them)."""
+        snaps = {"before": self.before.to_dict() if self.before else None, "after": self.after.to_dict() if self.after else None}
+        (level_dir / SNAPSHOTS).write_text(json.dumps(snaps))
+
     @property
     def cpu_utilization(self) -> float | None:
         """The server process's CPU use over the level, as a share of one core (None without CPU accounting)."""
@@ -47,6 +63,41 @@ class Measurement:
         if b is None or a is None or b.cpu_seconds is None or a.cpu_seconds is None or a.at <= b.at:
             return None
         return (a.cpu_seconds - b.cpu_seconds) / (a.at - b.at)
+
+
+SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before and just after its load
+
+
+def recorded(level_dir: Path) -> Measurement:
+    """A level measured earlier, read back from its directory: its scenario, result and the metrics around it.
+
+    The metrics are those :meth:`Measurement.keep` wrote; a level recorded
+    before they were kept falls back on the first and last of the load's own
+    scrapes (``scrapes.json``, seconds inside the load rather than just around
+    it).  :class:`BadInput` when the directory holds no measured level.
+    """
+    from models.calibrate import Snapshot
+    from models.loader import ScenarioError, load_scenario
+    from models.results import load
+
+    try:
+        scenario = load_scenario(level_dir / "scenario.yaml")
+        result = load(level_dir)
+    except (OSError, ValueError, KeyError, ScenarioError) as exc:
+        raise BadInput(f"{level_dir}: not a measured level (scenario.yaml and result.json of a validate run): {exc}") from None
+    before = after = None
+    try:
+        if (level_dir / SNAPSHOTS).exists():
+            snaps = json.loads((level_dir / SNAPSHOTS).read_text())
+            before = Snapshot.from_dict(snaps["before"]) if snaps.get("before") else None
+            after = Snapshot.from_dict(snaps["after"]) if snaps.get("after") else None
+        elif (level_dir / "scrapes.json").exists():
+            scrapes = json.loads((level_dir / "scrapes.json").read_text())
+            if len(scrapes) >= 2:
+                before, after = Snapshot.from_dict(scrapes[0]), Snapshot.from_dict(scrapes[-1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise BadInput(f"{level_dir}: its server metrics cannot be read: {exc}") from None
+    return Measurement(scenario, result, before, after)
 
 
 def pending_writes(meminfo: str) -> int:
@@ -194,4 +245,6 @@ class Lab:
             self.uploads.append(run_dir / "server" / "photos")
         if interrupted:
             raise KeyboardInterrupt
-        return Measurement(scenario, measured, before, after)
+        found = Measurement(scenario, measured, before, after)
+        found.keep(run_dir)
+        return found

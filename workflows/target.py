@@ -74,8 +74,20 @@ def server_config(scenario: Scenario, test_mode: bool = False, fault: dict[str, 
     return cfg
 
 
+ANSWER_ALLOWANCE = 2.0  # seconds a journey's pool allows for each request's answer (more at overload, with room below)
+POOL_CAP = 5000  # users: idle ones wait on the arrival queue and cost nothing but memory
+
+
 def pool_size(scenario: Scenario, duration: float) -> int:
-    """Users enough for the open model: peak arrival rate x expected journey length, with room."""
+    """Users enough for the open model: peak arrival rate x the longest usual journey, with room.
+
+    A journey's length allows each step its think time, an answer of
+    :data:`ANSWER_ALLOWANCE` per attempt and the retry policy's backoffs at
+    their longest (jitter up), so that a server past its knee, shedding and
+    answering slowly while registrants retry, does not run the pool dry: an
+    arrival that finds no idle user starts late (or is dropped, and counted),
+    and the load would no longer be open.
+    """
     import numpy as np
 
     from models.arrivals import rate_at
@@ -83,8 +95,14 @@ def pool_size(scenario: Scenario, duration: float) -> int:
     start = scenario.window[0]
     grid = np.linspace(start, start + duration, 200)
     peak = float(rate_at(scenario.arrivals, grid, scenario.horizon).max()) * scenario.run.scale
-    journey = sum(step.think.mean / scenario.run.compress + 2.0 for step in scenario.journey)
-    return int(min(5000, max(20, peak * journey * 1.5 + 10)))
+    journey = 0.0
+    for step in scenario.journey:
+        retry = step.retry
+        backoffs = sum(
+            min(retry.backoff * retry.multiplier**k, retry.max_backoff) * (1 + retry.jitter) for k in range(retry.max_attempts - 1)
+        )
+        journey += (step.think.mean + backoffs) / scenario.run.compress + ANSWER_ALLOWANCE * retry.max_attempts
+    return int(min(POOL_CAP, max(20, peak * journey * 1.5 + 10)))
 
 
 def cpus() -> tuple[int | None, int | None]:

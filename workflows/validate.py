@@ -7,6 +7,7 @@ judges them; the report goes to ``validation.html`` and ``validation.json``.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from models.overlay import Calibration
 from models.scenario import CpuReference, Scenario
 from models.units import format_duration
 from reports.validation import Knee, Level, Speed, verdict_table
+from workflows import BadInput
 from workflows.calibrate import NoMetrics, calibrate
-from workflows.measure import Lab, Measurement, level_file, raw_scenario, warm
+from workflows.measure import Lab, Measurement, level_file, raw_scenario, recorded, warm
 from workflows.output import say
 
 __all__ = ["ValidateOptions", "LevelRun", "validate", "judge_level", "level_processor", "reference_speed"]
@@ -40,6 +42,7 @@ class ValidateOptions:
     diagnose: bool = True
     host: str | None = None
     quiet: bool = False
+    measured: Path | None = None  # judge the levels recorded in this validate run's directory again, without load
 
 
 @dataclass(frozen=True)
@@ -211,11 +214,82 @@ def _bracket(opts: ValidateOptions, calibration: Calibration, reference: CpuRefe
     return True
 
 
+def _recorded_speeds(measured: Path) -> dict[float, Speed]:
+    """The machine's speed around each level of a recorded validation (its validation.json), where it was measured."""
+    try:
+        levels = json.loads((measured / "validation.json").read_text()).get("levels", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out: dict[float, Speed] = {}
+    for lv in levels:
+        speed = lv.get("machine_speed") if isinstance(lv, dict) else None
+        if isinstance(speed, dict):
+            out[float(lv["fraction"])] = Speed(speed.get("before"), speed.get("after"))
+    return out
+
+
+def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
+    """Judge the levels a validate run recorded (``opts.measured``) again with the model as it is now; no load is sent.
+
+    The calibration is the recorded run's own unless one is given; with the
+    calibrated processor each level keeps the machine's speed measured around
+    it then.  For working on the model: a change is checked against the same
+    measurements, in seconds, before a new validation measures again.
+    """
+    from models.bottleneck import saturation
+
+    measured = opts.measured
+    assert measured is not None
+    if not measured.is_dir():
+        raise BadInput(f"--measured {measured}: no such directory (a capacity validate run's --out)")
+    calibration = opts.calibration
+    if calibration is None:
+        from models.overlay import CalibrationError
+
+        try:
+            calibration = Calibration.read(measured / "calibration" / "calibration.yaml")
+        except CalibrationError as exc:
+            raise BadInput(f"--measured {measured}: {exc}; pass --calibration") from None
+    found = {float(d.name.removeprefix("level-")): d for d in measured.glob("level-*") if d.is_dir()}
+    missing = [f for f in opts.levels if f not in found]
+    if missing or not found:
+        raise BadInput(
+            f"--measured {measured}: no recorded level {', '.join(f'{f:g}' for f in missing) or '(none at all)'}; it has "
+            f"{', '.join(f'{f:g}' for f in sorted(found)) or 'none'} (pass --levels)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    calibrated = calibration.on(scenario)
+    knee = saturation(calibrated)
+    speeds = _recorded_speeds(measured) if opts.processor == "calibrated" and opts.speed_reference == "bracket" else {}
+    say("validate", f"judging the levels recorded in {measured}/ again (no load): {', '.join(f'{f:g}' for f in opts.levels)}", opts.quiet)
+    done: list[Level] = []
+    durations: list[float] = []
+    for f in opts.levels:
+        measurement = recorded(found[f])
+        durations.append(measurement.scenario.horizon)
+        rate = f * knee.rate
+        lv = judge_level(
+            LevelRun(f, rate, found[f] / "scenario.yaml", run_dir / f"level-{f:g}", measurement),
+            calibration,
+            opts.processor,
+            opts.replications,
+            diagnose=opts.diagnose,
+            quiet=opts.quiet,
+            speed=speeds.get(f),
+        )
+        done.append(lv)
+        _print_level(lv, measurement.cpu_utilization)
+    reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None and speeds else None
+    meta = {**_meta(scenario, opts, durations, calibration, reference, knee), "measured": f"recorded in {measured}, judged again"}
+    return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
+
+
 def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
     """Calibrate (unless given a calibration), measure and judge every level, write the report; True when every check passed."""
     from models.bottleneck import level_duration, saturation
-    from reports.validation import write_report
 
+    if opts.measured is not None:
+        return rejudge(scenario, opts, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     raw = raw_scenario(scenario)
     with Lab(opts.host, opts.quiet) as lab:
@@ -262,8 +336,26 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             )
             done.append(lv)
             _print_level(lv, cpu)
-    knee_check = _knee(calibrated, knee, done, durations, opts.levels)
     meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee)
+    return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
+
+
+def _finish(
+    run_dir: Path,
+    scenario: Scenario,
+    opts: ValidateOptions,
+    calibration: Calibration,
+    calibrated: Scenario,
+    knee: Limit,
+    done: list[Level],
+    durations: list[float],
+    meta: dict[str, Any],
+) -> bool:
+    """The knee check, the model's curve and the report; True when every check passed."""
+    from reports.validation import write_report
+
+    raw = raw_scenario(scenario)
+    knee_check = _knee(calibrated, knee, done, durations, opts.levels)
     curve = model_curve(raw, scenario.name, calibration, knee.rate, opts.duration, run_dir / "curve", opts.quiet)
     html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta, curve)
     print(
