@@ -139,10 +139,11 @@ def build_parser(bad_input: int = 2) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--speed-reference",
-        choices=["bracket", "none"],
-        default="bracket",
-        help="with the calibrated processor: rerun the calibration's processor phase after every level and scale each level's CPU times "
-        "by the machine's speed measured just before and after it (default bracket; none: as calibrated)",
+        choices=["auto", "work", "bracket", "none"],
+        default="auto",
+        help="with the calibrated processor, scale each level's CPU times by the machine's speed: work, from the CPU time of the "
+        "server's fixed computation during the level (reference_server.work); bracket, from the calibration's processor phase rerun "
+        "after every level; auto (default): work where the calibration has such a computation, else bracket; none: as calibrated",
     )
     p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 5)")
     p.add_argument(

@@ -50,6 +50,7 @@ __all__ = [
     "service_estimates",
     "overheads",
     "fitted_overheads",
+    "work_speed",
     "calibration_overlay",
     "CpuEstimate",
     "cpu_estimates",
@@ -405,6 +406,29 @@ def speed_index(work: dict[str, Any], now: dict[str, CpuEstimate]) -> float | No
         if then > 0:
             num += est.n * est.demand
             den += est.n * then
+    return num / den if den > 0 else None
+
+
+def work_speed(work: dict[str, Any], before: Snapshot, after: Snapshot) -> float | None:
+    """The machine's speed between two scrapes from the server's fixed computation (``reference_server.work``): its CPU
+    time per request then over the calibrated one (``work``: a calibrated overlay's ``system.cpu.work``), weighed by
+    how often each request type did it.  None when no request did any, or the calibration has none."""
+    from models.units import parse_duration
+
+    num = den = 0.0
+    for rt, w in work.items():
+        own = w.get("work") if isinstance(w, dict) else None
+        if not isinstance(own, dict):
+            continue
+        then = parse_duration(own.get("value", own.get("mean", 0.0)))
+        now_acc, was_acc = after.cpu_typed.get(rt, []), before.cpu_typed.get(rt, [])
+        if then <= 0 or len(now_acc) < 8:
+            continue
+        was = [*was_acc, *[0.0] * 8][:8]
+        seconds, done = now_acc[6] - was[6], now_acc[7] - was[7]
+        if done > 0:
+            num += seconds
+            den += done * then
     return num / den if den > 0 else None
 
 

@@ -17,7 +17,7 @@ from models.stations import Station
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
 
-__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD", "TURN"]
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD"]
 
 
 class Route:
@@ -60,7 +60,7 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, TURN = range(7)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD = range(6)  # legs of a route through the processor
 
 
 def cpu_legs(
@@ -77,9 +77,7 @@ def cpu_legs(
     Each station is held for its whole visit: in a threaded station (its work
     runs in a worker thread) one step first, the thread's work; then the
     service; then the step in which the event loop resumes the request, which
-    is waited for before the station is let go.  That step joins the queue only
-    after the loop's running batch ends (``TURN``): asyncio runs a timer's or a
-    future's callback in one pass and the coroutine it wakes in the next.  The thread's ``locks`` (its
+    is waited for before the station is let go.  The thread's ``locks`` (its
     calls that give up the interpreter lock) each wait for the processor's
     current step to end, before the thread's step, which then runs ahead of the
     loop's waiting steps (it holds the lock).  The other steps are spread
@@ -112,7 +110,6 @@ def cpu_legs(
             legs += [(LOCK, cpu, None)] * locks
             legs.append((THREAD, cpu, step))
         legs.append((DELAY, None, service))
-        legs.append((TURN, cpu, None))
         own = work if held and j == held[0] else None
         if resumes > 0:
             legs.append((VISIT, cpu, _plus(step, own) if own is not None and step is not None else step))
@@ -173,10 +170,6 @@ class CpuRoute:
             if kind == HOLD:
                 leg = station.hold(self.deadline)
                 leg.callbacks.append(self._held)  # type: ignore[union-attr]
-                return
-            if kind == TURN:
-                leg = station.next_turn()
-                leg.callbacks.append(self.next)  # type: ignore[union-attr]
                 return
             if kind == LOCK:
                 leg = station.boundary()

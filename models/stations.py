@@ -280,12 +280,10 @@ class Processor(Station):
     With one server the steps run in *batches*, as an event loop runs its ready
     callbacks: a batch is the steps waiting when the previous one ended (or the
     step that found the processor idle), and steps that come during a batch wait
-    for the next.  A request woken by a timer or a finished future waits for the
-    running batch to end before its step joins the queue (:meth:`next_turn`).  A
-    worker thread's take of the interpreter lock waits for the batch to end, at
-    most the switch interval (:meth:`boundary`); once it has the lock, the
-    thread's own work runs next (:meth:`urgent`), ahead of the loop's waiting
-    steps.
+    for the next.  A worker thread's take of the interpreter lock waits for the
+    batch to end, at most the switch interval (:meth:`boundary`); once it has the
+    lock, the thread's own work runs next (:meth:`urgent`), ahead of the loop's
+    waiting steps.
     """
 
     def __init__(
@@ -311,7 +309,6 @@ class Processor(Station):
         self.window = window
         self.work = 0.0  # server-seconds started, cumulative
         self._boundary: list[Event] = []
-        self._turn: list[Event] = []  # waiting for the running batch to end (see :meth:`next_turn`)
         self._mark = (env.now, 0.0)
         self._batch = 0  # steps left in the batch now running (one server only)
 
@@ -350,16 +347,6 @@ class Processor(Station):
             self._batch += 1
         return ev
 
-    def next_turn(self) -> Event:
-        """An event when the batch now running ends (at once when the processor is idle): a coroutine woken by a
-        timer or a finished future is resumed by a callback that the loop runs in its next batch, and the
-        coroutine's own step comes in the batch after that."""
-        if self.busy == 0:
-            return _fire(self.env, None)
-        ev = Event(self.env)
-        self._turn.append(ev)
-        return ev
-
     def boundary(self) -> Event:
         """An event when a worker thread gets the interpreter lock back: at once when the processor is
         idle, else when the running batch ends (one server) or the running step ends (several), and at
@@ -389,10 +376,6 @@ class Processor(Station):
             for ev in self._boundary:
                 self._let_go(ev)
             self._boundary = []
-        if self._turn:
-            for ev in self._turn:
-                self._let_go(ev)
-            self._turn = []
         super()._release(event)
 
 

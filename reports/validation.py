@@ -21,27 +21,35 @@ __all__ = ["Level", "Speed", "Knee", "verdict_table", "write_report"]
 
 @dataclass(frozen=True)
 class Speed:
-    """The machine's speed around a level: the calibration's processor load run again just before and just after it.
+    """The machine's speed at a level, as CPU time now over at calibration (1.1: 10 % slower).
 
-    Each figure is the CPU time of the same requests then over at calibration
-    (1.1: 10 % slower); ``factor``, the mean of the two found, scales the
-    calibrated processor's CPU times for this level.
+    Either the calibration's processor load run again just before and just
+    after the level (``before``, ``after``: ``factor`` is their mean), or, on a
+    server that does a fixed computation per request (the reference server's
+    ``reference_server.work``), that computation's CPU time during the level
+    itself (``during``: ``factor``).  The factor scales the calibrated
+    processor's CPU times for this level.
     """
 
     before: float | None
     after: float | None
+    during: float | None = None
 
     @property
     def factor(self) -> float:
+        if self.during is not None:
+            return self.during
         found = [x for x in (self.before, self.after) if x is not None]
         return sum(found) / len(found) if found else 1.0
 
     def describe(self) -> str:
+        if self.during is not None:
+            return f"the machine's CPU time per request {self.factor:.3f} x calibration's (the server's fixed work during the level)"
         parts = [f"{name} {x:.3f}" for name, x in (("before", self.before), ("after", self.after)) if x is not None]
         return f"the machine's CPU time per request {self.factor:.3f} x calibration's (reference load {', '.join(parts) or 'not measured'})"
 
     def to_dict(self) -> dict[str, float | None]:
-        return {"factor": self.factor, "before": self.before, "after": self.after}
+        return {"factor": self.factor, "before": self.before, "after": self.after, "during": self.during}
 
 
 @dataclass
@@ -56,7 +64,7 @@ class Level:
     # the same comparison with the model given this level's own measured CPU time per request
     # (operational): tells a wrong model from a processor whose speed moved since calibration
     given_cpu: list[Check] | None = None
-    # the machine's speed around the level (validate --speed-reference bracket): the calibrated processor was scaled by it
+    # the machine's speed at the level (validate --speed-reference): the calibrated processor was scaled by it
     speed: Speed | None = None
 
     @property

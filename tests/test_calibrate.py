@@ -492,3 +492,35 @@ def test_fitted_overheads_recover_a_constant_delay_the_model_lacks(tmp_path: Pat
     median = measured.requests["register"].total_latency.percentile(50)
     assert fitted["register"] == pytest.approx(0.003, abs=0.03 * median)
     assert fitted["verify_email"] <= 0.03 * measured.requests["verify_email"].total_latency.percentile(50)
+
+
+def test_the_machines_speed_during_a_level_from_the_servers_fixed_work() -> None:
+    # reference_server.work is a fixed computation, so its CPU time per request now over calibration's is the machine's
+    # speed: 100 registrations at 12 ms against 10 ms calibrated and 50 photos at 3.3 ms against 3 ms give
+    # (1.2 + 0.165) / (1.0 + 0.15) = 1.187; a type without calibrated work (verify_email) does not count
+    from models.calibrate import work_speed
+    from models.overlay import Calibration
+    from reports.validation import Speed
+    from workflows.validate import ValidateOptions, speed_mode
+
+    work = {
+        "register": {"steps": 5, "step": {"dist": "gamma", "mean": "0.2ms", "cv": 1.0}, "work": {"dist": "constant", "value": "10ms"}},
+        "upload_photo": {"steps": 6, "step": {"dist": "gamma", "mean": "0.2ms", "cv": 1.0}, "work": {"dist": "constant", "value": "3ms"}},
+        "verify_email": {"steps": 5, "step": {"dist": "gamma", "mean": "0.2ms", "cv": 1.0}},
+    }
+    before = Snapshot(at=0.0, cpu_seconds=0.0, cpu_typed={"register": [0.0] * 8})
+    typed = {
+        "register": [100, 500, 1.25, 0.1, 0.0, 0.0, 1.2, 100],
+        "upload_photo": [50, 300, 0.2, 0.01, 0.0, 0.0, 0.165, 50],
+        "verify_email": [80, 400, 0.05, 0.001, 0.0, 0.0, 0.0, 0],
+    }
+    after = Snapshot(at=10.0, cpu_seconds=1.7, cpu_typed=typed)
+    assert work_speed(work, before, after) == pytest.approx(1.365 / 1.15)
+    assert work_speed({"verify_email": work["verify_email"]}, before, after) is None
+    assert Speed(1.0, 1.4, during=1.187).factor == pytest.approx(1.187) and Speed(1.0, 1.4).factor == pytest.approx(1.2)
+    with_work = Calibration({"system": {"cpu": {"cores": 1, "work": work}}})
+    without = Calibration({"system": {"cpu": {"cores": 1, "work": {"verify_email": work["verify_email"]}}}})
+    assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None), with_work) == "work"
+    assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None), without) == "bracket"
+    assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None, speed_reference="bracket"), with_work) == "bracket"
+    assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None, processor="level"), with_work) == "none"

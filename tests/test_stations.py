@@ -130,11 +130,10 @@ def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
 
 
 def test_processor_steps_sit_inside_the_station_visits() -> None:
-    # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step (which waits for
-    # the loop's running batch to end before it queues), db through the
+    # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
     # thread's step (served ahead of the loop's steps: it holds the lock) and its resumption; the 2 steps left go to the
     # gaps before web and between web and db (first gaps first)
-    from models.routes import DELAY, HOLD, RELEASE, THREAD, TURN, VISIT, cpu_legs
+    from models.routes import DELAY, HOLD, RELEASE, THREAD, VISIT, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
@@ -144,14 +143,12 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
         (VISIT, "cpu"),
         (HOLD, "web"),
         (DELAY, None),
-        (TURN, "cpu"),
         (VISIT, "cpu"),
         (RELEASE, "web"),
         (VISIT, "cpu"),
         (HOLD, "db"),
         (THREAD, "cpu"),
         (DELAY, None),
-        (TURN, "cpu"),
         (VISIT, "cpu"),
         (RELEASE, "db"),
     ]
@@ -206,7 +203,6 @@ def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goe
     # A lock take asked for at 1.5 ms, during B, waits for that batch to end at 3 ms, not for B's end at 2 ms.
     # One asked for during a 20 ms step is let go after the switch interval (5 ms).  A worker thread's work asked for
     # at 1.6 ms (0.5 ms; it holds the lock) runs as soon as B ends, ahead of C, and inside the batch: C ends at 3.5 ms.
-    # A request woken at 1.2 ms (a timer) queues its step only when the batch running then (B, C) ends.
     from models.stations import SWITCH_INTERVAL, Processor
 
     env = simpy.Environment()
@@ -223,13 +219,6 @@ def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goe
         yield cpu.boundary()
         got[name] = env.now
 
-    def woken(name: str, at: float) -> Generator[simpy.Event, None, None]:
-        yield env.timeout(at)
-        yield cpu.next_turn()
-        got[name + " queues"] = env.now
-        yield cpu.request(0.0001)
-        got[name] = env.now
-
     def thread(name: str, at: float, service: float) -> Generator[simpy.Event, None, None]:
         yield env.timeout(at)
         yield cpu.urgent(service)
@@ -239,13 +228,10 @@ def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goe
         env.process(step(name, at, service))
     env.process(lock("lock in batch", 0.0015))
     env.process(thread("thread", 0.0016, 0.0005))
-    env.process(woken("woken", 0.0012))
     env.process(lock("lock in long step", 0.011))
     env.process(lock("lock when idle", 0.005))
     env.run()
     assert got["B"] == pytest.approx(0.002) and got["thread"] == pytest.approx(0.0025) and got["C"] == pytest.approx(0.0035)
     assert got["lock in batch"] == pytest.approx(0.0035)
-    # the batch of B and C (with the thread's work) ends at 3.5 ms; the woken step then finds the processor free
-    assert got["woken queues"] == pytest.approx(0.0035) and got["woken"] == pytest.approx(0.0036)
     assert got["lock in long step"] == pytest.approx(0.011 + SWITCH_INTERVAL)
     assert got["lock when idle"] == pytest.approx(0.005)

@@ -37,7 +37,7 @@ class ValidateOptions:
     duration: float
     calibration: Calibration | None  # None: calibrate first
     processor: str = "calibrated"  # or "level": each level's own CPU time per request (operational validation)
-    speed_reference: str = "bracket"  # or "none"
+    speed_reference: str = "auto"  # "work", "bracket" or "none"; auto: work where the calibration has fixed work, else bracket
     replications: int = 5
     diagnose: bool = True
     host: str | None = None
@@ -192,9 +192,45 @@ def _calibration(scenario: Scenario, opts: ValidateOptions, run_dir: Path, lab: 
     return found.calibration, True
 
 
+def speed_mode(opts: ValidateOptions, calibration: Calibration) -> str:
+    """How each level's machine speed is found: "work" (the server's fixed computation during the level), "bracket"
+    (reference runs around it) or "none"; "auto" is work where the calibration has such a computation, else bracket."""
+    if opts.processor != "calibrated" or calibration.cpu is None or opts.speed_reference == "none":
+        return "none"
+    if opts.speed_reference != "auto":
+        return opts.speed_reference
+    work = calibration.cpu.get("work", {})
+    return "work" if any(isinstance(w, dict) and isinstance(w.get("work"), dict) for w in work.values()) else "bracket"
+
+
+def _during(calibration: Calibration, calibrated: Scenario, measurement: Measurement, fraction: float, quiet: bool) -> Speed | None:
+    """The machine's speed during a level from the server's fixed computation (None, said, when it did none).
+
+    The model already makes CPU work cheaper as the processor gets busier (the
+    calibrated speedup law), so the fixed work's CPU time is compared with what
+    that law gives at the level's own utilization, not with its calibrated
+    time at the calibration's load.
+    """
+    from models.calibrate import work_speed
+
+    cpu = calibration.cpu or {}
+    found = (
+        work_speed(cpu.get("work", {}), measurement.before, measurement.after)
+        if measurement.before is not None and measurement.after is not None
+        else None
+    )
+    if found is None:
+        say("validate", f"level {fraction:g}: the server reported no fixed work, so its processor stays as calibrated", quiet)
+        return None
+    busy, law = measurement.cpu_utilization, calibrated.system.cpu
+    if busy is not None and law is not None:
+        found /= law.factor(busy)
+    return Speed(None, None, during=found)
+
+
 def _bracket(opts: ValidateOptions, calibration: Calibration, reference: CpuReference | None) -> bool:
     """Whether each level is bracketed by speed-reference runs, saying why not when it was asked for and cannot be."""
-    if opts.processor != "calibrated" or opts.speed_reference != "bracket" or calibration.cpu is None:
+    if speed_mode(opts, calibration) != "bracket":
         return False
     if reference is None:
         say(
@@ -260,13 +296,16 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
     run_dir.mkdir(parents=True, exist_ok=True)
     calibrated = calibration.on(scenario)
     knee = saturation(calibrated)
-    speeds = _recorded_speeds(measured) if opts.processor == "calibrated" and opts.speed_reference == "bracket" else {}
+    mode = speed_mode(opts, calibration)
+    speeds = _recorded_speeds(measured) if mode == "bracket" else {}
     say("validate", f"judging the levels recorded in {measured}/ again (no load): {', '.join(f'{f:g}' for f in opts.levels)}", opts.quiet)
     done: list[Level] = []
     durations: list[float] = []
     for f in opts.levels:
         measurement = recorded(found[f])
         durations.append(measurement.scenario.horizon)
+        if mode == "work":
+            speeds[f] = _during(calibration, calibrated, measurement, f, opts.quiet)  # type: ignore[assignment]
         rate = f * knee.rate
         lv = judge_level(
             LevelRun(f, rate, found[f] / "scenario.yaml", run_dir / f"level-{f:g}", measurement),
@@ -279,8 +318,8 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         )
         done.append(lv)
         _print_level(lv, measurement.cpu_utilization)
-    reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None and speeds else None
-    meta = {**_meta(scenario, opts, durations, calibration, reference, knee), "measured": f"recorded in {measured}, judged again"}
+    reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None and mode == "bracket" and speeds else None
+    meta = {**_meta(scenario, opts, durations, calibration, reference, knee, mode), "measured": f"recorded in {measured}, judged again"}
     return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
 
 
@@ -319,7 +358,7 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             measurement = lab.measure(path, ldir)
             if (cpu := measurement.cpu_utilization) is not None:
                 measurement.result.meta["server_cpu_utilization"] = cpu
-            speed = None
+            speed = _during(calibration, calibrated, measurement, f, opts.quiet) if speed_mode(opts, calibration) == "work" else None
             if bracket and reference is not None:
                 speed_after = _speed_run(
                     raw, scenario, calibration, reference, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", lab
@@ -336,7 +375,7 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             )
             done.append(lv)
             _print_level(lv, cpu)
-    meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee)
+    meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee, speed_mode(opts, calibration))
     return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
 
 
@@ -415,7 +454,13 @@ def _print_level(lv: Level, cpu: float | None) -> None:
 
 
 def _meta(
-    scenario: Scenario, opts: ValidateOptions, durations: list[float], calibration: Calibration, reference: CpuReference | None, knee: Limit
+    scenario: Scenario,
+    opts: ValidateOptions,
+    durations: list[float],
+    calibration: Calibration,
+    reference: CpuReference | None,
+    knee: Limit,
+    mode: str = "none",
 ) -> dict[str, Any]:
     """What the report says about how the validation ran (``reference``: the speed reference's phase, when bracketing)."""
     return {
@@ -433,6 +478,9 @@ def _meta(
             "a fresh server after every level (and before the first, unless calibrated just before); each level's calibrated CPU "
             "times scaled by the mean of the two around it"
             if reference is not None
+            else "work: each level's calibrated CPU times scaled by the machine's speed during it, the CPU time of the server's "
+            "fixed computation (reference_server.work) over calibration's"
+            if mode == "work"
             else "none"
         ),
         "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
