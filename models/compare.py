@@ -123,7 +123,7 @@ def compare(
             checks += _request_checks(models, measured, rt, series, tol, overload)
     for name, step in measured.steps.items():
         if name in m0.steps:
-            checks += _step_checks(models, name, step, tol)
+            checks += _step_checks(models, name, step, tol, overload)
     if (amplified := _amplification(models, measured, tol, overload)) is not None:
         checks.append(amplified)
     for name, st in measured.stations.items():
@@ -237,11 +237,27 @@ def _amplification(models: list[RunResult], measured: RunResult, tol: Tolerances
     )
 
 
-def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tolerances) -> list[Check]:
-    """Registrants who reached and completed one funnel step."""
+def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tolerances, overload: bool = False) -> list[Check]:
+    """Registrants who reached and completed one funnel step, and its completion time (judged at overload, where
+    registrants retry: the time from a step's first attempt to its success)."""
     m0 = models[0]
     enough = tol.min_samples
     out: list[Check] = []
+    pooled = Histogram.merged(m.steps[name].duration for m in models)
+    judged = overload and min(pooled.count / len(models), step.duration.count) >= enough
+    for p in (50, 95):
+        out.append(
+            Check(
+                f"step {name}",
+                f"completion p{p}",
+                pooled.percentile(p),
+                step.duration.percentile(p),
+                tol.completion if judged else None,
+                True,
+                _band([m.steps[name].duration.percentile(p) for m in models]),
+                "" if judged else ("judged at overload" if not overload else f"fewer than {enough}"),
+            )
+        )
     for what in ("reached", "completed"):
         a, b = sum(getattr(m0.steps[name], what)), sum(getattr(step, what))
         judged = min(a, b) >= enough

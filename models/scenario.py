@@ -455,6 +455,11 @@ class Tolerances(_Model):
     utilization: Probability = Field(default=0.05, description="absolute, per station")
     error_rate: Probability = Field(default=0.01, description="absolute (percentage points as a fraction), also shed and abandonment")
     queue_growth: Probability = Field(default=0.25, description="relative, at overload levels")
+    completion: Probability = Field(
+        default=0.10,
+        description="relative: a funnel step's completion time (first attempt to success, retries included), p50 and p95, "
+        "at overload levels",
+    )
     min_samples: int = Field(default=100, ge=1, description="fewer requests than this: the figure is shown, not judged")
     near_knee: KneeTolerances | None = Field(
         default=None, description="wider latency tolerances for levels from near_knee.at up to saturation (1.0)"

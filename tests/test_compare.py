@@ -136,7 +136,8 @@ def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(
     assert lv.diagnosis().startswith("the machine's CPU time per request 1.050 x calibration's (reference load before 1.050)")
     assert "server CPU +20.0% against the calibrated model so scaled (+26.0% unscaled)" in lv.diagnosis()
     _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
-    assert json.loads(json_path.read_text())["levels"][0]["machine_speed"] == {"factor": 1.05, "before": 1.05, "after": None, "during": None}
+    speed = json.loads(json_path.read_text())["levels"][0]["machine_speed"]
+    assert speed == {"factor": 1.05, "before": 1.05, "after": None, "during": None}
 
 
 def test_a_level_runs_long_enough_for_its_rarest_request_type() -> None:
@@ -152,3 +153,27 @@ def test_a_level_runs_long_enough_for_its_rarest_request_type() -> None:
     assert level_duration(s, 28.0, 60.0, 300, 90.0) == 90.0  # never past the longest
     assert level_duration(s, 1000.0, 60.0, 300, 240.0) == 60.0  # a busy level needs no more than its duration
     assert level_duration(s, 28.0, 60.0, 0, 240.0) == 60.0  # samples 0: the duration as given
+
+
+def test_completion_time_and_retry_amplification_are_judged_at_overload() -> None:
+    # the step's completion time (first attempt to success) p50/p95 within the completion tolerance (10 %) and the
+    # requests per registrant within the throughput tolerance (5 %): judged at overload, shown below it
+    def with_steps(r: RunResult, stretch: float, extra_requests: int) -> RunResult:
+        step = r.steps["register"]
+        step.duration.record_many(np.linspace(1.0, 3.0, 1000) * stretch)
+        r.requests["register"].started[0] += extra_requests
+        return r
+
+    measured = with_steps(run("measured", seed=1), 1.0, 0)
+    slow = [with_steps(run("model", seed=2), 1.25, 0), with_steps(run("model", seed=3), 1.25, 0)]
+    amplified = [with_steps(run("model", seed=2), 1.02, 2000), with_steps(run("model", seed=3), 1.02, 2000)]
+    tol = Tolerances()
+    at_overload = compare(slow, measured, tol, overload=True)
+    p50 = next(c for c in at_overload if c.subject == "step register" and c.metric == "completion p50")
+    assert p50.error == pytest.approx(0.25, abs=0.02) and p50.verdict == "fail"
+    below = compare(slow, measured, tol)
+    assert next(c for c in below if c.metric == "completion p50").verdict == "info"
+    retried = compare(amplified, measured, tol, overload=True)
+    per = next(c for c in retried if c.subject == "all requests" and c.metric == "per registrant")
+    assert per.error == pytest.approx(0.10, abs=0.01) and per.verdict == "fail"
+    assert next(c for c in retried if c.metric == "completion p95").verdict == "pass"
