@@ -120,6 +120,7 @@ class Knee:
     measured: float  # highest requests/s measured at any level
     reached: bool  # a level at or above saturation was run
     tolerance: float
+    speed: float | None = None  # the machine's speed at the level that carried the most, when the prediction was scaled by it
 
     @property
     def verdict(self) -> str:
@@ -307,7 +308,14 @@ def write_report(
         f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
         f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b> at {knee.arrival_rate:.4g} "
         f"arrivals/s, "
-        f"that is {knee.predicted:.4g} {html.escape(knee.request)} requests/s. Highest measured: {knee.measured:.4g}/s "
+        f"that is {knee.predicted:.4g} {html.escape(knee.request)} requests/s"
+        + (
+            f" (the calibrated rate over the machine's speed, {knee.speed:.3f} x calibration's CPU time, at the level that carried "
+            "the most)"
+            if knee.speed is not None
+            else ""
+        )
+        + f". Highest measured: {knee.measured:.4g}/s "
         + (
             "(a level at or past saturation was run). "
             if knee.reached

@@ -177,3 +177,28 @@ def test_completion_time_and_retry_amplification_are_judged_at_overload() -> Non
     per = next(c for c in retried if c.subject == "all requests" and c.metric == "per registrant")
     assert per.error == pytest.approx(0.10, abs=0.01) and per.verdict == "fail"
     assert next(c for c in retried if c.metric == "completion p95").verdict == "pass"
+
+
+def test_a_processor_knee_follows_the_machines_speed_at_the_level_that_carried_the_most() -> None:
+    # mg1-cpu saturates its processor at 1 / 6 ms = 166.7 requests/s.  A top level run at 1.2 of that (200/s) carried
+    # 190/s while the machine took 0.85 x calibration's CPU time: the knee then was 166.7 / 0.85 = 196/s, reached, and
+    # 190/s is within 5 % of it; unscaled (no speed) the same level would fail the check (+14 %)
+    from models.bottleneck import saturation
+    from models.loader import load_scenario
+    from reports.validation import Level, Speed
+    from workflows.validate import _knee
+
+    from .conftest import TEST_SCENARIOS
+
+    scenario = load_scenario(TEST_SCENARIOS / "mg1-cpu.yaml")
+    knee = saturation(scenario)
+    assert knee.resource == "cpu" and knee.rate == pytest.approx(1 / 0.006)
+    n = 4
+    rs = RequestSeries.empty(n)
+    rs.ok = [190 * 10 // n] * n
+    measured = RunResult("m", "synthetic", 0.0, 2.5, [0] * n, {"ping": rs}, {}, {})
+    top = Level(1.2, 1.2 * knee.rate, [measured], measured, speed=Speed(None, None, during=0.85))
+    scaled = _knee(scenario, knee, [top], [10.0], [1.2])
+    assert scaled.arrival_rate == pytest.approx(knee.rate / 0.85) and scaled.reached and scaled.verdict == "pass"
+    plain = _knee(scenario, knee, [Level(1.2, 1.2 * knee.rate, [measured], measured)], [10.0], [1.2])
+    assert plain.speed is None and plain.verdict == "fail"

@@ -18,7 +18,7 @@ import yaml
 
 from models.bottleneck import Limit
 from models.overlay import Calibration
-from models.scenario import CpuReference, Scenario
+from models.scenario import CPU, CpuReference, Scenario
 from models.units import format_duration
 from reports.validation import Knee, Level, Speed, verdict_table
 from workflows import BadInput
@@ -399,7 +399,9 @@ def _finish(
     html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta, curve)
     print(
         f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} "
-        f"{knee_check.request}/s; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}"
+        f"{knee_check.request}/s"
+        + (f" (at the machine's speed then, {knee_check.speed:.3f} x calibration's CPU time)" if knee_check.speed is not None else "")
+        + f"; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}"
     )
     print(f"validation report: {html_path} and {json_path}")
     failed = [lv.fraction for lv in done if not lv.passed]
@@ -490,7 +492,14 @@ def _meta(
 
 
 def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[float], levels: list[float]) -> Knee:
-    """The bottleneck's request type at saturation against the highest measured throughput."""
+    """The bottleneck's request type at saturation against the highest measured throughput.
+
+    When the processor is the bottleneck and the levels were scaled by the
+    machine's speed, the saturation rate is the calibrated one over the speed
+    at the level that carried the most (a processor 20 % faster then carries
+    20 % more), and saturation counts as reached when that level's rate is at
+    or past it.
+    """
     from models.bottleneck import busiest_step
 
     i_top, visits_top = busiest_step(calibrated, knee)
@@ -499,6 +508,8 @@ def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[
         (sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / lasts
         for lv, lasts in zip(done, durations, strict=True)
     ]
-    return Knee(
-        knee.resource, rt, knee.rate, knee.rate * visits_top, max(served), max(levels) >= 1.0, calibrated.validation.tolerances.throughput
-    )
+    top = max(range(len(served)), key=served.__getitem__)
+    speed = done[top].speed.factor if knee.resource == CPU and done[top].speed is not None else None
+    rate = knee.rate / speed if speed else knee.rate
+    reached = done[top].rate >= rate * (1 - 1e-9) if speed else max(levels) >= 1.0
+    return Knee(knee.resource, rt, rate, rate * visits_top, served[top], reached, calibrated.validation.tolerances.throughput, speed)
