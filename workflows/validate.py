@@ -509,7 +509,8 @@ def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[
         for lv, lasts in zip(done, durations, strict=True)
     ]
     top = max(range(len(served)), key=served.__getitem__)
-    speed = done[top].speed.factor if knee.resource == CPU and done[top].speed is not None else None
+    at_top = done[top].speed
+    speed = at_top.factor if knee.resource == CPU and at_top is not None else None
     rate = knee.rate / speed if speed else knee.rate
     reached = done[top].rate >= rate * (1 - 1e-9) if speed else max(levels) >= 1.0
     return Knee(knee.resource, rt, rate, rate * visits_top, served[top], reached, calibrated.validation.tolerances.throughput, speed)
