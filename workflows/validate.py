@@ -286,7 +286,12 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             calibration = Calibration.read(measured / "calibration" / "calibration.yaml")
         except CalibrationError as exc:
             raise BadInput(f"--measured {measured}: {exc}; pass --calibration") from None
-    found = {float(d.name.removeprefix("level-")): d for d in measured.glob("level-*") if d.is_dir()}
+    found: dict[float, Path] = {}
+    for d in measured.glob("level-*"):
+        try:
+            found[float(d.name.removeprefix("level-"))] = d
+        except ValueError:
+            continue  # not a level's directory
     missing = [f for f in opts.levels if f not in found]
     if missing or not found:
         raise BadInput(
@@ -297,7 +302,7 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
     calibrated = calibration.on(scenario)
     knee = saturation(calibrated)
     mode = speed_mode(opts, calibration)
-    speeds = _recorded_speeds(measured) if mode == "bracket" else {}
+    speeds: dict[float, Speed | None] = {**_recorded_speeds(measured)} if mode == "bracket" else {}
     say("validate", f"judging the levels recorded in {measured}/ again (no load): {', '.join(f'{f:g}' for f in opts.levels)}", opts.quiet)
     done: list[Level] = []
     durations: list[float] = []
@@ -305,7 +310,7 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         measurement = recorded(found[f])
         durations.append(measurement.scenario.horizon)
         if mode == "work":
-            speeds[f] = _during(calibration, calibrated, measurement, f, opts.quiet)  # type: ignore[assignment]
+            speeds[f] = _during(calibration, calibrated, measurement, f, opts.quiet)
         rate = f * knee.rate
         lv = judge_level(
             LevelRun(f, rate, found[f] / "scenario.yaml", run_dir / f"level-{f:g}", measurement),
