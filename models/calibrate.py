@@ -471,10 +471,9 @@ def held_services(
     ``models.routes.cpu_legs``), so each is taken off the measured demand at
     the calibration load: the step's queueing ``wait`` once, and for the first
     threaded station of a route the thread's CPU time.  The thread's waits for
-    the interpreter lock are left in: on the knee profile's first runs,
-    taking each counted take's Pollaczek-Khinchine residual off as well took
-    more than the whole visit (a database visit of 3.3 ms measured, 6.9 ms to
-    take off), so the model's lock takes are its own addition.  The request's
+    the interpreter lock are left in: a counted take's Pollaczek-Khinchine
+    residual each can add up to more than the whole measured visit
+    (docs/validation.md), so the model's lock takes are its own addition.  The request's
     own computation comes off its first station, where the model adds it.
     Times are scaled, keeping the measured spread; never below a tenth of the
     measurement.
