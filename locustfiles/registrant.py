@@ -359,15 +359,20 @@ def _scrape_once(host: str) -> None:
         SNAPS.append(snap)
 
 
+SCRAPE_EVERY = 1.0  # seconds: the shortest time between scrapes (the machine's speed swings within a recording interval)
+MAX_SCRAPES = 600  # per run, at most about this many (a day-long run scrapes less often than SCRAPE_EVERY)
+
+
 def _scrape(host: str) -> None:
-    """Scrape station metrics at the start and at every interval boundary of the run."""
+    """Scrape station metrics at the start, at every interval boundary of the run and evenly between (about every second)."""
+    per = max(1, min(int(RECORDER.interval // SCRAPE_EVERY), MAX_SCRAPES // RECORDER.n))
     k = 0
     while True:
         _scrape_once(host)
-        if k >= RECORDER.n:
+        if k >= RECORDER.n * per:
             CLOCK["scraped"] = time.monotonic()  # the window's last boundary is in
         k += 1
-        gevent.sleep(max(0.0, CLOCK["start"] + k * RECORDER.interval - time.monotonic()))
+        gevent.sleep(max(0.0, CLOCK["start"] + k * RECORDER.interval / per - time.monotonic()))
 
 
 SNAPS: list[Snapshot] = []

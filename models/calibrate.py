@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,6 +431,59 @@ def work_speed(work: dict[str, Any], before: Snapshot, after: Snapshot) -> float
             num += seconds
             den += done * then
     return num / den if den > 0 else None
+
+
+def speed_trace(work: dict[str, Any], scrapes: list[Snapshot], law: Callable[[float], float] | None = None) -> dict[str, Any] | None:
+    """The machine's speed over a run, interval by interval between its scrapes, as a ``system.cpu.trace`` overlay.
+
+    Each interval's speed is :func:`work_speed` over it, divided by what the
+    speedup ``law`` gives at that interval's CPU use (the model applies the law
+    itself), relative to the run's average, weighed by the fixed work done in
+    each interval, so that the model's total CPU time stays the run's.  An
+    interval without fixed work keeps the average.  None with fewer than two
+    intervals or no fixed work at all.  The intervals are laid on an even grid from
+    time 0 (the run's start, where the scrapes' ``at`` counts from).
+    """
+    if len(scrapes) < 3:
+        return None
+    speeds: list[float | None] = []
+    weights: list[float] = []
+    for a, b in zip(scrapes, scrapes[1:], strict=False):
+        found = work_speed(work, a, b) if b.at > a.at else None
+        if found is not None and law is not None and a.cpu_seconds is not None and b.cpu_seconds is not None:
+            found /= law((b.cpu_seconds - a.cpu_seconds) / (b.at - a.at))
+        speeds.append(found)
+        weights.append(_fixed_done(work, a, b))
+    known = [(x, w) for x, w in zip(speeds, weights, strict=True) if x is not None and w > 0]
+    if not known:
+        return None
+    mean = sum(x * w for x, w in known) / sum(w for _, w in known)
+    # on an even grid from the run's start (a missed scrape makes one interval twice as long)
+    gaps = sorted(b.at - a.at for a, b in zip(scrapes, scrapes[1:], strict=False))
+    every = gaps[len(gaps) // 2]
+    if every <= 0:
+        return None
+    factors = []
+    j, cell = 0, 0
+    while (cell + 0.5) * every < scrapes[-1].at:
+        mid = (cell + 0.5) * every
+        while j < len(speeds) - 1 and scrapes[j + 1].at <= mid:
+            j += 1
+        x = speeds[j]
+        factors.append(round(x / mean, 4) if x is not None else 1.0)
+        cell += 1
+    return {"every": round(every, 4), "factors": factors} if factors else None
+
+
+def _fixed_done(work: dict[str, Any], a: Snapshot, b: Snapshot) -> float:
+    """Requests that did fixed work between two scrapes."""
+    done = 0.0
+    for rt, w in work.items():
+        if isinstance(w, dict) and isinstance(w.get("work"), dict):
+            now, was = b.cpu_typed.get(rt, []), a.cpu_typed.get(rt, [])
+            if len(now) >= 8:
+                done += now[7] - ([*was, *[0.0] * 8][7])
+    return done
 
 
 def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:

@@ -168,6 +168,7 @@ class FunnelModel:
                 sysd.cpu.measured_at,
                 modes=spells[0] if spells else None,
                 exponential=spells[1] if spells else None,
+                trace=(sysd.cpu.trace.every, tuple(sysd.cpu.trace.factors)) if sysd.cpu.trace is not None else None,
             )
             cpu_rng = stream(seed, "cpu", replication)
             for rt in s.request_types:

@@ -244,6 +244,19 @@ class CpuModes(_Model):
         return fast, fast * self.slow
 
 
+class CpuTrace(_Model):
+    """The processor's speed over time, as measured (``capacity validate`` reads it from the server's fixed work).
+
+    From the window's start, step times are multiplied by ``factors[k]`` for
+    ``k x every <= t < (k + 1) x every``; the last factor holds after the end.
+    """
+
+    every: PositiveDuration = Field(description="length of each factor's interval")
+    factors: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field(
+        min_length=1, max_length=100_000, description="step-time factor in each interval, relative to the step times in work"
+    )
+
+
 class CpuReference(_Model):
     """The calibration's processor phase, as ``capacity validate`` reruns it: the same load, length and think times."""
 
@@ -288,6 +301,7 @@ class Cpu(_Model):
         "around each level to follow the machine's speed; the model itself does not use it",
     )
     modes: CpuModes | None = Field(default=None, description="a processor whose speed alternates between two modes (see models.speed)")
+    trace: CpuTrace | None = Field(default=None, description="the processor's speed over time, as measured (see CpuTrace)")
 
     def factor(self, utilization: float) -> float:
         """Step times at this processor utilization, relative to the measured ones.

@@ -296,10 +296,14 @@ class Processor(Station):
         window: float = 1.0,
         modes: tuple[float, float, float, float] | None = None,
         exponential: Callable[[], float] | None = None,
+        trace: tuple[float, tuple[float, ...]] | None = None,
     ):
         """``modes``: (fast factor, slow factor, mean fast spell, mean slow spell) of a processor whose speed
-        alternates (see :class:`models.scenario.CpuModes`), drawing spell lengths as ``exponential()`` x mean."""
+        alternates (see :class:`models.scenario.CpuModes`), drawing spell lengths as ``exponential()`` x mean.
+        ``trace``: (interval, factors) of a measured speed over time from now (see :class:`models.scenario.CpuTrace`)."""
         super().__init__(env, name, servers, None)
+        self.trace = trace
+        self._origin = env.now
         self.modes = modes
         self.exponential = exponential
         self.slow = False
@@ -318,12 +322,16 @@ class Processor(Station):
         if now - since >= self.window:
             self.u = min(1.0, (self.work - work) / (self.servers * (now - since)))
             self._mark = (now, self.work)
+        f = self.scale(self.u)
+        if self.trace is not None:
+            every, factors = self.trace
+            f *= factors[min(max(int((now - self._origin) / every), 0), len(factors) - 1)]
         if self.modes is None:
-            return self.scale(self.u)
+            return f
         while now >= self._spell_end:  # the spells that ended since the last step
             self.slow = not self.slow
             self._spell_end += (self.modes[3] if self.slow else self.modes[2]) * self.exponential()  # type: ignore[misc]
-        return self.scale(self.u) * self.modes[1 if self.slow else 0]
+        return f * self.modes[1 if self.slow else 0]
 
     def request(self, service: float, *args, **kwargs) -> Event:  # type: ignore[no-untyped-def, override]
         if service > 0:

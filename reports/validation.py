@@ -34,6 +34,7 @@ class Speed:
     before: float | None
     after: float | None
     during: float | None = None
+    trace: list[float] | None = None  # with ``during``: the speed in each interval of the level, relative to ``during``
 
     @property
     def factor(self) -> float:
@@ -44,12 +45,13 @@ class Speed:
 
     def describe(self) -> str:
         if self.during is not None:
-            return f"the machine's CPU time per request {self.factor:.3f} x calibration's (the server's fixed work during the level)"
+            swing = f"; {min(self.trace):.2f} to {max(self.trace):.2f} x that in its intervals" if self.trace else ""
+            return f"the machine's CPU time per request {self.factor:.3f} x calibration's (the server's fixed work during the level{swing})"
         parts = [f"{name} {x:.3f}" for name, x in (("before", self.before), ("after", self.after)) if x is not None]
         return f"the machine's CPU time per request {self.factor:.3f} x calibration's (reference load {', '.join(parts) or 'not measured'})"
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"factor": self.factor, "before": self.before, "after": self.after, "during": self.during}
+    def to_dict(self) -> dict[str, float | list[float] | None]:
+        return {"factor": self.factor, "before": self.before, "after": self.after, "during": self.during, "trace": self.trace}
 
 
 @dataclass

@@ -526,3 +526,30 @@ def test_the_machines_speed_during_a_level_from_the_servers_fixed_work() -> None
     assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None), without) == "bracket"
     assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None, speed_reference="bracket"), with_work) == "bracket"
     assert speed_mode(ValidateOptions(levels=[0.5], duration=10.0, calibration=None, processor="level"), with_work) == "none"
+
+
+def _work_scrape(at: float, registrations: float, stretch: float, cpu: float) -> Snapshot:
+    return Snapshot(at=at, cpu_seconds=cpu, cpu_typed={"register": [registrations, 0, 0, 0, 0, 0, stretch, registrations]})
+
+
+def test_the_machines_speed_through_a_level_interval_by_interval() -> None:
+    # register's fixed work is 10 ms calibrated; four 1 s intervals of 10 registrations at 10, 10, 15 and 5 ms are
+    # speeds 1, 1, 1.5, 0.5 (mean 1); a missed scrape (the 2 s interval) covers two cells of the grid; an interval with
+    # no fixed work keeps the mean; the speedup law is divided out at each interval's own CPU use
+    from models.calibrate import speed_trace
+
+    work = {"register": {"steps": 5, "step": {"dist": "constant", "value": "0.2ms"}, "work": {"dist": "constant", "value": "10ms"}}}
+    marks = [(0.0, 0, 0.0, 0.0), (1.0, 10, 0.1, 0.1), (2.0, 20, 0.2, 0.2), (4.0, 30, 0.35, 0.5), (5.0, 40, 0.4, 0.55), (6.0, 40, 0.4, 0.56)]
+    scrapes = [_work_scrape(at, n, s, busy) for at, n, s, busy in marks]  # CPU use 10, 10, 15, 5 and 1 %
+    trace = speed_trace(work, scrapes)
+    assert trace is not None and trace["every"] == pytest.approx(1.0)
+    assert trace["factors"] == pytest.approx([1.0, 1.0, 1.5, 1.5, 0.5, 1.0])
+    # a law that makes work 20 % cheaper at 15 % busy than at 10 %: the 15 ms interval was a slower machine than it looks
+    law = lambda u: 1.0 if u <= 0.1 else 0.8  # noqa: E731
+    slowed = speed_trace(work, scrapes, law)
+    assert slowed is not None
+    raw = [1.0, 1.0, 1.5 / 0.8, 0.5]
+    mean = sum(raw) / 4
+    assert slowed["factors"][:5] == pytest.approx([x / mean for x in (1.0, 1.0, raw[2], raw[2], raw[3])], abs=1e-4)  # 4 places
+    assert speed_trace(work, scrapes[:2]) is None  # one interval: nothing to follow
+    assert speed_trace({}, scrapes) is None  # no fixed work

@@ -137,7 +137,7 @@ def test_a_calibrated_level_says_whether_its_miss_is_the_processor_or_the_model(
     assert "server CPU +20.0% against the calibrated model so scaled (+26.0% unscaled)" in lv.diagnosis()
     _, json_path = write_report(tmp_path, "synthetic", [lv], Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05), {})
     speed = json.loads(json_path.read_text())["levels"][0]["machine_speed"]
-    assert speed == {"factor": 1.05, "before": 1.05, "after": None, "during": None}
+    assert speed == {"factor": 1.05, "before": 1.05, "after": None, "during": None, "trace": None}
 
 
 def test_a_level_runs_long_enough_for_its_rarest_request_type() -> None:

@@ -235,3 +235,22 @@ def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goe
     assert got["lock in batch"] == pytest.approx(0.0035)
     assert got["lock in long step"] == pytest.approx(0.011 + SWITCH_INTERVAL)
     assert got["lock when idle"] == pytest.approx(0.005)
+
+
+def test_a_processor_follows_its_measured_speed_trace() -> None:
+    # trace (every 1 s: 1.0, 2.0, 0.5): a step's factor is the trace's in the interval the step starts in, on top of
+    # the speedup law (flat here), counted from the processor's start; past the end the last factor holds
+    from models.stations import Processor
+
+    env = simpy.Environment(initial_time=100.0)
+    proc = Processor(env, "cpu", 1, lambda u: 1.5, 0.0, trace=(1.0, (1.0, 2.0, 0.5)))
+    seen: list[float] = []
+
+    def probe() -> Generator[simpy.Event, None, None]:
+        for _ in range(5):
+            seen.append(proc.factor())
+            yield env.timeout(0.9)
+
+    env.process(probe())
+    env.run()
+    assert seen == pytest.approx([1.5, 1.5, 3.0, 0.75, 0.75])  # t = 0, 0.9, 1.8, 2.7, 3.6 s from the start

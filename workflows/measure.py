@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,6 +24,7 @@ from models.calibrate import Snapshot
 from models.results import RunResult
 from models.scenario import Scenario
 from workflows import BadInput, RunFailed
+from workflows.output import say
 from workflows.target import cpus, pool_size, server_config
 
 __all__ = [
@@ -44,12 +45,16 @@ CPU_WARMUP = 0.25  # share of a processor phase left out: a fresh server's first
 
 @dataclass
 class Measurement:
-    """One measured level: its scenario, what Locust recorded, and the station metrics scraped around it (None: none published)."""
+    """One measured level: its scenario, what Locust recorded, and the station metrics scraped around it (None: none published).
+
+    ``scrapes``: the metrics the load scraped during the level, at its recording intervals (``at`` from its start).
+    """
 
     scenario: Scenario
     result: RunResult
     before: Snapshot | None
     after: Snapshot | None
+    scrapes: list[Snapshot] = field(default_factory=list)
 
     def keep(self, level_dir: Path) -> None:
         """Write the metrics scraped around the level to ``level_dir``/:data:`SNAPSHOTS` (:func:`recorded` reads them)."""
@@ -66,6 +71,13 @@ class Measurement:
 
 
 SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before and just after its load
+SCRAPES = "scrapes.json"  # the metrics the load itself scraped, at its recording intervals
+
+
+def _scrapes(level_dir: Path) -> list[Snapshot]:
+    """The metrics the load scraped during a level (none when it kept none)."""
+    path = level_dir / SCRAPES
+    return [Snapshot.from_dict(d) for d in json.loads(path.read_text())] if path.exists() else []
 
 
 def recorded(level_dir: Path) -> Measurement:
@@ -91,13 +103,12 @@ def recorded(level_dir: Path) -> Measurement:
             snaps = json.loads((level_dir / SNAPSHOTS).read_text())
             before = Snapshot.from_dict(snaps["before"]) if snaps.get("before") else None
             after = Snapshot.from_dict(snaps["after"]) if snaps.get("after") else None
-        elif (level_dir / "scrapes.json").exists():
-            scrapes = json.loads((level_dir / "scrapes.json").read_text())
-            if len(scrapes) >= 2:
-                before, after = Snapshot.from_dict(scrapes[0]), Snapshot.from_dict(scrapes[-1])
+        scrapes = _scrapes(level_dir)
+        if before is None and after is None and len(scrapes) >= 2:
+            before, after = scrapes[0], scrapes[-1]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise BadInput(f"{level_dir}: its server metrics cannot be read: {exc}") from None
-    return Measurement(scenario, result, before, after)
+    return Measurement(scenario, result, before, after, scrapes)
 
 
 def pending_writes(meminfo: str) -> int:
@@ -245,6 +256,11 @@ class Lab:
             self.uploads.append(run_dir / "server" / "photos")
         if interrupted:
             raise KeyboardInterrupt
-        found = Measurement(scenario, measured, before, after)
+        try:
+            scrapes = _scrapes(run_dir)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            say("validate", f"the load's own scrapes in {run_dir} cannot be read, so the level has no speed trace: {exc}", self.quiet)
+            scrapes = []
+        found = Measurement(scenario, measured, before, after, scrapes)
         found.keep(run_dir)
         return found

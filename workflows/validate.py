@@ -7,6 +7,7 @@ judges them; the report goes to ``validation.html`` and ``validation.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -26,7 +27,7 @@ from workflows.calibrate import NoMetrics, calibrate
 from workflows.measure import Lab, Measurement, level_file, raw_scenario, recorded, warm
 from workflows.output import say
 
-__all__ = ["ValidateOptions", "LevelRun", "validate", "judge_level", "level_processor", "reference_speed"]
+__all__ = ["ValidateOptions", "LevelRun", "validate", "judge_level", "level_processor", "level_trace", "traced", "reference_speed"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,30 @@ def level_processor(calibration: Calibration, measurement: Measurement) -> Calib
     return calibration.with_cpu({**cpu, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
 
 
+def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
+    """The machine's speed through a level, interval by interval (:func:`models.calibrate.speed_trace`), as a
+    ``system.cpu.trace``; None when the server did no fixed work or the load kept no scrapes.
+
+    A level's average speed hides its swings: on the development machine the
+    fixed work's CPU time moved by ±15 % between 5-second intervals of one
+    level, and the queue at a busy interval is far longer than at the average.
+    """
+    from models.calibrate import speed_trace
+    from models.scenario import Cpu
+
+    if calibration.cpu is None or len(measurement.scrapes) < 3:
+        return None
+    cpu = Cpu.model_validate(calibration.cpu)
+    return speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.factor)
+
+
+def traced(calibration: Calibration, trace: dict[str, Any] | None) -> Calibration:
+    """The calibration with its processor following ``trace`` (unchanged without one or without a processor)."""
+    if trace is None or calibration.cpu is None:
+        return calibration
+    return calibration.with_cpu({**calibration.cpu, "trace": trace})
+
+
 def judge_level(
     run: LevelRun,
     calibration: Calibration,
@@ -106,13 +131,17 @@ def judge_level(
     overload = run.fraction > 1.0
     run.dir.mkdir(parents=True, exist_ok=True)
     used, inputs = calibration, frozenset[str]()
+    trace = level_trace(calibration, run.measurement)
     if processor == "calibrated" and speed is not None and calibration.cpu is not None:
-        used = calibration.with_cpu(scaled_processor(calibration.cpu, speed.factor))
+        used = traced(calibration.with_cpu(scaled_processor(calibration.cpu, speed.factor)), trace if speed.during is not None else None)
+        if trace is not None and speed.during is not None:
+            speed = dataclasses.replace(speed, trace=trace["factors"])
     if processor == "level":
         used = level_processor(calibration, run.measurement)
         if used is calibration:
             say("validate", f"level {run.fraction:g}: no CPU accounting in this level, so the calibrated processor stays", quiet)
         else:
+            used = traced(used, trace)
             inputs = frozenset({CPU_SUBJECT})
     if used is not calibration and used.cpu is not None:
         (run.dir / "processor.yaml").write_text(yaml.safe_dump(used.cpu, sort_keys=False))
@@ -125,7 +154,7 @@ def judge_level(
         # miss is the processor's speed having moved since calibration or the model's structure
         given = level_processor(calibration, run.measurement)
         if given is not calibration:
-            again = simulate(given.apply(run.file), replications=replications)
+            again = simulate(traced(given, trace).apply(run.file), replications=replications)
             lv.given_cpu = compare(again, measured, tol, overload=overload, inputs=frozenset({CPU_SUBJECT}))
     return lv
 
