@@ -433,7 +433,9 @@ def work_speed(work: dict[str, Any], before: Snapshot, after: Snapshot) -> float
     return num / den if den > 0 else None
 
 
-def speed_trace(work: dict[str, Any], scrapes: list[Snapshot], law: Callable[[float], float] | None = None) -> dict[str, Any] | None:
+def speed_trace(
+    work: dict[str, Any], scrapes: list[Snapshot], law: Callable[[float], float] | None = None, every: float = 0.0
+) -> dict[str, Any] | None:
     """The machine's speed over a run, interval by interval between its scrapes, as a ``system.cpu.trace`` overlay.
 
     Each interval's speed is :func:`work_speed` over it, divided by what the
@@ -442,8 +444,15 @@ def speed_trace(work: dict[str, Any], scrapes: list[Snapshot], law: Callable[[fl
     each interval, so that the model's total CPU time stays the run's.  An
     interval without fixed work keeps the average.  None with fewer than two
     intervals or no fixed work at all.  The intervals are laid on an even grid from
-    time 0 (the run's start, where the scrapes' ``at`` counts from).
+    time 0 (the run's start, where the scrapes' ``at`` counts from); with
+    ``every``, scrapes closer together than that are merged into one interval.
     """
+    if every > 0 and scrapes:
+        kept = [scrapes[0]]
+        for snap in scrapes[1:]:
+            if snap.at - kept[-1].at >= 0.9 * every:
+                kept.append(snap)
+        scrapes = kept
     if len(scrapes) < 3:
         return None
     speeds: list[float | None] = []

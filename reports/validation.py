@@ -180,18 +180,27 @@ def _measured_ci(h: Histogram, p: float) -> tuple[float, float]:
 
 
 def _hockey_stick(levels: list[Level], rts: list[str], curve: dict[str, Any] | None, out: Path) -> str:
-    """Latency against load for every request type: the model (a curve when given, else its levels), the measured points with CIs."""
+    """Latency against load for every request type: the model (a curve when given, else its levels), the measured points with CIs.
+
+    The curve is the calibrated model at calibration's machine speed; where a
+    level's model ran at another speed (measured around or during the level),
+    its judged value is marked at the level as well, so that a curve and a
+    measured point apart are read as the machine's speed, not the model's.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(rts), figsize=(4 * len(rts), 3.4), squeeze=False)
     xs = [lv.fraction for lv in levels]
     for ax, rt in zip(axes[0], rts, strict=False):
         for p, colour in ((50, "tab:blue"), (95, "tab:orange")):
+            by_level = [next((c for c in lv.checks if c.subject == rt and c.metric == f"p{p}"), None) for lv in levels]
+            judged = [c.model * 1000 if c else math.nan for c in by_level]
             if curve is not None and rt in curve["requests"]:
                 ax.plot(curve["fractions"], [v * 1000 for v in curve["requests"][rt][f"p{p}"]], "-", color=colour, label=f"model p{p}")
+                if any(lv.speed is not None for lv in levels):
+                    ax.plot(xs, judged, "x", color=colour, markersize=6, label=f"model p{p} at the level's machine speed")
             else:
-                by_level = [next((c for c in lv.checks if c.subject == rt and c.metric == f"p{p}"), None) for lv in levels]
-                ax.plot(xs, [c.model * 1000 if c else math.nan for c in by_level], "-", color=colour, label=f"model p{p}")
+                ax.plot(xs, judged, "-", color=colour, label=f"model p{p}")
             meas, low, high = [], [], []
             for lv in levels:
                 h = lv.measured.requests[rt].total_latency
@@ -326,6 +335,11 @@ def write_report(
         + f"Verdict: <span class={knee.verdict}>{knee.verdict}</span>.</p>",
     ]
     parts += [f'<img src="{name}" alt="{html.escape(name)}" style="max-width:100%">' for name in images]
+    if curve is not None and any(lv.speed is not None for lv in levels):
+        parts.append(
+            "<p>The model's curve is drawn at calibration's machine speed; each level's model ran at the machine's speed "
+            "measured for that level (the crosses), which is what the level's checks judge.</p>"
+        )
     for lv in levels:
         parts.append(
             f"<h2>Level {lv.fraction:g} ({lv.rate:.4g} arrivals/s): <span "

@@ -551,5 +551,8 @@ def test_the_machines_speed_through_a_level_interval_by_interval() -> None:
     raw = [1.0, 1.0, 1.5 / 0.8, 0.5]
     mean = sum(raw) / 4
     assert slowed["factors"][:5] == pytest.approx([x / mean for x in (1.0, 1.0, raw[2], raw[2], raw[3])], abs=1e-4)  # 4 places
+    merged = speed_trace(work, scrapes, every=2.0)  # 0-2, 2-4 and 4-6 s (5 s merged away): 10, 15 and 5 ms a registration
+    assert merged is not None and merged["every"] == pytest.approx(2.0)
+    assert merged["factors"] == pytest.approx([1.0, 1.5, 0.5], abs=1e-4)
     assert speed_trace(work, scrapes[:2]) is None  # one interval: nothing to follow
     assert speed_trace({}, scrapes) is None  # no fixed work

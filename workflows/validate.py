@@ -79,13 +79,19 @@ def level_processor(calibration: Calibration, measurement: Measurement) -> Calib
     return calibration.with_cpu({**cpu, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
 
 
-def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
-    """The machine's speed through a level, interval by interval (:func:`models.calibrate.speed_trace`), as a
-    ``system.cpu.trace``; None when the server did no fixed work or the load kept no scrapes.
+TRACE_EVERY = 5.0  # seconds: the intervals of a level's speed trace
 
-    A level's average speed hides its swings: on the development machine the
-    fixed work's CPU time moved by ±15 % between 5-second intervals of one
-    level, and the queue at a busy interval is far longer than at the average.
+
+def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
+    """The machine's speed through a level, interval by interval (:func:`models.calibrate.speed_trace`, in
+    :data:`TRACE_EVERY` intervals), as a ``system.cpu.trace``; None when the server did no fixed work or the load
+    kept no scrapes.
+
+    A level's average speed hides its swings, and the queue in a slow
+    interval is far longer than at the average.  Shorter intervals follow
+    faster swings but, most likely, also the level's own bursts of load, in
+    which the fixed work is slower too; the model, making bursts of its own,
+    would count those twice (docs/validation.md).
     """
     from models.calibrate import speed_trace
     from models.scenario import Cpu
@@ -93,7 +99,7 @@ def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str,
     if calibration.cpu is None or len(measurement.scrapes) < 3:
         return None
     cpu = Cpu.model_validate(calibration.cpu)
-    return speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.factor)
+    return speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.factor, every=TRACE_EVERY)
 
 
 def traced(calibration: Calibration, trace: dict[str, Any] | None) -> Calibration:
