@@ -469,19 +469,19 @@ def speed_trace(
     mean = sum(x * w for x, w in known) / sum(w for _, w in known)
     # on an even grid from the run's start (a missed scrape makes one interval twice as long)
     gaps = sorted(b.at - a.at for a, b in zip(scrapes, scrapes[1:], strict=False))
-    every = gaps[len(gaps) // 2]
-    if every <= 0:
+    width = gaps[len(gaps) // 2]
+    if width <= 0:
         return None
     factors = []
     j, cell = 0, 0
-    while (cell + 0.5) * every < scrapes[-1].at:
-        mid = (cell + 0.5) * every
+    while (cell + 0.5) * width < scrapes[-1].at:
+        mid = (cell + 0.5) * width
         while j < len(speeds) - 1 and scrapes[j + 1].at <= mid:
             j += 1
         x = speeds[j]
         factors.append(round(x / mean, 4) if x is not None else 1.0)
         cell += 1
-    return {"every": round(every, 4), "factors": factors} if factors else None
+    return {"every": round(width, 4), "factors": factors} if factors else None
 
 
 def _fixed_done(work: dict[str, Any], a: Snapshot, b: Snapshot) -> float:

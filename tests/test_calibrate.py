@@ -477,6 +477,12 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert 1 / 4 <= p95["model"] / p95["measured"] <= 4, p95
     assert p95["model"] > 2.5 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
+    # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s), and the model's processor
+    # followed the machine's speed through the level in 5 s intervals, around the level's own average
+    assert len(json.loads((out / "level-0.9" / "scrapes.json").read_text())) >= 12
+    trace = yaml.safe_load((out / "level-0.9" / "processor.yaml").read_text())["trace"]
+    assert trace["every"] == pytest.approx(5.0, abs=0.5) and len(trace["factors"]) == 3
+    assert min(trace["factors"]) <= 1.0 <= max(trace["factors"])
 
 
 def test_fitted_overheads_recover_a_constant_delay_the_model_lacks(tmp_path: Path) -> None:

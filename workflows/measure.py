@@ -47,7 +47,7 @@ CPU_WARMUP = 0.25  # share of a processor phase left out: a fresh server's first
 class Measurement:
     """One measured level: its scenario, what Locust recorded, and the station metrics scraped around it (None: none published).
 
-    ``scrapes``: the metrics the load scraped during the level, at its recording intervals (``at`` from its start).
+    ``scrapes``: the metrics the load scraped during the level, about every second (``at`` from its start).
     """
 
     scenario: Scenario
@@ -71,7 +71,7 @@ class Measurement:
 
 
 SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before and just after its load
-SCRAPES = "scrapes.json"  # the metrics the load itself scraped, at its recording intervals
+SCRAPES = "scrapes.json"  # the metrics the load itself scraped during the level, about every second
 
 
 def _scrapes(level_dir: Path) -> list[Snapshot]:

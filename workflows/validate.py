@@ -85,7 +85,8 @@ TRACE_EVERY = 5.0  # seconds: the intervals of a level's speed trace
 def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
     """The machine's speed through a level, interval by interval (:func:`models.calibrate.speed_trace`, in
     :data:`TRACE_EVERY` intervals), as a ``system.cpu.trace``; None when the server did no fixed work or the load
-    kept no scrapes.
+    kept no scrapes.  The calibration's speedup law is divided out of each interval, as the model applies it
+    itself; a calibration without one (:func:`level_processor`'s) leaves the intervals as measured.
 
     A level's average speed hides its swings, and the queue in a slow
     interval is far longer than at the average.  Shorter intervals follow
@@ -138,16 +139,17 @@ def judge_level(
     run.dir.mkdir(parents=True, exist_ok=True)
     used, inputs = calibration, frozenset[str]()
     trace = level_trace(calibration, run.measurement)
+    given = level_processor(calibration, run.measurement)  # the level's own CPU time, no speedup law
+    given_trace = level_trace(given, run.measurement) if given is not calibration else None
     if processor == "calibrated" and speed is not None and calibration.cpu is not None:
         used = traced(calibration.with_cpu(scaled_processor(calibration.cpu, speed.factor)), trace if speed.during is not None else None)
         if trace is not None and speed.during is not None:
             speed = dataclasses.replace(speed, trace=trace["factors"])
     if processor == "level":
-        used = level_processor(calibration, run.measurement)
-        if used is calibration:
+        if given is calibration:
             say("validate", f"level {run.fraction:g}: no CPU accounting in this level, so the calibrated processor stays", quiet)
         else:
-            used = traced(used, trace)
+            used = traced(given, given_trace)
             inputs = frozenset({CPU_SUBJECT})
     if used is not calibration and used.cpu is not None:
         (run.dir / "processor.yaml").write_text(yaml.safe_dump(used.cpu, sort_keys=False))
@@ -158,9 +160,8 @@ def judge_level(
     if processor == "calibrated" and diagnose:
         # the same level once more with the model given the CPU time per request measured in it: whether a
         # miss is the processor's speed having moved since calibration or the model's structure
-        given = level_processor(calibration, run.measurement)
         if given is not calibration:
-            again = simulate(traced(given, trace).apply(run.file), replications=replications)
+            again = simulate(traced(given, given_trace).apply(run.file), replications=replications)
             lv.given_cpu = compare(again, measured, tol, overload=overload, inputs=frozenset({CPU_SUBJECT}))
     return lv
 
