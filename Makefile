@@ -26,9 +26,9 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/pytest -q
 
-# everything but the tests that start servers, Locust or a full-day run (marked slow): under a minute
+# everything but the tests that start servers, Locust or a full-day run (marked slow), on every core: under a minute
 test-quick: $(STAMP)
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
