@@ -81,6 +81,16 @@ CASES = [
         ["system.cpu.low_at", "must not exceed measured_at"],
     ),
     (
+        "cpu-trace-zero-factor",
+        _replace("system:\n", "system:\n  cpu: {work: {default: {steps: 2, step: 1ms}}, trace: {every: 5s, factors: [1.0, 0]}}\n"),
+        ["system.cpu.trace.factors[1]", "greater than 0"],
+    ),
+    (
+        "cpu-trace-no-interval",
+        _replace("system:\n", "system:\n  cpu: {work: {default: {steps: 2, step: 1ms}}, trace: {every: 0s, factors: [1.0]}}\n"),
+        ["system.cpu.trace.every", "greater than 0"],
+    ),
+    (
         "cpu-unknown-request",
         _replace("system:\n", "system:\n  cpu: {work: {regster: {steps: 2, step: 1ms}}}\n"),
         ["system.cpu.work.regster", "unknown request type 'regster'"],
