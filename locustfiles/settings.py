@@ -11,7 +11,7 @@
     SURGECAP_WORKERS, SURGECAP_WORKER_INDEX
                         in distributed runs: how many workers share the trace, and which one this is
     SURGECAP_PROGRESS   0: no progress lines
-    SURGECAP_METRICS    1: scrape the target's /metrics each interval (the first worker only)
+    SURGECAP_METRICS    1: scrape the target's /metrics about every second (the first worker only)
 """
 
 from __future__ import annotations
