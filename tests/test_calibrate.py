@@ -456,8 +456,9 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # tests/scenarios/validate-knee.yaml: a key stretch per registration makes the server's processor the knee.  The pilot
     # finds the processor, calibration carries the key stretch apart from the steps, at 0.9 a queue forms (register's
     # measured p95 well above its value at 0.3), and the model, given each level's own CPU time per request (so that this
-    # machine's changing speed is not what is tested), sees it form too: its own register p95 at 0.9 at least 2.5 times
-    # its p95 at 0.3, its p50 at 0.9 within a factor of 1.5 of the measured and its p95 within a factor of 4, the
+    # machine's changing speed is not what is tested), sees it form too: its own register p95 at 0.9 at least twice its
+    # p95 at 0.3 (which follows the machine's slow seconds as well, see level_trace), its p50 at 0.9 within a factor of
+    # 1.5 of the measured and its p95 within a factor of 4, the
     # throughput within 5 %; and the model's curve is drawn.  The validation itself judges 0.9 at ±20 %; this short level
     # (15 s) on a machine whose CPU speed drifts moves more than that from run to run (docs/validation.md), so the test
     # holds the model to those factors: a model whose queue at the knee vanished (p95 back near its 0.3 value, about a
@@ -475,7 +476,7 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     p50, p95 = checks[(0.9, "register", "p50")], checks[(0.9, "register", "p95")]
     assert p50["tolerance"] == pytest.approx(0.2) and 1 / 1.5 <= p50["model"] / p50["measured"] <= 1.5, p50
     assert 1 / 4 <= p95["model"] / p95["measured"] <= 4, p95
-    assert p95["model"] > 2.5 * checks[(0.3, "register", "p95")]["model"]
+    assert p95["model"] > 2 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
     # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s), and the model's processor
     # followed the machine's speed through the level in 5 s intervals, around the level's own average
