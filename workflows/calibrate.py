@@ -22,7 +22,7 @@ from models.scenario import Scenario
 from models.speed import SpeedModes
 from models.units import format_duration
 from workflows import RunFailed
-from workflows.measure import Lab, flush_writes, level_file, raw_scenario, warm
+from workflows.measure import SCRAPES, Lab, flush_writes, level_file, raw_scenario, warm
 from workflows.output import machine_description, say
 from workflows.target import cpus
 
@@ -238,7 +238,7 @@ def _processor_phase(
         lab.quiet,
     )
     work = lab.measure(path, run_dir)
-    before, after = warm(run_dir / "scrapes.json", length, work.before, work.after)
+    before, after = warm(run_dir / SCRAPES, length, work.before, work.after)
     if before is None or after is None:
         return None
     return ProcessorPhase(

@@ -38,6 +38,7 @@ __all__ = [
     "warm",
     "CPU_WARMUP",
     "SNAPSHOTS",
+    "SCRAPES",
 ]
 
 CPU_WARMUP = 0.25  # share of a processor phase left out: a fresh server's first requests cost more (imports, caches, connections)
@@ -74,9 +75,8 @@ SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before an
 SCRAPES = "scrapes.json"  # the metrics the load itself scraped during the level, about every second
 
 
-def _scrapes(level_dir: Path) -> list[Snapshot]:
-    """The metrics the load scraped during a level (none when it kept none)."""
-    path = level_dir / SCRAPES
+def _scrapes(path: Path) -> list[Snapshot]:
+    """The metrics a load scraped (its ``scrapes.json``; none when it kept none)."""
     return [Snapshot.from_dict(d) for d in json.loads(path.read_text())] if path.exists() else []
 
 
@@ -103,7 +103,7 @@ def recorded(level_dir: Path) -> Measurement:
             snaps = json.loads((level_dir / SNAPSHOTS).read_text())
             before = Snapshot.from_dict(snaps["before"]) if snaps.get("before") else None
             after = Snapshot.from_dict(snaps["after"]) if snaps.get("after") else None
-        scrapes = _scrapes(level_dir)
+        scrapes = _scrapes(level_dir / SCRAPES)
         if before is None and after is None and len(scrapes) >= 2:
             before, after = scrapes[0], scrapes[-1]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -168,7 +168,7 @@ def level_file(
 def warm(scrapes: Path, duration: float, before: Snapshot | None, after: Snapshot | None) -> tuple[Snapshot | None, Snapshot | None]:
     """A processor phase's scrapes from :data:`CPU_WARMUP` of the run to its end, when the run kept them."""
     try:
-        snaps = [Snapshot.from_dict(d) for d in json.loads(scrapes.read_text())]
+        snaps = _scrapes(scrapes)
     except (OSError, ValueError, KeyError, TypeError):
         return before, after
     kept = [snap for snap in snaps if snap.at >= CPU_WARMUP * duration - 1e-6]
@@ -257,7 +257,7 @@ class Lab:
         if interrupted:
             raise KeyboardInterrupt
         try:
-            scrapes = _scrapes(run_dir)
+            scrapes = _scrapes(run_dir / SCRAPES)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             say("validate", f"the load's own scrapes in {run_dir} cannot be read, so the level has no speed trace: {exc}", self.quiet)
             scrapes = []

@@ -24,7 +24,7 @@ from models.units import format_duration
 from reports.validation import Knee, Level, Speed, verdict_table
 from workflows import BadInput
 from workflows.calibrate import NoMetrics, calibrate
-from workflows.measure import Lab, Measurement, level_file, raw_scenario, recorded, warm
+from workflows.measure import SCRAPES, Lab, Measurement, level_file, raw_scenario, recorded, warm
 from workflows.output import say
 
 __all__ = ["ValidateOptions", "LevelRun", "validate", "judge_level", "level_processor", "level_trace", "traced", "reference_speed"]
@@ -138,12 +138,13 @@ def judge_level(
     overload = run.fraction > 1.0
     run.dir.mkdir(parents=True, exist_ok=True)
     used, inputs = calibration, frozenset[str]()
-    trace = level_trace(calibration, run.measurement)
     given = level_processor(calibration, run.measurement)  # the level's own CPU time, no speedup law
     given_trace = level_trace(given, run.measurement) if given is not calibration else None
     if processor == "calibrated" and speed is not None and calibration.cpu is not None:
-        used = traced(calibration.with_cpu(scaled_processor(calibration.cpu, speed.factor)), trace if speed.during is not None else None)
-        if trace is not None and speed.during is not None:
+        # with the speed read during the level (not bracketed), the processor follows it through the level too
+        trace = level_trace(calibration, run.measurement) if speed.during is not None else None
+        used = traced(calibration.with_cpu(scaled_processor(calibration.cpu, speed.factor)), trace)
+        if trace is not None:
             speed = dataclasses.replace(speed, trace=trace["factors"])
     if processor == "level":
         if given is calibration:
@@ -183,7 +184,7 @@ def reference_speed(
     cpu = calibration.cpu or {}
     path = level_file(raw, f"{scenario.name}-speed-reference", reference.rate, reference.duration, run_dir, compress=reference.compress)
     done = lab.measure(path, run_dir)
-    before, after = warm(run_dir / "scrapes.json", reference.duration, done.before, done.after)
+    before, after = warm(run_dir / SCRAPES, reference.duration, done.before, done.after)
     if before is None or after is None:
         return None
     return speed_index(cpu.get("work", {}), cpu_estimates(before, after, scenario.request_types, float(cpu.get("background", 0.0))))
