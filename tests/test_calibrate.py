@@ -457,8 +457,7 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # finds the processor, calibration carries the key stretch apart from the steps, at 0.9 a queue forms (register's
     # measured p95 well above its value at 0.3), and the model, given each level's own CPU time per request (so that this
     # machine's changing speed is not what is tested), sees it form too: its own register p95 at 0.9 at least twice its
-    # p95 at 0.3 (which follows the machine's slow seconds as well, see level_trace), its p50 at 0.9 within a factor of
-    # 1.5 of the measured and its p95 within a factor of 4, the
+    # p95 at 0.3, its p50 at 0.9 within a factor of 1.5 of the measured and its p95 within a factor of 4, the
     # throughput within 5 %; and the model's curve is drawn.  The validation itself judges 0.9 at ±20 %; this short level
     # (15 s) on a machine whose CPU speed drifts moves more than that from run to run (docs/validation.md), so the test
     # holds the model to those factors: a model whose queue at the knee vanished (p95 back near its 0.3 value, about a
@@ -478,12 +477,10 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert 1 / 4 <= p95["model"] / p95["measured"] <= 4, p95
     assert p95["model"] > 2 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
-    # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s), and the model's processor
-    # followed the machine's speed through the level in 5 s intervals, around the level's own average
+    # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s); a level of three 5 s
+    # intervals is too short for a speed trace, so the model keeps the level's average speed
     assert len(json.loads((out / "level-0.9" / "scrapes.json").read_text())) >= 12
-    trace = yaml.safe_load((out / "level-0.9" / "processor.yaml").read_text())["trace"]
-    assert trace["every"] == pytest.approx(5.0, abs=0.5) and len(trace["factors"]) == 3
-    assert min(trace["factors"]) <= 1.0 <= max(trace["factors"])
+    assert "trace" not in yaml.safe_load((out / "level-0.9" / "processor.yaml").read_text())
 
 
 def test_fitted_overheads_recover_a_constant_delay_the_model_lacks(tmp_path: Path) -> None:

@@ -80,12 +80,14 @@ def level_processor(calibration: Calibration, measurement: Measurement) -> Calib
 
 
 TRACE_EVERY = 5.0  # seconds: the intervals of a level's speed trace
+TRACE_MIN = 6  # intervals: a shorter level keeps its average speed (one slow interval of three would make a third of it)
 
 
 def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
     """The machine's speed through a level, interval by interval (:func:`models.calibrate.speed_trace`, in
     :data:`TRACE_EVERY` intervals), as a ``system.cpu.trace``; None when the server did no fixed work or the load
-    kept no scrapes.  The calibration's speedup law is divided out of each interval, as the model applies it
+    kept no scrapes, and for a level shorter than :data:`TRACE_MIN` intervals.  The calibration's speedup law
+    is divided out of each interval, as the model applies it
     itself; a calibration without one (:func:`level_processor`'s) leaves the intervals as measured.
 
     A level's average speed hides its swings, and the queue in a slow
@@ -100,7 +102,8 @@ def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str,
     if calibration.cpu is None or len(measurement.scrapes) < 3:
         return None
     cpu = Cpu.model_validate(calibration.cpu)
-    return speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.factor, every=TRACE_EVERY)
+    trace = speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.factor, every=TRACE_EVERY)
+    return trace if trace is not None and len(trace["factors"]) >= TRACE_MIN else None
 
 
 def traced(calibration: Calibration, trace: dict[str, Any] | None) -> Calibration:
