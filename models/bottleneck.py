@@ -73,7 +73,9 @@ def limits(scenario: Scenario) -> list[Limit]:
         for v, step in zip(visits, scenario.journey, strict=True):
             work = sysd.cpu.work_for(step.request_type)
             if work is not None:
-                demand[CPU] = demand.get(CPU, 0.0) + v * work.demand * sysd.cpu.factor(1.0)  # at saturation
+                own = work.work.mean if work.work is not None else 0.0
+                at_full = (work.demand - own) * sysd.cpu.factor(1.0) + own * sysd.cpu.work_factor(1.0)  # at saturation
+                demand[CPU] = demand.get(CPU, 0.0) + v * at_full
     out: list[Limit] = []
     for name, d in demand.items():
         if name == CPU:

@@ -56,7 +56,8 @@ __all__ = [
     "CpuEstimate",
     "cpu_estimates",
     "held_services",
-    "cpu_speedup",
+    "cpu_law",
+    "busy_between",
     "speed_index",
     "scaled_processor",
     "station_series",
@@ -353,34 +354,50 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
     return {rt: dataclasses.replace(e, wait=wait, rho=rho) for rt, e in out.items()}
 
 
-def cpu_speedup(
-    low: dict[str, CpuEstimate],
-    work: dict[str, CpuEstimate],
-    low_before: Snapshot,
-    low_after: Snapshot,
-    work_before: Snapshot,
-    work_after: Snapshot,
-) -> tuple[float, float, float]:
-    """How much cheaper a request's CPU work gets as the processor gets busier: (speedup, U low, U working).
+LAW_APART = 0.03  # utilization: phases closer than this to one already in the law add no point of their own
 
-    The processor's utilization U of each phase is the process's CPU seconds
-    over the elapsed time.  With c the CPU time per request (the working
-    phase's mix, priced at each phase's per-type costs), the model's law
-    c(U) = c(U_work) (1 - speedup (U - U_work)) through both points gives
-    speedup = (c_low / c_work - 1) / (U_work - U_low), clamped to [0, 1.5];
-    0 when the phases are less than 5 points of utilization apart.
+
+def busy_between(a: Snapshot, b: Snapshot) -> float:
+    """The processor's utilization between two scrapes: the process's CPU seconds over the elapsed time."""
+    return ((b.cpu_seconds or 0.0) - (a.cpu_seconds or 0.0)) / max(b.at - a.at, 1e-9)
+
+
+def cpu_law(reference: tuple[dict[str, CpuEstimate], float], others: list[tuple[dict[str, CpuEstimate], float]]) -> list[dict[str, float]]:
+    """How a request's CPU time changes with the processor's utilization, as ``system.cpu.law`` points.
+
+    ``reference`` is the phase the step times were taken from (its estimates and
+    utilization), ``others`` the calibration's other phases.  Each phase gives a
+    point at its utilization: its loop steps' CPU time (the CPU time per request
+    without the request's own computation) over the reference's, and its own
+    computation's likewise, both for the reference phase's mix of requests.
+    The two are kept apart because they move differently: on the reference
+    server a busier processor made the loop's short steps much cheaper (batched
+    wake-ups, warm caches) and a long fixed computation only a little
+    (docs/validation.md).  A phase within :data:`LAW_APART` of a point already
+    in the law adds none.  Returns the points in increasing utilization (one,
+    the reference, when nothing else was measured).
     """
+    ref, u_ref = reference
 
-    def busy(a: Snapshot, b: Snapshot) -> float:
-        return ((b.cpu_seconds or 0.0) - (a.cpu_seconds or 0.0)) / max(b.at - a.at, 1e-9)
+    def costs(est: dict[str, CpuEstimate]) -> tuple[float, float]:
+        both = [rt for rt in ref if rt in est]
+        steps = sum(ref[rt].n * (est[rt].demand - est[rt].work) for rt in both)
+        own = sum(ref[rt].n * est[rt].work for rt in both)
+        return steps, own
 
-    u_low, u_work = busy(low_before, low_after), busy(work_before, work_after)
-    both = [rt for rt in work if rt in low]
-    c_work = sum(work[rt].n * work[rt].demand for rt in both)
-    c_low = sum(work[rt].n * low[rt].demand for rt in both)
-    if c_work <= 0 or u_work - u_low < 0.05:
-        return 0.0, u_low, u_work
-    return min(1.5, max(0.0, (c_low / c_work - 1) / (u_work - u_low))), u_low, u_work
+    s_ref, w_ref = costs(ref)
+    points = [{"at": round(u_ref, 3), "steps": 1.0, **({"work": 1.0} if w_ref > 0 else {})}]
+    for est, u in others:
+        s, w = costs(est)
+        if s <= 0 or s_ref <= 0 or any(abs(u - p["at"]) < LAW_APART for p in points):
+            continue
+        point = {"at": round(u, 3), "steps": round(s / s_ref, 4)}
+        if w_ref > 0:
+            if w <= 0:
+                continue  # the phase did none of the computation the reference did: no point for it
+            point["work"] = round(w / w_ref, 4)
+        points.append(point)
+    return sorted(points, key=lambda p: p["at"])
 
 
 def speed_index(work: dict[str, Any], now: dict[str, CpuEstimate]) -> float | None:
@@ -500,8 +517,9 @@ def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:
 
     Step times and the background scale by ``speed``; so do the utilizations
     they were measured at, as the same load keeps a slower processor busier;
-    and the speedup law keeps its shape along them (the step-time factor
-    1 - k (U - U_work) at U = speed x u becomes 1 - (k / speed) (U - speed x U_work)).
+    and the utilization law keeps its shape along them (the step-time factor
+    1 - k (U - U_work) at U = speed x u becomes 1 - (k / speed) (U - speed x U_work);
+    a ``law``'s points move to speed x their utilization).
     """
     import copy
 
@@ -520,6 +538,15 @@ def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:
         out["low_at"] = min(out["low_at"], out["measured_at"])
     if "speedup" in out:
         out["speedup"] = round(min(float(out["speedup"]) / speed, 1.5), 4)
+    if isinstance(out.get("law"), list):
+        law: list[dict[str, Any]] = []
+        for point in out["law"]:
+            at = round(min(float(point["at"]) * speed, 0.99), 4)
+            if not law or at > law[-1]["at"]:  # a point pushed past the top by a slower machine joins the one there
+                law.append({**point, "at": at})
+        out["law"] = law if len(law) >= 2 else None
+        if out["law"] is None:
+            del out["law"]
     return out
 
 

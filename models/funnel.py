@@ -169,6 +169,7 @@ class FunnelModel:
                 modes=spells[0] if spells else None,
                 exponential=spells[1] if spells else None,
                 trace=(sysd.cpu.trace.every, tuple(sysd.cpu.trace.factors)) if sysd.cpu.trace is not None else None,
+                work_factor=sysd.cpu.work_factor if sysd.cpu.law is not None else None,
             )
             cpu_rng = stream(seed, "cpu", replication)
             for rt in s.request_types:

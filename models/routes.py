@@ -60,7 +60,7 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD = range(6)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK = range(7)  # legs of a route through the processor
 
 
 def cpu_legs(
@@ -71,7 +71,7 @@ def cpu_legs(
     threads: frozenset[str],
     locks: int = 0,
     work: Sampler | None = None,
-) -> list[tuple[int, Station | None, Sampler | None]]:
+) -> list[tuple[int, Station | None, Any]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
     Each station is held for its whole visit: in a threaded station (its work
@@ -84,7 +84,9 @@ def cpu_legs(
     over the gaps before, between and after the stations, first gaps first.
     The registry (an outside service) is visited, not held.  The request's own
     computation (``work``, e.g. a key stretch) adds to the step that resumes it
-    inside its first held station, as the reference server runs it there.
+    inside its first held station, as the reference server runs it there (a
+    ``WORK`` leg, whose sampler is the pair: step and computation, each timed
+    by its own utilization law).
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -96,7 +98,7 @@ def cpu_legs(
     resumes = min(left, len(held))
     left -= resumes
     gaps = len(visits) + 1
-    legs: list[tuple[int, Station | None, Sampler | None]] = []
+    legs: list[tuple[int, Station | None, Any]] = []
     for j in range(gaps):
         legs += [(VISIT, cpu, step)] * (left // gaps + (1 if j < left % gaps else 0))
         if j == len(visits):
@@ -112,17 +114,12 @@ def cpu_legs(
         legs.append((DELAY, None, service))
         own = work if held and j == held[0] else None
         if resumes > 0:
-            legs.append((VISIT, cpu, _plus(step, own) if own is not None and step is not None else step))
+            legs.append((WORK, cpu, (step, own)) if own is not None else (VISIT, cpu, step))
             resumes -= 1
         elif own is not None:
-            legs.append((VISIT, cpu, own))
+            legs.append((WORK, cpu, (None, own)))
         legs.append((RELEASE, station, None))
     return legs
-
-
-def _plus(a: Sampler, b: Sampler) -> Sampler:
-    """A sampler of the sum of two draws."""
-    return lambda: a() + b()
 
 
 class CpuRoute:
@@ -182,6 +179,10 @@ class CpuRoute:
             elif kind == THREAD:  # a worker thread's work, holding the interpreter lock: served next
                 self.step = sampler() * station.factor()
                 leg = station.urgent(self.step)
+            elif kind == WORK:  # a step with the request's own computation in it: each part on its own law
+                step, own = sampler
+                self.step = (step() * station.factor() if step is not None else 0.0) + own() * station.work_factor()
+                leg = station.request(self.step)
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
                 leg = station.request(self.step)

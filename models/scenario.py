@@ -257,6 +257,33 @@ class CpuTrace(_Model):
     )
 
 
+class CpuPoint(_Model):
+    """The processor's CPU time at one measured utilization, relative to its time at ``measured_at`` (a point of ``Cpu.law``)."""
+
+    at: Probability = Field(description="the processor's utilization (busy share of its cores) this was measured at")
+    steps: float = Field(gt=0.0, le=10.0, description="a loop step's CPU time here over its time at measured_at")
+    work: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description="the requests' own computation's (CpuWork.work) CPU time here, likewise; default: as steps",
+    )
+
+
+def _interpolate(law: list[CpuPoint], u: float, work: bool) -> float:
+    """A ``Cpu.law``'s factor at utilization ``u``: linear between its points, the nearest one's outside."""
+
+    def value(p: CpuPoint) -> float:
+        return p.work if work and p.work is not None else p.steps
+
+    if u <= law[0].at:
+        return value(law[0])
+    for a, b in zip(law, law[1:], strict=False):
+        if u <= b.at:
+            return value(a) + (value(b) - value(a)) * (u - a.at) / (b.at - a.at)
+    return value(law[-1])
+
+
 class CpuReference(_Model):
     """The calibration's processor phase, as ``capacity validate`` reruns it: the same load, length and think times."""
 
@@ -295,6 +322,14 @@ class Cpu(_Model):
     )
 
     low_at: Probability = Field(default=0.0, description="the lower utilization the speedup was measured from")
+    law: list[CpuPoint] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=20,
+        description="CPU time against the processor's utilization, measured at these points (increasing `at`), "
+        "separately for the loop's steps and the requests' own computation; interpolated between them, the nearest point "
+        "holding outside; replaces speedup and low_at",
+    )
     reference: CpuReference | None = Field(
         default=None,
         description="the load the step times were measured at (written by capacity calibrate); capacity validate runs it again "
@@ -303,16 +338,32 @@ class Cpu(_Model):
     modes: CpuModes | None = Field(default=None, description="a processor whose speed alternates between two modes (see models.speed)")
     trace: CpuTrace | None = Field(default=None, description="the processor's speed over time, as measured (see CpuTrace)")
 
-    def factor(self, utilization: float) -> float:
-        """Step times at this processor utilization, relative to the measured ones.
+    @model_validator(mode="after")
+    def _law_in_order(self) -> Cpu:
+        if self.law is not None and any(b.at <= a.at for a, b in zip(self.law, self.law[1:], strict=False)):
+            raise ValueError(f"law: the points' utilizations (at) must increase; got {', '.join(f'{p.at:g}' for p in self.law)}")
+        return self
 
-        Interpolated between the two measured utilizations (``low_at`` and
-        ``measured_at``), never extrapolated: outside them the nearest measured
-        cost holds (on the reference server the cost per request kept falling
-        beyond the working load in some runs and not in others).
+    def factor(self, utilization: float) -> float:
+        """A loop step's time at this processor utilization, relative to the measured one.
+
+        With ``law``: interpolated between its points, the nearest one holding
+        outside them.  Without: the linear speedup between the two measured
+        utilizations (``low_at`` and ``measured_at``), never extrapolated
+        (on the reference server the cost per request kept falling beyond the
+        working load in some runs and not in others).
         """
+        if self.law is not None:
+            return _interpolate(self.law, utilization, False)
         u = min(max(utilization, self.low_at), self.measured_at)
         return max(0.5, 1.0 - self.speedup * (u - self.measured_at))
+
+    def work_factor(self, utilization: float) -> float:
+        """The requests' own computation's time at this utilization, relative to the measured one (as :meth:`factor`
+        without a law, or without the law's ``work``)."""
+        if self.law is not None:
+            return _interpolate(self.law, utilization, True)
+        return self.factor(utilization)
 
     def work_for(self, request_type: str) -> CpuWork | None:
         return self.work.get(request_type, self.work.get("default"))

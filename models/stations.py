@@ -297,8 +297,10 @@ class Processor(Station):
         modes: tuple[float, float, float, float] | None = None,
         exponential: Callable[[], float] | None = None,
         trace: tuple[float, tuple[float, ...]] | None = None,
+        work_factor: Callable[[float], float] | None = None,
     ):
-        """``modes``: (fast factor, slow factor, mean fast spell, mean slow spell) of a processor whose speed
+        """``work_factor``: the requests' own computation's time at a utilization (default ``factor``'s).
+        ``modes``: (fast factor, slow factor, mean fast spell, mean slow spell) of a processor whose speed
         alternates (see :class:`models.scenario.CpuModes`), drawing spell lengths as ``exponential()`` x mean.
         ``trace``: (interval, factors) of a measured speed over time from now (see :class:`models.scenario.CpuTrace`)."""
         super().__init__(env, name, servers, None)
@@ -309,6 +311,7 @@ class Processor(Station):
         self.slow = False
         self._spell_end = env.now + (modes[2] * exponential() if modes is not None and exponential is not None else INF)
         self.scale = factor
+        self.work_scale = work_factor or factor
         self.u = start_u
         self.window = window
         self.work = 0.0  # server-seconds started, cumulative
@@ -317,15 +320,24 @@ class Processor(Station):
         self._batch = 0  # steps left in the batch now running (one server only)
 
     def factor(self) -> float:
+        """A loop step's time factor now: the utilization law's at the recent utilization, times the machine's speed."""
+        return self._machine() * self.scale(self.u)
+
+    def work_factor(self) -> float:
+        """The same for a request's own computation (its own law)."""
+        return self._machine() * self.work_scale(self.u)
+
+    def _machine(self) -> float:
+        """The machine's speed now (the trace's and the speed modes' factors), the recent utilization brought up to date."""
         now = self.env._now
         since, work = self._mark
         if now - since >= self.window:
             self.u = min(1.0, (self.work - work) / (self.servers * (now - since)))
             self._mark = (now, self.work)
-        f = self.scale(self.u)
+        f = 1.0
         if self.trace is not None:
             every, factors = self.trace
-            f *= factors[min(max(int((now - self._origin) / every), 0), len(factors) - 1)]
+            f = factors[min(max(int((now - self._origin) / every), 0), len(factors) - 1)]
         if self.modes is None:
             return f
         while now >= self._spell_end:  # the spells that ended since the last step

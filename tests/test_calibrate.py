@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -107,18 +108,30 @@ def test_processor_demand_per_request_type() -> None:
     assert cpu_estimates(before, snapshot(metrics_text(0, 0, 0), at=10.0), ["register"]) == {}  # no accounting published
 
 
-def test_processor_speedup_from_the_two_calibration_phases() -> None:
-    # register costs 2.6 ms of CPU at U = 10 % and 2.0 ms at U = 40 %: c_low / c_work = 1.3, speedup = 0.3 / 0.3 = 1
-    from models.calibrate import CpuEstimate, cpu_speedup
+def test_the_processors_utilization_law_from_the_calibration_phases_keeps_steps_and_own_work_apart() -> None:
+    # reference phase (U = 60 %): register 1.0 ms of steps + 10 ms of own computation, verify_email 0.5 ms of steps;
+    # mix 100 register, 200 verify_email: steps 100 x 1.0 + 200 x 0.5 = 200 ms, own work 100 x 10 = 1000 ms.
+    # low phase (U = 20 %): steps 1.6 / 0.7 ms, own work 12 ms -> steps (160 + 140) / 200 = 1.5, work 1.2.
+    # top phase (U = 85 %): steps 0.8 / 0.4 ms, own work 9.8 ms -> steps 0.8, work 0.98
+    from models.calibrate import CpuEstimate, busy_between, cpu_law
 
-    low = {"register": CpuEstimate("register", 100, 1.6e-3, 0.4e-3, 1.0e-3, 5, 1.0, 0.1)}
-    work = {"register": CpuEstimate("register", 400, 1.2e-3, 0.3e-3, 0.8e-3, 5, 1.0, 0.4)}
-    idle, busy_low, busy_work = Snapshot(at=0.0, cpu_seconds=0.0), Snapshot(at=10.0, cpu_seconds=1.0), Snapshot(at=10.0, cpu_seconds=4.0)
-    speedup, u_low, u_work = cpu_speedup(low, work, idle, busy_low, idle, busy_work)
-    assert (u_low, u_work) == (pytest.approx(0.1), pytest.approx(0.4))
-    assert speedup == pytest.approx(1.0)
-    # phases too close in utilization say nothing about the slope
-    assert cpu_speedup(low, work, idle, busy_low, idle, Snapshot(at=10.0, cpu_seconds=1.2))[0] == 0.0
+    def phase(reg_steps: float, reg_work: float, ve_steps: float, n: int = 100) -> dict[str, CpuEstimate]:
+        return {
+            "register": CpuEstimate("register", n, reg_steps + reg_work, 0.0, 0.0, 5, 1.0, 0.1, work=reg_work),
+            "verify_email": CpuEstimate("verify_email", 2 * n, ve_steps, 0.0, 0.0, 3, 1.0, 0.1),
+        }
+
+    ref, low, top = phase(1.0e-3, 10e-3, 0.5e-3), phase(1.6e-3, 12e-3, 0.7e-3, n=7), phase(0.8e-3, 9.8e-3, 0.4e-3, n=500)
+    law = cpu_law((ref, 0.6), [(low, 0.2), (top, 0.85)])
+    assert [p["at"] for p in law] == [0.2, 0.6, 0.85]  # in increasing utilization, whatever the order given
+    assert law[0] == {"at": 0.2, "steps": pytest.approx(1.5), "work": pytest.approx(1.2)}  # each phase priced at the reference's mix
+    assert law[1] == {"at": 0.6, "steps": 1.0, "work": 1.0}
+    assert law[2] == {"at": 0.85, "steps": pytest.approx(0.8), "work": pytest.approx(0.98)}
+    # a phase next to one already in the law adds no point; without own computation the points have no work factor
+    assert [p["at"] for p in cpu_law((ref, 0.6), [(low, 0.61)])] == [0.6]
+    plain = {rt: dataclasses.replace(e, own=e.own - e.work, work=0.0) for rt, e in ref.items()}
+    assert "work" not in cpu_law((plain, 0.6), [(plain, 0.2)])[0]
+    assert busy_between(Snapshot(at=0.0, cpu_seconds=1.0), Snapshot(at=10.0, cpu_seconds=5.0)) == pytest.approx(0.4)
 
 
 def test_the_machines_speed_against_calibration_and_the_processor_scaled_by_it() -> None:

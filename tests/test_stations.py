@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,19 +157,64 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
 
 
 def test_a_requests_own_computation_joins_its_resumption_inside_the_first_station() -> None:
-    # system.cpu.work (e.g. a key stretch): the same legs, and the step that resumes it inside web costs step + work
-    from models.routes import THREAD, VISIT, cpu_legs
+    # system.cpu.work (e.g. a key stretch): the same legs, but the step that resumes it inside web carries the work too
+    # (a WORK leg: step and computation, each timed by its own law)
+    from models.routes import THREAD, VISIT, WORK, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
     plain = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
     legs = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}), work=lambda: 0.010)
-    assert [(k, st) for k, st, _ in legs] == [(k, st) for k, st, _ in plain]
-    costs = [round(f(), 6) for k, _, f in legs if k in (VISIT, THREAD) and f is not None]
+    assert [st for _, st, _ in legs] == [st for _, st, _ in plain]
+    assert [k for k, _, _ in legs] == [WORK if j == 3 else k for j, (k, _, _) in enumerate(plain)]  # web's resumption
+
+    def cost(k: int, f: Any) -> float:
+        return round(f[0]() + f[1](), 6) if k == WORK else round(f(), 6)
+
+    costs = [cost(k, f) for k, _, f in legs if k in (VISIT, THREAD, WORK) and f is not None]
     assert costs == [0.0002, 0.0102, 0.0002, 0.0002, 0.0002]  # before web, web's resumption (+ work), db's thread, db's resumption
     # with no steps at all the work still runs inside web
     alone = cpu_legs([(web, lambda: 0.025)], cpu, 0, None, frozenset(), work=lambda: 0.010)
-    assert [round(f(), 6) for k, _, f in alone if k == VISIT and f is not None] == [0.010]
+    assert [(f[0], f[1]()) for k, _, f in alone if k == WORK] == [(None, 0.010)]
+    assert [k for k, _, _ in alone].count(VISIT) == 0
+
+
+def test_a_processor_law_times_steps_and_own_computation_each_by_its_own_points() -> None:
+    # system.cpu.law: loop steps 1.5x at U = 0.2, 1x at 0.6, 0.8x at 0.9; own computation 1.2x, 1x, 1x; linear between
+    # points, the nearest one's outside
+    from models.routes import WORK, CpuRoute, cpu_legs
+    from models.scenario import Cpu
+    from models.stations import Processor, Station
+
+    law = [{"at": 0.2, "steps": 1.5, "work": 1.2}, {"at": 0.6, "steps": 1.0, "work": 1.0}, {"at": 0.9, "steps": 0.8, "work": 1.0}]
+    cpu = Cpu(cores=1, work={"default": {"steps": 2, "step": "1ms", "work": "10ms"}}, measured_at=0.6, law=law)
+    assert cpu.factor(0.4) == pytest.approx(1.25) and cpu.work_factor(0.4) == pytest.approx(1.1)
+    assert cpu.factor(0.75) == pytest.approx(0.9) and cpu.work_factor(0.75) == pytest.approx(1.0)
+    assert cpu.factor(0.0) == pytest.approx(1.5) and cpu.factor(1.0) == pytest.approx(0.8) and cpu.work_factor(0.1) == pytest.approx(1.2)
+    # the model at that utilization: a step resuming the request in its station (1 ms) and its 10 ms computation, each by its law
+    env = simpy.Environment()
+    proc = Processor(env, "cpu", 1, cpu.factor, start_u=0.4, work_factor=cpu.work_factor)
+    web = Station(env, "web", 4, None)
+    legs = cpu_legs([(web, lambda: 0.005)], proc, 2, lambda: 0.001, frozenset(), work=lambda: 0.010)
+    assert [k for k, _, _ in legs].count(WORK) == 1
+    model = type("M", (), {"env": env})()
+    done = env.event()
+    route = CpuRoute(model, legs, math.inf, done)  # type: ignore[arg-type]
+    route.next(None)
+    env.run(done)
+    # two steps: 1 ms x 1.25 each; the computation 10 ms x 1.1; the station's 5 ms
+    assert env.now == pytest.approx(2 * 0.00125 + 0.011 + 0.005)
+
+
+def test_a_processor_law_must_rise_in_utilization() -> None:
+    from pydantic import ValidationError
+
+    from models.scenario import Cpu
+
+    with pytest.raises(ValidationError, match="must increase"):
+        Cpu(work={"default": {"steps": 1, "step": "1ms"}}, law=[{"at": 0.6, "steps": 1.0}, {"at": 0.2, "steps": 1.4}])
+    with pytest.raises(ValidationError):
+        Cpu(work={"default": {"steps": 1, "step": "1ms"}}, law=[{"at": 0.6, "steps": 1.0}])  # one point is no law
 
 
 def test_processor_steps_get_cheaper_as_it_gets_busier() -> None:

@@ -33,6 +33,10 @@ CALIBRATION_LOAD = 0.15  # calibrate at this fraction of the saturation rate: th
 # its queueing matters most and its CPU time per request is steadiest (docs/validation.md); levels between the two
 # phases are interpolated.
 CPU_LOAD = 0.9
+# Then once more near the top of the processor's range, at about this utilization (by the first phase's CPU time per
+# request): the loop's steps kept getting cheaper there while the fixed work did not (docs/validation.md), and the
+# levels from 0.8 up are interpolated to it rather than held at the first phase's cost.
+TOP_UTILIZATION = 0.9
 IDLE_WATCH = 3.0  # seconds the fresh server is watched idle before calibration: its CPU use with no load
 SPEED_PROBE = (5.0, 30.0)  # seconds the server's CPU is timed before calibration (a quarter of the phase, within these)
 
@@ -61,9 +65,10 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     """
     from models.bottleneck import saturation
     from models.calibrate import (
+        busy_between,
         calibration_overlay,
         cpu_estimates,
-        cpu_speedup,
+        cpu_law,
         fitted_overheads,
         held_services,
         overheads,
@@ -104,7 +109,8 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     overhead = overheads(low.scenario, low.result, estimates)  # without a processor phase the model has none to add CPU time back
     overlay = calibration_overlay(scenario, estimates, overhead)
     cpu: dict[str, CpuEstimate] = {}
-    cpu_rate = speedup = u_low = u_work = 0.0
+    cpu_rate = 0.0
+    law: list[dict[str, float]] = []
     fitted = False
     # the processor's phase runs at a share of the saturation rate with the processor as measured at low load in it:
     # a server whose own CPU is the knee saturates well below its stations
@@ -117,16 +123,18 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
         held = held_services(low.scenario, estimates, low_cpu, threads)
         overhead = overheads(low.scenario, low.result, held, low_cpu)
         overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
-        speedup, u_low, u_work = cpu_speedup(low_cpu, cpu, before, after, phase.before, phase.after)
+        u_low, u_work = busy_between(before, after), busy_between(phase.before, phase.after)
+        top = _top_phase(scenario, raw, phase, u_work, duration, run_dir / "cpu-top", lab, background)
+        law = cpu_law((cpu, u_work), [(low_cpu, u_low), *([(top.cpu, busy_between(top.before, top.after))] if top is not None else [])])
         overlay["system"]["cpu"].update(
             {
                 "measured_at": round(u_work, 3),
-                "low_at": round(min(u_low, u_work), 3),
-                "speedup": round(speedup, 3),
                 "background": round(background, 4),
                 "reference": {"rate": round(phase.rate, 4), "duration": phase.duration, "compress": round(phase.compress, 4)},
             }
         )
+        if len(law) >= 2:
+            overlay["system"]["cpu"]["law"] = law
         # the model with its processor runs the low load itself: the overhead is what its median lacks there
         overhead = fitted_overheads(low_file, overlay, low.result)
         overlay["system"].pop("overhead", None)
@@ -139,7 +147,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     )
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
-    text = _calibration_text(scenario, estimates, low_cpu, cpu, (speedup, u_low, u_work), modes, overhead, fitted)
+    text = _calibration_text(scenario, estimates, low_cpu, cpu, law, modes, overhead, fitted)
     return Calibrated(calibration, path, text)
 
 
@@ -170,16 +178,16 @@ def _calibration_text(
     estimates: dict[tuple[str, str], ServiceEstimate],
     low_cpu: dict[str, CpuEstimate],
     cpu: dict[str, CpuEstimate],
-    law: tuple[float, float, float],
+    law: list[dict[str, float]],
     modes: SpeedModes | None,
     overhead: dict[str, float],
     fitted: bool = False,
 ) -> str:
-    """What calibration found, printable: the demands, the processor (``law``: speedup, low and working utilization), the overheads
+    """What calibration found, printable: the demands, the processor (``law``: its ``system.cpu.law`` points), the overheads
     (``fitted``: matched to the low load's medians by the model itself, see :func:`models.calibrate.fitted_overheads`)."""
     text = _estimates_text(scenario, estimates)
     if cpu:
-        text += "\n\n" + _processor_text(low_cpu, cpu, *law)
+        text += "\n\n" + _processor_text(low_cpu, cpu, law)
         if modes is not None:
             text += "\n\n" + modes_text(modes)
     elif not low_cpu:
@@ -220,23 +228,29 @@ class ProcessorPhase:
 
 
 def _processor_phase(
-    scenario: Scenario, raw: dict[str, Any], calibration: Calibration, duration: float, run_dir: Path, lab: Lab, background: float
+    scenario: Scenario,
+    raw: dict[str, Any],
+    calibration: Calibration,
+    duration: float,
+    run_dir: Path,
+    lab: Lab,
+    background: float,
+    rate: float | None = None,
+    why: str = "",
 ) -> ProcessorPhase | None:
-    """The scenario's own journey and mix at :data:`CPU_LOAD` of the calibrated stations' saturation, for half as long.
+    """The scenario's own journey and mix at :data:`CPU_LOAD` of the calibrated stations' saturation (or at ``rate``,
+    said with ``why``), for half as long.
 
     Its first quarter is left out (:func:`workflows.measure.warm`); None when it measured no CPU accounting.
     """
     from models.bottleneck import saturation
     from models.calibrate import cpu_estimates
 
-    rate = CPU_LOAD * saturation(calibration.on(scenario)).rate
+    if rate is None:
+        rate, why = CPU_LOAD * saturation(calibration.on(scenario)).rate, f"{CPU_LOAD:.0%} of the saturation rate"
     length = max(10.0, duration / 2)
     path = level_file(raw, f"{scenario.name}-calibration-cpu", rate, length, run_dir)
-    say(
-        "calibrate",
-        f"the server's processor at {rate:.4g} arrivals/s ({CPU_LOAD:.0%} of the saturation rate) for {format_duration(length)}",
-        lab.quiet,
-    )
+    say("calibrate", f"the server's processor at {rate:.4g} arrivals/s ({why}) for {format_duration(length)}", lab.quiet)
     work = lab.measure(path, run_dir)
     before, after = warm(run_dir / SCRAPES, length, work.before, work.after)
     if before is None or after is None:
@@ -244,6 +258,28 @@ def _processor_phase(
     return ProcessorPhase(
         rate, length, work.scenario.run.compress, before, after, cpu_estimates(before, after, scenario.request_types, background)
     )
+
+
+def _top_phase(
+    scenario: Scenario,
+    raw: dict[str, Any],
+    phase: ProcessorPhase,
+    busy: float,
+    duration: float,
+    run_dir: Path,
+    lab: Lab,
+    background: float,
+) -> ProcessorPhase | None:
+    """The processor phase again at about :data:`TOP_UTILIZATION` (by the first one's CPU time per arrival; cheaper
+    steps at the higher load leave it somewhat lower); None when the first was already that busy or measured nothing."""
+    from models.calibrate import LAW_APART
+
+    if busy <= 0 or busy >= TOP_UTILIZATION - LAW_APART:
+        return None
+    rate = phase.rate * TOP_UTILIZATION / busy
+    why = f"the top of the processor's range: about {TOP_UTILIZATION:.0%} busy at the first phase's CPU time per arrival"
+    top = _processor_phase(scenario, raw, Calibration(), duration, run_dir, lab, background, rate, why)
+    return top if top is not None and top.cpu else None
 
 
 def _estimates_text(scenario: Scenario, estimates: dict[tuple[str, str], ServiceEstimate]) -> str:
@@ -274,16 +310,14 @@ def _estimates_text(scenario: Scenario, estimates: dict[tuple[str, str], Service
     return table(["station", "request", "served", "D measured", "cv", "D configured", "cv", "diff", "U"], rows)
 
 
-def _processor_text(low_cpu: dict[str, CpuEstimate], cpu: dict[str, CpuEstimate], speedup: float, u_low: float, u_work: float) -> str:
+def _processor_text(low_cpu: dict[str, CpuEstimate], cpu: dict[str, CpuEstimate], law: list[dict[str, float]]) -> str:
     from reports.summary import table
 
     text = (
-        f"server processor, CPU per request (own work, and with its share of the work no request owns), at low load ({u_low:.1%} of "
-        f"one core) "
-        f"and at the working load ({u_work:.1%}; the model uses these, scaled by 1 - {speedup:.3g} x (U - {u_work:.3f}) at "
-        f"processor utilization U between {u_low:.3f} and {u_work:.3f}):\n"
+        "server processor, CPU per request (own work, and with its share of the work no request owns), at low load and at the "
+        "working load; the model uses the working load's:\n"
     )
-    return text + table(
+    text += table(
         ["request", "own low", "with share low", "requests", "own", "with share", "steps", "step cv"],
         [
             [
@@ -299,6 +333,16 @@ def _processor_text(low_cpu: dict[str, CpuEstimate], cpu: dict[str, CpuEstimate]
             for rt, e in sorted(cpu.items())
         ],
     )
+    if len(law) >= 2:
+        text += (
+            "\n\nand scales them with the processor's utilization U (system.cpu.law: CPU time over the working load's, "
+            "interpolated between the points measured, the nearest held outside):\n"
+        )
+        text += table(
+            ["U", "loop steps", "own computation"],
+            [[f"{p['at']:.1%}", f"{p['steps']:.3f}", f"{p['work']:.3f}" if "work" in p else "-"] for p in law],
+        )
+    return text
 
 
 def speed_modes(duration: float, quiet: bool) -> SpeedModes | None:

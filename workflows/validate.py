@@ -76,7 +76,8 @@ def level_processor(calibration: Calibration, measurement: Measurement) -> Calib
         return calibration
     at = round(min(max(busy, 0.0), 1.0), 3)
     work = {**cpu.get("work", {}), **{rt: est.as_work() for rt, est in measured.items()}}
-    return calibration.with_cpu({**cpu, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
+    kept = {k: v for k, v in cpu.items() if k != "law"}
+    return calibration.with_cpu({**kept, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
 
 
 TRACE_EVERY = 5.0  # seconds: the intervals of a level's speed trace
@@ -102,7 +103,7 @@ def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str,
     if calibration.cpu is None or len(measurement.scrapes) < 3:
         return None
     cpu = Cpu.model_validate(calibration.cpu)
-    trace = speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.factor, every=TRACE_EVERY)
+    trace = speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.work_factor, every=TRACE_EVERY)
     return trace if trace is not None and len(trace["factors"]) >= TRACE_MIN else None
 
 
@@ -247,9 +248,9 @@ def _during(calibration: Calibration, calibrated: Scenario, measurement: Measure
     """The machine's speed during a level from the server's fixed computation (None, said, when it did none).
 
     The model already makes CPU work cheaper as the processor gets busier (the
-    calibrated speedup law), so the fixed work's CPU time is compared with what
-    that law gives at the level's own utilization, not with its calibrated
-    time at the calibration's load.
+    calibrated utilization law), so the fixed work's CPU time is compared with
+    what the law gives the fixed work at the level's own utilization, not with
+    its calibrated time at the calibration's load.
     """
     from models.calibrate import work_speed
 
@@ -264,7 +265,7 @@ def _during(calibration: Calibration, calibrated: Scenario, measurement: Measure
         return None
     busy, law = measurement.cpu_utilization, calibrated.system.cpu
     if busy is not None and law is not None:
-        found /= law.factor(busy)
+        found /= law.work_factor(busy)
     return Speed(None, None, during=found)
 
 
