@@ -350,7 +350,7 @@ def _scrape_once(host: str) -> None:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=2.0) as reply:  # noqa: S310 - the run's own target
+        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=SCRAPE_TIMEOUT) as reply:  # noqa: S310 - the run's own target
             text = reply.read().decode("utf-8", "replace")
     except OSError:
         return  # a missed scrape widens the next one; nothing is lost
@@ -359,6 +359,9 @@ def _scrape_once(host: str) -> None:
         SNAPS.append(snap)
 
 
+# seconds a scrape may take: an overloaded server answers late, and its metrics then matter most (at 2 s a saturated
+# server's scrapes all failed after its first 12 s; the next scrape waits for this one)
+SCRAPE_TIMEOUT = 10.0
 SCRAPE_EVERY = 1.0  # seconds: the shortest time between scrapes (the machine's speed swings within a recording interval)
 MAX_SCRAPES = 600  # per run, at most about this many (a day-long run scrapes less often than SCRAPE_EVERY)
 

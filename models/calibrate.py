@@ -104,6 +104,7 @@ class Snapshot:
     idle_cpu: float | None = None  # the server's CPU use with no load (CPU seconds per second), when it was watched idle
     writer: dict[str, float] = field(default_factory=dict)  # the database writer: batches, batch_seconds, commit_seconds
     writes: dict[str, list[float]] = field(default_factory=dict)  # request -> [writes, Σ queued-to-committed seconds, Σ their squares]
+    loop: dict[str, float] = field(default_factory=dict)  # the event loop: lag_seconds, lag_samples (its lag probe), refused connections
 
     @property
     def has_stations(self) -> bool:
@@ -122,6 +123,7 @@ class Snapshot:
             "threaded": self.threaded,
             "writer": self.writer,
             "writes": self.writes,
+            "loop": self.loop,
             "idle_cpu": self.idle_cpu,
         }
 
@@ -138,6 +140,7 @@ class Snapshot:
             threaded=d.get("threaded", {}),
             writer=d.get("writer", {}),
             writes=d.get("writes", {}),
+            loop=d.get("loop", {}),
             idle_cpu=d.get("idle_cpu"),
         )
 
@@ -180,9 +183,17 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_db_commit_seconds_total": "commit_seconds",
     }
     writes = {"surgecap_db_writes_total": 0, "surgecap_db_write_seconds_total": 1, "surgecap_db_write_seconds_squared_total": 2}
+    loop = {
+        "surgecap_loop_lag_seconds_total": "lag_seconds",
+        "surgecap_loop_lag_samples_total": "lag_samples",
+        "surgecap_connections_refused_total": "refused",
+    }
     for name, labels, value in parse_prometheus(text):
         if name in writer:
             snap.writer[writer[name]] = value
+            continue
+        if name in loop:
+            snap.loop[loop[name]] = value
             continue
         if name in writes and "request" in labels:
             snap.writes.setdefault(labels["request"], [0.0] * 3)[writes[name]] = value

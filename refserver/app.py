@@ -38,6 +38,7 @@ from refserver.config import ServerConfig
 from refserver.cpu import CpuClock
 from refserver.handlers import BATCH_ID
 from refserver.health import storage_full
+from refserver.metrics import Metrics
 from refserver.operations import MAILBOX_QUERY
 from refserver.outbox import sender
 from refserver.service import DRAW_KEY, BadRequest, Service
@@ -118,6 +119,21 @@ def _prepare(cfg: ServerConfig) -> Callable[[sqlite3.Connection], None]:
     return prepare
 
 
+LAG_EVERY = 0.25  # seconds between the loop-lag probe's samples
+
+
+async def loop_lag(metrics: Metrics) -> None:
+    """Every :data:`LAG_EVERY` seconds, yield to the event loop once and time how long it takes to come back: the
+    wait of a step that is ready now (the loop's other ready steps and I/O first), published as
+    ``surgecap_loop_lag_seconds_total`` and ``_samples_total``.  Where a busy server's time goes past its stations."""
+    while True:
+        await asyncio.sleep(LAG_EVERY)
+        started = time.perf_counter()
+        await asyncio.sleep(0)
+        metrics.lag_seconds += time.perf_counter() - started
+        metrics.lag_samples += 1
+
+
 def create_app(
     cfg: ServerConfig,
     db_path: str | Path,
@@ -135,13 +151,15 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         svc.start(db_path, data_dir, upstream(registry_url, max(16, cfg.registry.concurrency * 2)))
         await svc.db.write(_prepare(cfg))
-        task = asyncio.create_task(sender(svc))
+        tasks = [asyncio.create_task(sender(svc)), asyncio.create_task(loop_lag(svc.metrics))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await svc.stop()
 
     table = ROUTES + (TEST_ROUTES if cfg.test_mode else [])

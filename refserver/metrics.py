@@ -6,6 +6,7 @@ import bisect
 import time
 from collections import defaultdict
 
+from refserver.protocol import REFUSED
 from refserver.stations import Station
 
 __all__ = ["Metrics", "station_lines"]
@@ -19,6 +20,8 @@ class Metrics:
         self.hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self.sums: dict[str, float] = defaultdict(float)
         self.in_flight = 0
+        self.lag_seconds = 0.0  # the loop's lag probes (refserver.app.loop_lag): summed waits and their number
+        self.lag_samples = 0
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests[(endpoint, status)] += 1
@@ -47,6 +50,16 @@ class Metrics:
             out.append(f'surgecap_request_seconds_sum{{endpoint="{ep}"}} {self.sums[ep]:.6f}')
             out.append(f'surgecap_request_seconds_count{{endpoint="{ep}"}} {cum}')
         out += ["# TYPE surgecap_in_flight gauge", f"surgecap_in_flight {self.in_flight}"]
+        out += [
+            "# HELP surgecap_loop_lag_seconds_total Summed waits of the loop-lag probe: a ready step's wait for the event loop.",
+            "# TYPE surgecap_loop_lag_seconds_total counter",
+            f"surgecap_loop_lag_seconds_total {self.lag_seconds:.6f}",
+            "# TYPE surgecap_loop_lag_samples_total counter",
+            f"surgecap_loop_lag_samples_total {self.lag_samples}",
+            "# HELP surgecap_connections_refused_total Connections refused (503) past the connection limit, none idle to close.",
+            "# TYPE surgecap_connections_refused_total counter",
+            f"surgecap_connections_refused_total {REFUSED[0]}",
+        ]
         out += ["# TYPE process_cpu_seconds_total counter", f"process_cpu_seconds_total {time.process_time():.6f}"]
         out += station_lines(stations, more=more)
         out += tail or []

@@ -26,7 +26,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-__all__ = ["Limits", "guarded"]
+__all__ = ["Limits", "guarded", "REFUSED"]
+
+REFUSED = [0]  # connections refused past the connection limit, this process (published as surgecap_connections_refused_total)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.deadline = self.last_seen + self.limits.header_seconds
         self._sweeping()
         if len(self.connections) > self.limits.connections and not self._evict_idle():
-            self._refuse(503, "too many connections, retry later")
+            REFUSED[0] += 1
+            self._refuse(503, "too many connections, retry later", "connections")
 
     def _sweeping(self) -> None:
         """Start the sweep of this server's connections (once per set of connections)."""
@@ -136,8 +139,8 @@ class GuardedProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # a body that stopped coming: the handler sees the disconnect
 
-    def _refuse(self, status: int, message: str) -> None:
-        body = ('{"error": "' + message + '"}').encode()
+    def _refuse(self, status: int, message: str, reason: str = "") -> None:
+        body = ('{"error": "' + message + '"' + (f', "reason": "{reason}"' if reason else "") + "}").encode()
         head: list[Any] = [STATUS_LINE[status], b"content-type: application/json\r\n"]
         head += [b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]
         self.transport.write(b"".join(head))

@@ -45,7 +45,9 @@ class Station:
 
     @asynccontextmanager
     async def slot(self, rt: str = "other") -> AsyncIterator[None]:
-        if self.busy >= self.servers and self.queue_limit is not None and self.waiting >= self.queue_limit:
+        # no free slot (a slot just let go stays promised to the waiter it woke until that waiter runs: the semaphore
+        # counts it taken, while busy does not count it yet) and the queue is full
+        if self.queue_limit is not None and self.waiting >= self.queue_limit and self._sem.locked():
             self.shed += 1
             raise Overloaded(self.name)
         self.waiting += 1

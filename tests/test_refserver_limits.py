@@ -65,3 +65,39 @@ def test_idle_connections_past_the_cap_do_not_lock_out_healthz(server: tuple[str
     finally:
         for sock in idle:
             sock.close()
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(f"{name} "))
+
+
+def test_past_the_cap_with_none_idle_a_new_connection_is_refused_and_counted(server: tuple[str, tuple[str, int]]) -> None:
+    # connections inside a request (headers in, body still coming) are not idle: with the cap's 30 all such, the next
+    # connection is refused with a 503 that says why, and /metrics counts it (beside the loop's lag probe)
+    partial = b"POST /api/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    url = server[0]
+    before = _metric(url, "surgecap_connections_refused_total")
+    busy: list[socket.socket] = []
+    try:
+        for _ in range(29):
+            busy.append(socket.create_connection(server[1]))
+            busy[-1].sendall(partial)
+        deadline = time.monotonic() + 10
+        while _metric(url, "surgecap_in_flight") < 29:  # the server has read all 29 requests' headers
+            assert time.monotonic() < deadline, "the server did not take the 29 requests in"
+        answer = b""
+        for _ in range(5):  # the 30th is taken in before the next connects (a fresh one not read yet is idle, and closed)
+            busy.append(socket.create_connection(server[1]))
+            busy[-1].sendall(partial)
+            late = socket.create_connection(server[1])
+            answer = _answer(late)
+            late.close()
+            if answer.startswith(b"HTTP/1.1 503"):
+                break
+    finally:
+        for sock in busy:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 503") and b'"reason": "connections"' in answer
+    assert _metric(url, "surgecap_connections_refused_total") >= before + 1
+    assert _metric(url, "surgecap_loop_lag_samples_total") >= 1

@@ -1,0 +1,85 @@
+"""The reference server's stations (refserver/stations.py): slots, a bounded queue, and shedding past it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from refserver.stations import Overloaded, Station
+
+
+def test_a_full_queue_sheds_while_a_let_go_slot_waits_for_the_waiter_it_woke() -> None:
+    # one slot, a queue of one: A holds the slot, B waits.  A lets go: the slot is B's, though B has not run yet (busy
+    # reads 0 until it does).  C, arriving in that moment, finds the queue full and is shed at once; before, it joined
+    # the queue past its limit (on a saturated server the db queue grew to three times its limit)
+    async def scenario() -> tuple[list[str], int]:
+        station = Station("db", servers=1, queue=1)
+        seen: list[str] = []
+        let_go = asyncio.Event()
+
+        async def holder(name: str, wait_for: asyncio.Event | None = None) -> None:
+            try:
+                async with station.slot():
+                    seen.append(f"{name} in")
+                    if wait_for is not None:
+                        await wait_for.wait()
+            except Overloaded:
+                seen.append(f"{name} shed")
+
+        a = asyncio.create_task(holder("A", let_go))
+        await asyncio.sleep(0)
+        b = asyncio.create_task(holder("B"))
+        await asyncio.sleep(0)
+        assert station.waiting == 1
+        let_go.set()
+        await asyncio.sleep(0)  # A leaves its slot; B is woken but has not run
+        most = station.waiting
+        await holder("C")  # in this task, before B runs
+        await asyncio.gather(a, b)
+        return seen, most
+
+    seen, waiting = asyncio.run(scenario())
+    assert waiting == 1
+    assert "C shed" in seen and seen.index("C shed") < seen.index("B in")
+    assert seen.count("A in") == 1 and seen.count("B in") == 1
+
+
+def test_with_no_queue_a_request_is_shed_only_when_every_slot_is_taken() -> None:
+    async def scenario() -> list[str]:
+        station = Station("web", servers=2, queue=0)
+        seen: list[str] = []
+        hold = asyncio.Event()
+
+        async def one(name: str) -> None:
+            try:
+                async with station.slot():
+                    seen.append(f"{name} in")
+                    await hold.wait()
+            except Overloaded:
+                seen.append(f"{name} shed")
+
+        tasks = [asyncio.create_task(one(n)) for n in "ABC"]
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.gather(*tasks)
+        return seen
+
+    assert sorted(asyncio.run(scenario())) == ["A in", "B in", "C shed"]
+
+
+@pytest.mark.parametrize("queue", [None, 5])
+def test_waiting_requests_get_the_slots_in_order(queue: int | None) -> None:
+    async def scenario() -> list[str]:
+        station = Station("db", servers=1, queue=queue)
+        order: list[str] = []
+
+        async def one(name: str) -> None:
+            async with station.slot():
+                order.append(name)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(one(n) for n in "ABCD"))
+        return order
+
+    assert asyncio.run(scenario()) == ["A", "B", "C", "D"]
