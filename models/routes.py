@@ -60,7 +60,7 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK = range(7)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME = range(8)  # legs of a route through the processor
 
 
 def cpu_legs(
@@ -86,7 +86,10 @@ def cpu_legs(
     computation (``work``, e.g. a key stretch) adds to the step that resumes it
     inside its first held station, as the reference server runs it there (a
     ``WORK`` leg, whose sampler is the pair: step and computation, each timed
-    by its own utilization law).
+    by its own utilization law).  A visit that had to wait for its station
+    first takes a step to be resumed (``RESUME``, skipped when the station was
+    free): the server's event loop wakes the waiter in its own time, and the
+    slot stays promised to it meanwhile, counted busy only once it runs.
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -108,6 +111,8 @@ def cpu_legs(
             legs.append((VISIT, station, None))
             continue
         legs.append((HOLD, station, None))
+        if step is not None:
+            legs.append((RESUME, cpu, step))
         if j == thread_at:
             legs += [(LOCK, cpu, None)] * locks
             legs.append((THREAD, cpu, step))
@@ -125,7 +130,7 @@ def cpu_legs(
 class CpuRoute:
     """A request's way through its stations and the processor (see :func:`cpu_legs`), chained by callbacks."""
 
-    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step")
+    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step", "asked")
 
     def __init__(self, model: FunnelModel, legs: list[tuple[int, Any, Any]], deadline: float, reply: Event, u: float | None = None):
         self.model = model
@@ -137,6 +142,7 @@ class CpuRoute:
         self.held: Station | None = None
         self.since = 0.0
         self.step = 0.0  # CPU time of the latest step: the server lets a station go as its resumption step starts
+        self.asked = 0.0  # when the latest hold was asked for
 
     def _end(self, value: str | None) -> None:
         if self.held is not None:
@@ -164,7 +170,15 @@ class CpuRoute:
                 self.held = None
                 continue
             self.step = 0.0
+            if kind == RESUME:
+                if self.since == self.asked:
+                    continue  # the station was free: no wait, nothing to resume
+                self.step = sampler() * station.factor()
+                leg = station.request(self.step)
+                leg.callbacks.append(self._resumed)  # type: ignore[union-attr]
+                return
             if kind == HOLD:
+                self.asked = m.env._now
                 leg = station.hold(self.deadline)
                 leg.callbacks.append(self._held)  # type: ignore[union-attr]
                 return
@@ -188,6 +202,10 @@ class CpuRoute:
                 leg = station.request(self.step)
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
             return
+
+    def _resumed(self, event: Event) -> None:
+        self.since = self.model.env._now  # the server counts its slot busy from here
+        self.next(event)
 
     def _held(self, event: Event) -> None:
         if event._value is None:

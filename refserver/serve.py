@@ -97,6 +97,40 @@ def listening(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Listening sockets sharing the server's port (SO_REUSEPORT; the kernel spreads new connections over them).  The event
+# loop (uvloop's libuv) accepts one connection per listening socket per turn of the loop: with one socket, a saturated
+# server (turns of 60 ms) took in about 16 connections a second, and the rest waited in the kernel's accept queue
+# (1,400 deep, many seconds) before the server's own admission control ever saw them (docs/validation.md).
+LISTENERS = 16
+
+
+def listeners(host: str, port: int, count: int = LISTENERS) -> list[socket.socket]:
+    """``count`` listening sockets on ``host``:``port`` (0: a free port), sharing it (one where SO_REUSEPORT is missing).
+
+    A plain socket is bound first, so that a port another process holds fails
+    here as it would without sharing; the shared ones then take its place.
+    """
+    first = listening(host, port)
+    if count <= 1 or not hasattr(socket, "SO_REUSEPORT"):
+        return [first]
+    port = first.getsockname()[1]
+    first.close()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 def write_port(path: Path, port: int) -> None:
     """Name the port bound, all at once (a reader never sees half a number)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -224,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     db_path = Path(args.db) if args.db else data_dir / "refserver.sqlite"
     try:
-        sock = listening(args.host, args.port)  # bound first: a taken port fails at once, with nothing started
+        socks = listeners(args.host, args.port)  # bound first: a taken port fails at once, with nothing started
     except (OSError, OverflowError) as exc:  # taken, not an address of this machine, or not a port number at all
         print(f"refserver: cannot listen on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
@@ -234,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        sock.close()
+        for sock in socks:
+            sock.close()
         print(f"refserver: cannot write the port file {port_file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     os.umask(0o077)  # from here on, the database, its journal, the photos, the keys: readable by this user only
@@ -252,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             reset_token = secrets.token_urlsafe(16)
             (data_dir / "reset-token").write_text(reset_token)
         app = create_app(cfg, db_path, f"http://{host}:{reg_port}", _secret(data_dir), data_dir, reset_token=reset_token)
-        port = sock.getsockname()[1]
+        port = socks[0].getsockname()[1]
         print(f"refserver: serving on http://{host}:{port} (registry on port {reg_port}, database {db_path})", flush=True)
         try:
             write_port(port_file, port)  # what --port 0 chose, for whoever started it
@@ -263,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         config = uvicorn.Config(
             app, http=guarded(limits), log_level="warning", access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=socks)
     finally:
         stop(registry, 10.0)
     return 0

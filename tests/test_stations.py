@@ -135,7 +135,7 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
     # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
     # thread's step (served ahead of the loop's steps: it holds the lock) and its resumption; the 2 steps left go to the
     # gaps before web and between web and db (first gaps first)
-    from models.routes import DELAY, HOLD, RELEASE, THREAD, VISIT, cpu_legs
+    from models.routes import DELAY, HOLD, RELEASE, RESUME, THREAD, VISIT, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
@@ -144,11 +144,13 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
     assert kinds == [
         (VISIT, "cpu"),
         (HOLD, "web"),
+        (RESUME, "cpu"),
         (DELAY, None),
         (VISIT, "cpu"),
         (RELEASE, "web"),
         (VISIT, "cpu"),
         (HOLD, "db"),
+        (RESUME, "cpu"),
         (THREAD, "cpu"),
         (DELAY, None),
         (VISIT, "cpu"),
@@ -166,7 +168,7 @@ def test_a_requests_own_computation_joins_its_resumption_inside_the_first_statio
     plain = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}))
     legs = cpu_legs([(web, lambda: 0.025), (db, lambda: 0.004)], cpu, 5, lambda: 0.0002, frozenset({"db"}), work=lambda: 0.010)
     assert [st for _, st, _ in legs] == [st for _, st, _ in plain]
-    assert [k for k, _, _ in legs] == [WORK if j == 3 else k for j, (k, _, _) in enumerate(plain)]  # web's resumption
+    assert [k for k, _, _ in legs] == [WORK if j == 4 else k for j, (k, _, _) in enumerate(plain)]  # web's resumption
 
     def cost(k: int, f: Any) -> float:
         return round(f[0]() + f[1](), 6) if k == WORK else round(f(), 6)
@@ -204,6 +206,40 @@ def test_a_processor_law_times_steps_and_own_computation_each_by_its_own_points(
     env.run(done)
     # two steps: 1 ms x 1.25 each; the computation 10 ms x 1.1; the station's 5 ms
     assert env.now == pytest.approx(2 * 0.00125 + 0.011 + 0.005)
+
+
+def test_a_visit_that_waited_for_its_station_is_resumed_by_the_processor_before_it_goes_on() -> None:
+    # web has one slot; A takes it at 0 (free: no resume step), B waits.  A's resumption runs 10-11 ms and lets the slot
+    # go; the slot is B's, but a 5 ms step that came at 10.5 ms runs first (11-16 ms), so B's 1 ms resume step runs
+    # 16-17 ms, and only then its 10 ms service and its 1 ms resumption: B is answered at 28 ms.  The slot counts busy
+    # from 17 ms (the server's own accounting starts once the waiter runs): 10 ms each
+    from types import SimpleNamespace
+
+    from models.routes import CpuRoute, cpu_legs
+    from models.stations import Processor
+
+    env = simpy.Environment()
+    proc = Processor(env, "cpu", 1, lambda u: 1.0, 0.5)
+    web = Station(env, "web", 1, None)
+    model = SimpleNamespace(env=env)
+    done = {}
+
+    def route(name: str) -> None:
+        reply = env.event()
+        reply.callbacks.append(lambda _e: done.__setitem__(name, env.now))
+        CpuRoute(model, cpu_legs([(web, lambda: 0.010)], proc, 1, lambda: 0.001, frozenset()), math.inf, reply).next(None)  # type: ignore[arg-type]
+
+    def blocker():  # type: ignore[no-untyped-def]
+        yield env.timeout(0.0105)
+        yield proc.request(0.005)
+
+    route("A")
+    route("B")
+    env.process(blocker())
+    env.run()
+    assert done["A"] == pytest.approx(0.011) and done["B"] == pytest.approx(0.028)
+    assert web.busy_area == pytest.approx(0.020)
+    assert proc.n_arrivals == 4  # A's resumption, the blocker, B's resume step and B's resumption
 
 
 def test_a_processor_law_must_rise_in_utilization() -> None:
