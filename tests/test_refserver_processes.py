@@ -282,3 +282,38 @@ def test_a_server_on_port_0_names_its_own_port_and_a_taken_port_is_refused(tmp_p
     )
     assert unwritable.returncode == 2 and "cannot write the port file" in unwritable.stderr and "Traceback" not in unwritable.stderr
     assert not (tmp_path / "nowhere" / "registry-port").exists()  # found before the registry was started
+
+
+def test_the_server_listens_on_sixteen_sockets_sharing_its_port_and_no_one_else_can_join() -> None:
+    # uvloop takes one connection per listening socket per turn of its loop: sixteen sockets share the port so that a
+    # saturated server still takes connections in as they come (its stations then decide, not the kernel's queue)
+    import socket as socketlib
+
+    from refserver.serve import LISTENERS, listeners
+
+    socks = listeners("127.0.0.1", 0)
+    try:
+        ports = {s.getsockname()[1] for s in socks}
+        assert len(socks) == LISTENERS == 16 and len(ports) == 1
+        port = ports.pop()
+        with pytest.raises(OSError):  # a second server on the same port fails at once, as without sharing
+            listeners("127.0.0.1", port)
+        clients = [socketlib.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+        taken = []
+        for s in socks:  # the kernel spread the connections over the sockets
+            s.setblocking(False)
+            n = 0
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                n += 1
+            taken.append(n)
+        assert sum(taken) == 64 and sum(1 for n in taken if n) > 1
+        for c in clients:
+            c.close()
+    finally:
+        for s in socks:
+            s.close()
