@@ -100,7 +100,7 @@ class Snapshot:
     cpu_seconds: float | None = None
     cpu_typed: dict[str, list[float]] = field(
         default_factory=dict
-    )  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls]
+    )  # request -> [requests, steps, loop Σt, loop Σt², thread seconds, thread calls, own work seconds, requests that did it, resume steps]
     idle_cpu: float | None = None  # the server's CPU use with no load (CPU seconds per second), when it was watched idle
     writer: dict[str, float] = field(default_factory=dict)  # the database writer: batches, batch_seconds, commit_seconds
     writes: dict[str, list[float]] = field(default_factory=dict)  # request -> [writes, Σ queued-to-committed seconds, Σ their squares]
@@ -176,6 +176,7 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_thread_calls_total": 5,
         "surgecap_cpu_work_seconds_total": 6,
         "surgecap_cpu_work_requests_total": 7,
+        "surgecap_cpu_resumes_total": 8,
     }
     writer = {
         "surgecap_db_batches_total": "batches",
@@ -199,7 +200,7 @@ def snapshot(text: str, at: float) -> Snapshot:
             snap.writes.setdefault(labels["request"], [0.0] * 3)[writes[name]] = value
             continue
         if name in cpu and "request" in labels:
-            snap.cpu_typed.setdefault(labels["request"], [0.0] * 8)[cpu[name]] = value
+            snap.cpu_typed.setdefault(labels["request"], [0.0] * 9)[cpu[name]] = value
             continue
         station = labels.get("station")
         if name in simple and station is not None:
@@ -290,6 +291,7 @@ class CpuEstimate:
     locks: float = 0.0  # per request: worker-thread calls that give up the interpreter lock and take it back
     rho: float = 0.0  # the processor's utilization by all request types at the calibration load
     work: float = 0.0  # seconds per request of its own computation (part of ``own``; the server counts it apart)
+    resumes: float = 0.0  # per request: steps that resumed it after it waited for a station (not in ``steps``: the model adds its own)
 
     @property
     def demand(self) -> float:
@@ -297,8 +299,10 @@ class CpuEstimate:
 
     @property
     def step_mean(self) -> float:
-        """Mean time of a step, the own computation left out."""
-        return (self.demand - self.work) / self.steps
+        """Mean time of a step, the own computation left out, over the model's steps and the measured resume steps (the
+        model takes a resume step only for a visit that waits, as the server does, so its CPU time per request comes to
+        the measured one when its waits do)."""
+        return (self.demand - self.work) / (self.steps + self.resumes)
 
     def as_work(self) -> dict[str, Any]:
         work: dict[str, Any] = {
@@ -324,7 +328,7 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
         return {}
     total = after.cpu_seconds - before.cpu_seconds
     delta = {
-        rt: [a - b for a, b in zip([*acc, *[0.0] * 8][:8], [*before.cpu_typed.get(rt, []), *[0.0] * 8][:8], strict=True)]
+        rt: [a - b for a, b in zip([*acc, *[0.0] * 9][:9], [*before.cpu_typed.get(rt, []), *[0.0] * 9][:9], strict=True)]
         for rt, acc in after.cpu_typed.items()
     }
     kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] >= MIN_SAMPLES}
@@ -333,7 +337,7 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
     owned = sum(d[2] + d[4] for d in kept.values())
     shared = max(0.0, total - owned - background * elapsed) / sum(d[0] for d in kept.values())
     out: dict[str, CpuEstimate] = {}
-    for rt, (n, steps, loop, squares, thread, calls, worked_s, worked_n) in kept.items():
+    for rt, (n, steps, loop, squares, thread, calls, worked_s, worked_n, resumes) in kept.items():
         own = (loop + thread) / n
         if worked_n > 0 and steps > 0:
             # the steps without the own computation: each of worked_n steps held m + w, so take off w^2 + 2 m w from the squares
@@ -349,17 +353,18 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
             own,
             thread / n,
             shared,
-            max(1, round(steps / n)) + 1,
+            max(1, round((steps - resumes) / n)) + 1,
             min(max(cv, 0.05), 4.0),
             n * (own + shared) / elapsed,
             locks=calls / n,
             work=worked_s / n,
+            resumes=resumes / n,
         )
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
-    lam = sum(e.n * e.steps for e in out.values()) / elapsed
+    lam = sum(e.n * (e.steps + e.resumes) for e in out.values()) / elapsed
     rho = min(background + sum(e.utilization for e in out.values()), 0.95)
     second = sum(e.n * (e.steps * (1 + e.cv**2) * e.step_mean**2 + e.work**2 + 2 * e.work * e.step_mean) for e in out.values()) / max(
-        1.0, sum(e.n * e.steps for e in out.values())
+        1.0, sum(e.n * (e.steps + e.resumes) for e in out.values())
     )
     wait = lam * second / (2 * (1 - rho))
     return {rt: dataclasses.replace(e, wait=wait, rho=rho) for rt, e in out.items()}
@@ -378,9 +383,10 @@ def cpu_law(reference: tuple[dict[str, CpuEstimate], float], others: list[tuple[
 
     ``reference`` is the phase the step times were taken from (its estimates and
     utilization), ``others`` the calibration's other phases.  Each phase gives a
-    point at its utilization: its loop steps' CPU time (the CPU time per request
-    without the request's own computation) over the reference's, and its own
-    computation's likewise, both for the reference phase's mix of requests.
+    point at its utilization: its loop steps' CPU time (per step: the CPU time
+    per request without the request's own computation, over its steps and
+    resume steps) over the reference's, and its own computation's (per request)
+    likewise, both for the reference phase's mix of requests.
     The two are kept apart because they move differently: on the reference
     server a busier processor made the loop's short steps much cheaper (batched
     wake-ups, warm caches) and a long fixed computation only a little
@@ -392,7 +398,8 @@ def cpu_law(reference: tuple[dict[str, CpuEstimate], float], others: list[tuple[
 
     def costs(est: dict[str, CpuEstimate]) -> tuple[float, float]:
         both = [rt for rt in ref if rt in est]
-        steps = sum(ref[rt].n * (est[rt].demand - est[rt].work) for rt in both)
+        # per step (a busier phase has more resume steps per request, which the model adds itself)
+        steps = sum(ref[rt].n * (ref[rt].steps + ref[rt].resumes) * est[rt].step_mean for rt in both)
         own = sum(ref[rt].n * est[rt].work for rt in both)
         return steps, own
 

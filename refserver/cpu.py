@@ -32,8 +32,9 @@ __all__ = ["CpuClock"]
 T = TypeVar("T")
 
 # per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds, thread calls,
-# seconds of the request's own computation (refserver.service.stretch; within its loop steps), requests that did it]
-REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED = range(8)
+# seconds of the request's own computation (refserver.service.stretch; within its loop steps), requests that did it,
+# steps that resumed a request after it waited for a station's slot (part of steps)]
+REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES = range(9)
 
 
 class _Timed(Awaitable[T]):
@@ -83,7 +84,7 @@ class CpuClock:
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
         if acc is None:
-            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0]
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0]
         return acc
 
     def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
@@ -106,6 +107,11 @@ class CpuClock:
         acc[WORK] += seconds
         acc[WORKED] += 1
 
+    def resumed(self, rt: str) -> None:
+        """Count a step that will resume a request of ``rt`` after it waited for a station's slot: a step the request
+        takes only when it had to wait (the model adds it itself, so calibration counts the steps without it)."""
+        self._acc(rt)[RESUMES] += 1
+
     def lines(self) -> list[str]:
         """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds."""
         out: list[str] = []
@@ -118,6 +124,7 @@ class CpuClock:
             ("surgecap_cpu_thread_calls_total", CALLS, "{:.2f}", "Worker-thread calls that give up the interpreter lock and take it back."),
             ("surgecap_cpu_work_seconds_total", WORK, "{:.6f}", "CPU time of requests' own computation (part of their loop time)."),
             ("surgecap_cpu_work_requests_total", WORKED, "{:.0f}", "Requests that did their own computation."),
+            ("surgecap_cpu_resumes_total", RESUMES, "{:.0f}", "Steps that resumed a request after it waited for a station's slot."),
         ):
             out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
             for rt, acc in sorted(self.by_type.items()):

@@ -114,7 +114,11 @@ class Service:
         self.reset_token = reset_token
         rng = random.Random(cfg.seed)
         # the database write runs in the writer thread inside the db station, the photo write in a worker thread inside storage
-        self.stations = {name: Station(name, s.servers, s.queue, threaded=name in ("db", "storage")) for name, s in cfg.stations.items()}
+        self.clock = CpuClock()
+        self.stations = {
+            name: Station(name, s.servers, s.queue, threaded=name in ("db", "storage"), on_wait=self.clock.resumed)
+            for name, s in cfg.stations.items()
+        }
         self.drawers: dict[tuple[str, str], Callable[[random.Random], float]] = {
             (name, rt): drawer(s.service.get(rt, s.service.get("default"))) for name, s in cfg.stations.items() for rt in cfg.routes
         }
@@ -123,7 +127,6 @@ class Service:
         }
         self.metrics = Metrics()
         self.health = Health()
-        self.clock = CpuClock()
         self._db: Database | None = None
         self._photos: PhotoStore | None = None
         self._registry: Upstream | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 __all__ = ["Station", "Overloaded"]
@@ -30,8 +30,9 @@ class Overloaded(Exception):
 
 
 class Station:
-    def __init__(self, name: str, servers: int, queue: int | None, threaded: bool = False):
+    def __init__(self, name: str, servers: int, queue: int | None, threaded: bool = False, on_wait: Callable[[str], None] | None = None):
         self.name = name
+        self.on_wait = on_wait  # told the request type of each request that has to wait for a slot (its wake-up is a loop step)
         self.threaded = threaded  # its work runs in a worker thread (published, for the model's system.cpu.threads)
         self.servers = servers
         self.queue_limit = queue
@@ -50,6 +51,8 @@ class Station:
         if self.queue_limit is not None and self.waiting >= self.queue_limit and self._sem.locked():
             self.shed += 1
             raise Overloaded(self.name)
+        if self.on_wait is not None and self._sem.locked():
+            self.on_wait(rt)
         self.waiting += 1
         try:
             await self._sem.acquire()

@@ -108,6 +108,38 @@ def test_processor_demand_per_request_type() -> None:
     assert cpu_estimates(before, snapshot(metrics_text(0, 0, 0), at=10.0), ["register"]) == {}  # no accounting published
 
 
+def test_resume_steps_stay_out_of_the_step_count_and_in_the_step_time() -> None:
+    # 10 s at a load where requests wait for their stations: register 100 requests in 600 loop steps (0.06 s), of which
+    # 150 resumed a request after it waited for a slot.  The model takes such a step itself, for each visit that waits,
+    # so its step count is the steps without them: (600 - 150) / 100 = 4.5 -> round 4 (+1 for the thread and shared
+    # work) = 5; its step time is the CPU time over every step it will take, its own and the measured resumes:
+    # (0.06 s + thread 0.01 s + unowned 0.01 s) / 100 = 0.8 ms per request, / (5 + 1.5) per step.  Counting the
+    # resumes as steps too (as before) put them in the model twice: given a level's own CPU time at 0.9 of a
+    # queue-bound knee, its processor came 2.4 points over the server's (88.1 against 85.7 %)
+    before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
+    text = cpu_text(1.08, {"register": (100, 600, 0.06, 600 * 1e-8, 0.01)})
+    after = snapshot(text + 'surgecap_cpu_resumes_total{request="register"} 150\n', at=10.0)
+    reg = cpu_estimates(before, after, ["register"])["register"]
+    assert reg.resumes == pytest.approx(1.5)
+    assert reg.steps == 5
+    assert reg.step_mean == pytest.approx(0.0008 / 6.5)
+    assert reg.step_mean * (reg.steps + reg.resumes) == pytest.approx(reg.demand)  # the CPU time per request is kept
+    # a server that publishes no resume count (older runs) reads as none
+    plain = cpu_estimates(before, snapshot(text, at=10.0), ["register"])["register"]
+    assert (plain.resumes, plain.steps) == (0.0, 7)
+
+
+def test_the_law_compares_the_steps_per_step_so_that_a_busier_phases_resumes_are_not_counted_as_dearer_steps() -> None:
+    # the top phase has the reference's step time, but 2 resume steps per request on top of its 5: per request its loop
+    # costs 7/5 of the reference's, per step the same.  The model adds those resumes itself, so the law's factor is 1
+    from models.calibrate import CpuEstimate, cpu_law
+
+    ref = {"register": CpuEstimate("register", 100, 5 * 0.1e-3, 0.0, 0.0, 5, 1.0, 0.1)}
+    top = {"register": CpuEstimate("register", 100, 7 * 0.1e-3, 0.0, 0.0, 5, 1.0, 0.1, resumes=2.0)}
+    assert top["register"].step_mean == pytest.approx(ref["register"].step_mean)
+    assert cpu_law((ref, 0.6), [(top, 0.9)])[1] == {"at": 0.9, "steps": pytest.approx(1.0)}
+
+
 def test_the_processors_utilization_law_from_the_calibration_phases_keeps_steps_and_own_work_apart() -> None:
     # reference phase (U = 60 %): register 1.0 ms of steps + 10 ms of own computation, verify_email 0.5 ms of steps;
     # mix 100 register, 200 verify_email: steps 100 x 1.0 + 200 x 0.5 = 200 ms, own work 100 x 10 = 1000 ms.
@@ -470,11 +502,12 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # finds the processor, calibration carries the key stretch apart from the steps, at 0.9 a queue forms (register's
     # measured p95 well above its value at 0.3), and the model, given each level's own CPU time per request (so that this
     # machine's changing speed is not what is tested), sees it form too: its own register p95 at 0.9 at least twice its
-    # p95 at 0.3, its p50 at 0.9 within a factor of 1.5 of the measured and its p95 within a factor of 4, the
-    # throughput within 5 %; and the model's curve is drawn.  The validation itself judges 0.9 at ±20 %; this short level
-    # (15 s) on a machine whose CPU speed drifts moves more than that from run to run (docs/validation.md), so the test
-    # holds the model to those factors: a model whose queue at the knee vanished (p95 back near its 0.3 value, about a
-    # tenth of the measured) or ran away past the knee fails here.
+    # p95 at 0.3, its p50 at 0.9 from 1/1.5 to 3 times the measured and its p95 within a factor of 4, its processor
+    # within 2 points of the server's (the CPU time is given), the throughput within 5 %; and the model's curve is drawn.
+    # The validation itself judges 0.9 at ±20 %; this short level (15 s) on a machine whose CPU speed drifts moves more
+    # than that from run to run, and since the server listens on 16 sockets the model is pessimistic here (its p50 about
+    # twice the measured: docs/validation.md), so the test holds the model to those factors: a model whose queue at the
+    # knee vanished (p95 back near its 0.3 value, about a tenth of the measured) or ran away past the knee fails here.
     out = tmp_path / "knee"
     main(["validate", str(TEST_SCENARIOS / "validate-knee.yaml"), "--levels", "0.3,0.9", "--processor", "level", "--out", str(out), "-q"])
     report = json.loads((out / "validation.json").read_text())
@@ -486,7 +519,9 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     for f in (0.3, 0.9):
         assert checks[(f, "register", "throughput /s")]["verdict"] == "pass", checks[(f, "register", "throughput /s")]
     p50, p95 = checks[(0.9, "register", "p50")], checks[(0.9, "register", "p95")]
-    assert p50["tolerance"] == pytest.approx(0.2) and 1 / 1.5 <= p50["model"] / p50["measured"] <= 1.5, p50
+    assert p50["tolerance"] == pytest.approx(0.2) and 1 / 1.5 <= p50["model"] / p50["measured"] <= 3, p50
+    cpu = checks[(0.9, "station cpu", "utilization")]
+    assert abs(cpu["model"] - cpu["measured"]) < 0.02, cpu  # resume steps counted once (they were twice: +2.4 points)
     assert 1 / 4 <= p95["model"] / p95["measured"] <= 4, p95
     assert p95["model"] > 2 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()

@@ -83,3 +83,26 @@ def test_waiting_requests_get_the_slots_in_order(queue: int | None) -> None:
         return order
 
     assert asyncio.run(scenario()) == ["A", "B", "C", "D"]
+
+
+def test_a_request_that_waits_for_a_slot_is_told_to_the_clock_as_a_resume_step() -> None:
+    # one slot: A takes it at once, B and C wait for it.  Each wait is one more step of the event loop's (the woken
+    # request resumed), which calibration keeps out of a request's step count, as the model adds it itself
+    from refserver.cpu import RESUMES, CpuClock
+
+    async def scenario() -> CpuClock:
+        clock = CpuClock()
+        station = Station("db", servers=1, queue=None, on_wait=clock.resumed)
+
+        async def one(rt: str) -> None:
+            async with station.slot(rt):
+                await asyncio.sleep(0)
+
+        await asyncio.gather(one("register"), one("register"), one("verify_email"))
+        async with station.slot("register"):  # free again: no wait
+            pass
+        return clock
+
+    clock = asyncio.run(scenario())
+    assert clock.by_type["register"][RESUMES] == 1 and clock.by_type["verify_email"][RESUMES] == 1
+    assert 'surgecap_cpu_resumes_total{request="register"} 1' in clock.lines()
