@@ -52,7 +52,7 @@ def _uniform(rng: np.random.Generator) -> Sampler:
 
 
 #: a request type's processor work: (steps, time per step, interpreter-lock takes, its own computation or None)
-CpuPlan = tuple[int, Sampler, Sampler | None]
+CpuPlan = tuple[int, Sampler, int, Sampler | None]
 
 
 class _Tally:
@@ -151,7 +151,7 @@ class FunnelModel:
             self.stations[REGISTRY] = self.registry
             self.registry_latency = r.latency.sampler(registry_rng)
             self.registry_timeout = r.timeout
-        cpu_work: dict[str, CpuPlan] = {}  # request type -> (steps, time per step, own work)
+        cpu_work: dict[str, CpuPlan] = {}  # request type -> (steps, time per step, lock takes, own work)
         threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
         self.route = CpuRoute if sysd.cpu is not None else Route
         if sysd.cpu is not None:
@@ -176,7 +176,7 @@ class FunnelModel:
                 work = sysd.cpu.work_for(rt)
                 if work is not None and work.step.mean > 0:
                     own = work.work.sampler(cpu_rng) if work.work is not None and work.work.mean > 0 else None
-                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), own)
+                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), round(work.locks), own)
         self.sender: Sender | None = None
         if sysd.email is not None:
             rates = [(-INF, sysd.email.rate)] + sorted((c.at, c.send_rate) for c in sysd.changes if c.send_rate is not None)
@@ -215,8 +215,8 @@ class FunnelModel:
                     samplers[key] = dist.sampler(service_rng)
                 visits.append((self.stations[name], samplers[key]))
             if step.request_type in cpu_work:
-                n_steps, sampler, own = cpu_work[step.request_type]
-                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, own)  # type: ignore[assignment]
+                n_steps, sampler, locks, own = cpu_work[step.request_type]
+                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks, own)  # type: ignore[assignment]
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
                 visits = cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think

@@ -17,7 +17,7 @@ from models.stations import Station
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
 
-__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "THREAD"]
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD"]
 
 
 class Route:
@@ -60,7 +60,7 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, THREAD, WORK, RESUME = range(7)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME = range(8)  # legs of a route through the processor
 
 
 def cpu_legs(
@@ -69,20 +69,20 @@ def cpu_legs(
     steps: int,
     step: Sampler | None,
     threads: frozenset[str],
+    locks: int = 0,
     work: Sampler | None = None,
 ) -> list[tuple[int, Station | None, Any]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
     Each station is held for its whole visit: in a threaded station (its work
-    runs in a worker thread) one step first, the thread's work, which runs
-    ahead of the loop's waiting steps (it holds the interpreter lock), then,
-    when the request has a step to spare, the step in which the event loop
-    resumes the request once the thread is done (a wait for the loop, as on the
-    server); then the service; then the step in which the event loop resumes
-    the request, which is waited for before the station is let go.  The
-    thread's calls that give up the interpreter lock (``CpuWork.locks``) do
-    not wait for the processor: on the reference server a write's six took
-    0.2 ms more at 90 % busy than at 30 % (docs/validation.md).  The other steps are spread
+    runs in a worker thread) one step first, the thread's work; then the
+    service; then the step in which the event loop resumes the request, which
+    is waited for before the station is let go.  The thread's ``locks`` (its
+    calls that give up the interpreter lock) each wait for the processor's
+    current step to end, before the thread's step, which then runs ahead of the
+    loop's waiting steps (it holds the lock); when the request has a step to
+    spare, the next resumes it once the thread is done (a wait for the loop,
+    as on the server, still inside the visit).  The other steps are spread
     over the gaps before, between and after the stations, first gaps first.
     The registry (an outside service) is visited, not held.  The request's own
     computation (``work``, e.g. a key stretch) adds to the step that resumes it
@@ -118,6 +118,7 @@ def cpu_legs(
         if step is not None:
             legs.append((RESUME, cpu, step))
         if j == thread_at:
+            legs += [(LOCK, cpu, None)] * locks
             legs.append((THREAD, cpu, step))
             if wake:
                 legs.append((VISIT, cpu, step))
@@ -186,6 +187,10 @@ class CpuRoute:
                 self.asked = m.env._now
                 leg = station.hold(self.deadline)
                 leg.callbacks.append(self._held)  # type: ignore[union-attr]
+                return
+            if kind == LOCK:
+                leg = station.boundary()
+                leg.callbacks.append(self.next)  # type: ignore[union-attr]
                 return
             if kind == DELAY:
                 leg = m.env.timeout(sampler())

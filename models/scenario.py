@@ -209,8 +209,8 @@ class CpuWork(_Model):
         default=0.0,
         ge=0.0,
         le=100.0,
-        description="times its worker-thread work (in a threaded station) takes back the interpreter lock, as measured; "
-        "the model does not wait on them (the reference server's writes did not)",
+        description="times its worker-thread work (in a threaded station) takes back the interpreter lock; "
+        "each waits for the processor's current step to end",
     )
     work: Distribution | None = Field(
         default=None,

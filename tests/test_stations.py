@@ -134,8 +134,7 @@ def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
 def test_processor_steps_sit_inside_the_station_visits() -> None:
     # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
     # thread's step (served ahead of the loop's steps: it holds the lock), the step that resumes the request once the
-    # thread is done, and its resumption after the service; the 1 step left goes to the gap before web.  The thread's
-    # lock takes are not waited for (the server's writes showed no such wait)
+    # thread is done, and its resumption after the service; the 1 step left goes to the gap before web
     from models.routes import DELAY, HOLD, RELEASE, RESUME, THREAD, VISIT, cpu_legs
 
     env = simpy.Environment()
