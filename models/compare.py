@@ -129,7 +129,23 @@ def compare(
     for name, st in measured.stations.items():
         if name in m0.stations:
             checks += _station_checks(models, measured, name, st, tol, overload, inputs)
+    if (lag := _loop_lag(models, measured)) is not None:
+        checks.append(lag)
     return checks
+
+
+def _mean_lag(r: RunResult) -> float:
+    lag = r.meta.get("loop_lag") or {}
+    return lag["seconds"] / lag["samples"] if lag.get("samples") else math.nan
+
+
+def _loop_lag(models: list[RunResult], measured: RunResult) -> Check | None:
+    """The processor's queue itself: the mean wait of a step that is ready now, by the server's loop-lag probe and the
+    model's own (see :meth:`models.funnel.FunnelModel.lag_probe`); shown, not judged (no tolerance of its own yet)."""
+    mine, theirs = _mean_lag(models[0]), _mean_lag(measured)
+    if math.isnan(mine) or math.isnan(theirs):
+        return None
+    return Check(CPU_SUBJECT, "loop lag", mine, theirs, None, True, _band([_mean_lag(m) for m in models]), "a ready step's wait")
 
 
 def _request_checks(

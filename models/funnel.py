@@ -35,6 +35,8 @@ from models.stations import INF, Processor, Registry, Sender, Station
 
 __all__ = ["simulate_once", "Progress"]
 
+LAG_EVERY = 0.25  # seconds between the model's loop-lag probes, as the reference server times its own (refserver.app)
+
 #: progress(simulated_seconds_done, simulated_seconds_total)
 Progress = Callable[[float, float], None]
 
@@ -374,6 +376,23 @@ class FunnelModel:
             cpu.request(share * tick)
             yield timeout(tick)
 
+    def lag_probe(self, every: float = LAG_EVERY) -> Generator[simpy.Event, Any, None]:
+        """The processor's queue as the reference server's loop-lag probe sees it: every ``every`` seconds a step
+        wakes, yields once and times how long until it runs again (the wait of a step that is ready now), summed
+        over the counted window into ``meta["loop_lag"]`` (seconds, samples).  Its steps take no processor time."""
+        cpu = self.stations[CPU]
+        env = self.env
+        total, n = 0.0, 0
+        while env._now + every < self.end:
+            yield env.timeout(every)
+            yield cpu.request(0.0)  # the probe's own step, woken by its timer: the server's clock starts inside it
+            started = env._now
+            yield cpu.request(0.0)
+            if started >= self.counting_from:
+                total += env._now - started
+                n += 1
+                self.result.meta["loop_lag"] = {"seconds": total, "samples": n}
+
     def monitor(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         if self.counting_from > env._now:
@@ -433,6 +452,8 @@ class FunnelModel:
         env.process(self.monitor())
         if self.scenario.system.cpu is not None and self.scenario.system.cpu.background > 0:
             env.process(self.background(self.scenario.system.cpu.background))
+        if self.scenario.system.cpu is not None:
+            env.process(self.lag_probe())
         if self.scenario.system.changes:
             for ch in self.scenario.system.changes:
                 if ch.at <= self.start:

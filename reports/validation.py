@@ -136,7 +136,7 @@ class Knee:
 def _fmt(metric: str, v: float) -> str:
     if math.isnan(v):
         return "-"
-    if re.fullmatch(r"(completion )?p\d+", metric):
+    if re.fullmatch(r"(completion )?p\d+|loop lag", metric):
         return f"{v * 1000:.1f}ms"
     if "rate" in metric or metric == "utilization":
         return f"{v:.2%}"

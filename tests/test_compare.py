@@ -202,3 +202,53 @@ def test_a_processor_knee_follows_the_machines_speed_at_the_level_that_carried_t
     assert scaled.arrival_rate == pytest.approx(knee.rate / 0.85) and scaled.reached and scaled.verdict == "pass"
     plain = _knee(scenario, knee, [Level(1.2, 1.2 * knee.rate, [measured], measured)], [10.0], [1.2])
     assert plain.speed is None and plain.verdict == "fail"
+
+
+def test_the_processors_queue_is_shown_as_the_servers_loop_lag_probe_sees_it() -> None:
+    # the server publishes its loop-lag probe (a ready step's wait, summed, and the samples); the model reports its own
+    # in meta["loop_lag"]; the comparison shows the mean of each (not judged: no tolerance of its own), and leaves it out
+    # when either side has none
+    from models.calibrate import Snapshot
+    from models.loader import load_scenario
+    from workflows.measure import Measurement
+
+    from .conftest import TEST_SCENARIOS
+
+    before = Snapshot(at=0.0, loop={"lag_seconds": 1.0, "lag_samples": 100.0})
+    after = Snapshot(at=60.0, loop={"lag_seconds": 1.6, "lag_samples": 340.0})
+    scenario = load_scenario(TEST_SCENARIOS / "mg1-cpu.yaml")
+    measured = RunResult("m", "synthetic", 0.0, 1.0, [0], {}, {}, {})
+    lag = Measurement(scenario, measured, before, after).loop_lag
+    assert lag == {"seconds": pytest.approx(0.6), "samples": 240.0}
+    assert Measurement(scenario, measured, before, Snapshot(at=60.0)).loop_lag is None  # a server without the probe
+    model = RunResult("model", "synthetic", 0.0, 1.0, [0], {}, {}, {}, meta={"loop_lag": {"seconds": 0.9, "samples": 300}})
+    measured.meta["loop_lag"] = lag
+    (check,) = [c for c in compare([model], measured, Tolerances()) if c.metric == "loop lag"]
+    assert check.subject == "station cpu" and check.verdict == "info"
+    assert check.model == pytest.approx(0.003) and check.measured == pytest.approx(0.0025) and check.error == pytest.approx(0.2)
+    assert not [c for c in compare([model], RunResult("m", "synthetic", 0.0, 1.0, [0], {}, {}, {}), Tolerances()) if c.metric == "loop lag"]
+
+
+def test_the_models_loop_lag_probe_waits_for_the_work_queued_when_its_own_step_ran() -> None:
+    # tests/scenarios/mg1-cpu.yaml: M/G/1 on the processor, steps gamma(6 ms, cv 1.5), 100/s (rho = 0.6).  The probe's
+    # first step (woken by its timer) comes at a time that does not depend on the queue, so it waits W, the
+    # Pollaczek-Khinchine wait W = lambda E[S^2] / (2 (1 - rho)) = 14.6 ms; when it runs, the steps that came meanwhile
+    # (lambda W of them, E[S] each) are ahead of its second step: the probe reads rho W = 8.78 ms.  Three replications
+    # of 1,450 s, the mean within 10 % (the observer is not exactly a Poisson one); with no load it reads (almost) 0.
+    from models.loader import load_scenario
+    from models.simulate import simulate
+
+    from .conftest import TEST_SCENARIOS
+
+    scenario = load_scenario(TEST_SCENARIOS / "mg1-cpu.yaml")
+    lam, es = 100.0, 0.006
+    es2 = es * es * (1 + 1.5**2)
+    rho = lam * es
+    expected = rho * lam * es2 / (2 * (1 - rho))
+    runs = simulate(scenario, replications=3)
+    lags = [r.meta["loop_lag"]["seconds"] / r.meta["loop_lag"]["samples"] for r in runs]
+    assert sum(lags) / len(lags) == pytest.approx(expected, rel=0.10), lags
+    assert all(r.meta["loop_lag"]["samples"] > 4000 for r in runs)  # a probe about every 0.25 s over 1,450 s, less its waits
+    idle = scenario.model_copy(update={"arrivals": scenario.arrivals.model_copy(update={"rate": 0.01})})
+    (quiet,) = simulate(idle, replications=1)
+    assert quiet.meta["loop_lag"]["seconds"] / quiet.meta["loop_lag"]["samples"] < 1e-4

@@ -70,6 +70,16 @@ class Measurement:
             return None
         return (a.cpu_seconds - b.cpu_seconds) / (a.at - b.at)
 
+    @property
+    def loop_lag(self) -> dict[str, float] | None:
+        """The server's loop-lag probe over the level (``seconds`` summed, ``samples``), as the model reports its own
+        in ``meta["loop_lag"]``; None when the server published none."""
+        b, a = self.before, self.after
+        if b is None or a is None or "lag_samples" not in a.loop:
+            return None
+        n = a.loop["lag_samples"] - b.loop.get("lag_samples", 0.0)
+        return {"seconds": a.loop.get("lag_seconds", 0.0) - b.loop.get("lag_seconds", 0.0), "samples": n} if n > 0 else None
+
 
 SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before and just after its load
 SCRAPES = "scrapes.json"  # the metrics the load itself scraped during the level, about every second

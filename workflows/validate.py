@@ -139,6 +139,8 @@ def judge_level(
 
     tol = run.measurement.scenario.validation.tolerances.at(run.fraction)
     measured = run.measurement.result
+    if (lag := run.measurement.loop_lag) is not None:
+        measured.meta["loop_lag"] = lag
     overload = run.fraction > 1.0
     run.dir.mkdir(parents=True, exist_ok=True)
     used, inputs = calibration, frozenset[str]()
