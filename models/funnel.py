@@ -371,23 +371,27 @@ class FunnelModel:
     def background(self, share: float, tick: float = 0.05) -> Generator[simpy.Event, Any, None]:
         """The server's own work with no load (timers, the email sender's polling): a step of ``share x tick`` every ``tick``."""
         cpu = self.stations[CPU]
+        assert isinstance(cpu, Processor)
         timeout = self.env.timeout
         while self.env._now + tick < self.end:
-            cpu.request(share * tick)
+            cpu.woken(share * tick)  # timer-driven work
             yield timeout(tick)
 
     def lag_probe(self, every: float = LAG_EVERY) -> Generator[simpy.Event, Any, None]:
         """The processor's queue as the reference server's loop-lag probe sees it: every ``every`` seconds a step
         wakes, yields once and times how long until it runs again (the wait of a step that is ready now), summed
-        over the counted window into ``meta["loop_lag"]`` (seconds, samples).  Its steps take no processor time."""
+        over the counted window into ``meta["loop_lag"]`` (seconds, samples).  Its steps take no processor time and
+        are left out of the processor's counts.  Its second step, made ready by its first, waits only for the rest of
+        the batch its first ran in, as on the server (:class:`models.stations.Processor`)."""
         cpu = self.stations[CPU]
+        assert isinstance(cpu, Processor)
         env = self.env
         total, n = 0.0, 0
         while env._now + every < self.end:
             yield env.timeout(every)
-            yield cpu.request(0.0)  # the probe's own step, woken by its timer: the server's clock starts inside it
+            yield cpu.probe(woken=True)  # the probe's own step, woken by its timer: the server's clock starts inside it
             started = env._now
-            yield cpu.request(0.0)
+            yield cpu.probe(woken=False)
             if started >= self.counting_from:
                 total += env._now - started
                 n += 1

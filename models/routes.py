@@ -91,7 +91,10 @@ def cpu_legs(
     by its own utilization law).  A visit that had to wait for its station
     first takes a step to be resumed (``RESUME``, skipped when the station was
     free): the server's event loop wakes the waiter in its own time, and the
-    slot stays promised to it meanwhile, counted busy only once it runs.
+    slot stays promised to it meanwhile, counted busy only once it runs.  A step
+    that follows a service delay (the server's sleep), the registry's reply or
+    the request's arrival is woken by a timer or I/O and queued behind the steps
+    made ready by other steps (:meth:`models.stations.Processor.woken`).
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -202,12 +205,21 @@ class CpuRoute:
             elif kind == WORK:  # a step with the request's own computation in it: each part on its own law
                 step, own = sampler
                 self.step = (step() * station.factor() if step is not None else 0.0) + own() * station.work_factor()
-                leg = station.request(self.step)
+                leg = station.woken(self.step) if self._woken() else station.request(self.step)
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
-                leg = station.request(self.step)
+                leg = station.woken(self.step) if self._woken() else station.request(self.step)
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
             return
+
+    def _woken(self) -> bool:
+        """Whether the step about to start was woken by a timer or I/O: the route's first, or one after a service
+        delay (the server's sleep) or the registry's reply; else it was made ready by a step before it."""
+        i = self.i - 2
+        if i < 0:
+            return True
+        kind, _station, sampler = self.legs[i]
+        return kind == DELAY or (kind == VISIT and sampler is None)
 
     def _resumed(self, event: Event) -> None:
         self.since = self.model.env._now  # the server counts its slot busy from here

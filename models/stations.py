@@ -220,7 +220,7 @@ class Station:
 
     def _start(self, ev: Event, service: float, arrived: float, now: float, timeout: float, value: str | None) -> None:
         self.busy += 1
-        if now > arrived:
+        if now > arrived and value is not PROBE:
             self.waits.append(now - arrived)
             self.queue_area += now - arrived
         env = self.env
@@ -267,6 +267,8 @@ class Station:
         self.limit = limit if limit is not None else 1 << 62
 
 
+PROBE = "probe"  # the value of a loop-lag probe's step (Processor.probe): its wait is not a request's
+
 SWITCH_INTERVAL = 0.005  # seconds: CPython's default sys.getswitchinterval(), the longest a thread waits for the lock
 
 
@@ -280,10 +282,14 @@ class Processor(Station):
     With one server the steps run in *batches*, as an event loop runs its ready
     callbacks: a batch is the steps waiting when the previous one ended (or the
     step that found the processor idle), and steps that come during a batch wait
-    for the next.  A worker thread's take of the interpreter lock waits for the
-    batch to end, at most the switch interval (:meth:`boundary`); once it has the
-    lock, the thread's own work runs next (:meth:`urgent`), ahead of the loop's
-    waiting steps.
+    for the next.  In the next batch, the steps made ready by the running batch's
+    own steps (a slot handed on, a worker thread's result: :meth:`request`) come
+    first, and the steps woken meanwhile by a timer or by I/O (:meth:`woken`)
+    after them: the loop finds those only when it polls its sockets and runs its
+    timers, between two batches.  A worker thread's take of the interpreter lock
+    waits for the batch to end, at most the switch interval (:meth:`boundary`);
+    once it has the lock, the thread's own work runs next (:meth:`urgent`), ahead
+    of the loop's waiting steps.
     """
 
     def __init__(
@@ -318,6 +324,7 @@ class Processor(Station):
         self._boundary: list[Event] = []
         self._mark = (env.now, 0.0)
         self._batch = 0  # steps left in the batch now running (one server only)
+        self._later: deque[_Job] = deque()  # steps woken by a timer or I/O during the batch now running (one server only)
 
     def factor(self) -> float:
         """A loop step's time factor now: the utilization law's at the recent utilization, times the machine's speed."""
@@ -351,6 +358,22 @@ class Processor(Station):
         if self.busy == 0 and self._batch == 0:
             self._batch = 1  # an idle processor: this step is a batch of its own
         return super().request(service, *args, **kwargs)
+
+    def woken(self, service: float, value: str | None = None) -> Event:
+        """A step woken by a timer or by I/O (a sleep's end, a new request, a reply): the loop queues it when it
+        next polls and runs its timers, that is after every step made ready during the batch now running."""
+        ev = self.request(service, value=value)
+        if self.servers == 1 and self.queue and self.queue[-1].event is ev:
+            self._later.append(self.queue.pop())
+        return ev
+
+    def probe(self, woken: bool) -> Event:
+        """A zero-length step of the loop-lag probe (woken by its timer, or made ready by its own first step),
+        queued as any other but left out of the station's counts and waits: it is not a request's."""
+        arrivals, waited = self.n_arrivals, self.n_waited
+        ev = self.woken(0.0, PROBE) if woken else self.request(0.0, value=PROBE)
+        self.n_arrivals, self.n_waited = arrivals, waited
+        return ev
 
     def urgent(self, service: float) -> Event:
         """A worker thread's work once it holds the interpreter lock: served as soon as a server is free,
@@ -391,6 +414,9 @@ class Processor(Station):
             if self._batch > 0:
                 super()._release(event)
                 return
+            if self._later:
+                self.queue.extend(self._later)
+                self._later.clear()
             self._batch = self.qlen  # the next batch: what waited while this one ran
         if self._boundary:
             for ev in self._boundary:

@@ -320,6 +320,49 @@ def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goe
     assert got["lock when idle"] == pytest.approx(0.005)
 
 
+def test_in_the_next_batch_steps_made_ready_by_steps_go_before_those_woken_by_a_timer_or_io() -> None:
+    # A takes the idle processor at 0 (1 ms).  During A: W (woken by a timer, 0.2 ms) at 0.2 ms, then R (made ready by a
+    # step: a slot handed on, 1 ms) at 0.4 ms.  The loop finds W only when it polls and runs its timers after A's batch,
+    # so the next batch is R then W: R ends at 2 ms, W at 2.2 ms (in arrival order W would end at 1.2 ms, R at 2.2 ms).
+    # A step woken while the processor is idle starts at once (X at 5 ms); one server is one loop, several are not
+    # batched, so there woken is plain FIFO.
+    from models.stations import Processor
+
+    env = simpy.Environment()
+    cpu = Processor(env, "cpu", 1, lambda u: 1.0, 0.0)
+    got: dict[str, float] = {}
+
+    def step(name: str, at: float, service: float, woken: bool) -> Generator[simpy.Event, None, None]:
+        yield env.timeout(at)
+        yield cpu.woken(service) if woken else cpu.request(service)
+        got[name] = env.now
+
+    for name, at, service, woken in (
+        ("A", 0.0, 0.001, True),
+        ("W", 0.0002, 0.0002, True),
+        ("R", 0.0004, 0.001, False),
+        ("X", 0.005, 0.001, True),
+    ):
+        env.process(step(name, at, service, woken))
+    env.run()
+    assert got["A"] == pytest.approx(0.001) and got["R"] == pytest.approx(0.002) and got["W"] == pytest.approx(0.0022)
+    assert got["X"] == pytest.approx(0.006)
+
+    env2 = simpy.Environment()
+    multi = Processor(env2, "cpu", 2, lambda u: 1.0, 0.0)
+    done: list[str] = []
+
+    def job(name: str, at: float, woken: bool) -> Generator[simpy.Event, None, None]:
+        yield env2.timeout(at)
+        yield multi.woken(0.001) if woken else multi.request(0.001)
+        done.append(name)
+
+    for name, at, woken in (("a", 0.0, True), ("b", 0.0, True), ("w", 0.0001, True), ("r", 0.0002, False)):
+        env2.process(job(name, at, woken))
+    env2.run()
+    assert done == ["a", "b", "w", "r"]
+
+
 def test_a_processor_follows_its_measured_speed_trace() -> None:
     # trace (every 1 s: 1.0, 2.0, 0.5): a step's factor is the trace's in the interval the step starts in, on top of
     # the speedup law (flat here), counted from the processor's start; past the end the last factor holds
