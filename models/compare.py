@@ -4,8 +4,9 @@ Both sides are :class:`~models.results.RunResult` of the same scenario slice.
 The model side is a list of replications: replication 0 runs the load test's
 own arrival trace and registrants (same seed), so counts, rates and
 utilization are compared with it; latency percentiles pool every replication
-(service times are the model's own random draws), and the spread of the
-replications gives the model's band.
+(in a validation each replays that same run's arrivals and registrants and
+differs only in the model's own draws: service times, steps), and the spread
+of the replications gives the model's band.
 
 Tolerances (:class:`~models.scenario.Tolerances`): relative for throughput,
 funnel counts, latency percentiles and queue growth; absolute for utilization

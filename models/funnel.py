@@ -100,7 +100,9 @@ class _StepPlan:
 class FunnelModel:
     """One replication of a scenario, built on a SimPy environment."""
 
-    def __init__(self, scenario: Scenario, seed: int, replication: int = 0, fast: bool = True):
+    def __init__(self, scenario: Scenario, seed: int, replication: int = 0, fast: bool = True, registrants: int | None = None):
+        """``registrants``: the replication whose arrivals and registrants' decisions this one replays (default its own);
+        everything else (service times, steps, think times) is drawn from this replication's streams."""
         s = self.scenario = scenario
         self.start, self.end = scenario.window
         self.env = simpy.Environment(initial_time=self.start)
@@ -108,8 +110,9 @@ class FunnelModel:
         self.counting_from = self.start + s.run.warmup
         self.interval = s.run.interval
         self.n_intervals = max(1, math.ceil((self.end - self.counting_from) / self.interval - 1e-9))
-        self.arrivals = arrival_times(scenario, seed, replication)
-        self.seed = decision_seed(seed, replication)  # the registrants' decisions: one stream per replication
+        who = replication if registrants is None else registrants
+        self.arrivals = arrival_times(scenario, seed, who)
+        self.seed = decision_seed(seed, who)  # the registrants' decisions: one stream per replication (or the replayed one's)
         mismatch = scenario.system.registry.mismatch if scenario.system.registry is not None else 0.0
         self.mismatched = self._choices(MISMATCH_SLOT, mismatch)  # 1: the registry will not match this registrant's NIK
         self.journey_u = _uniform(stream(seed, "journey", replication))
@@ -496,11 +499,17 @@ class FunnelModel:
 
 
 def simulate_once(
-    scenario: Scenario, seed: int | None = None, replication: int = 0, progress: Progress | None = None, fast: bool = True
+    scenario: Scenario,
+    seed: int | None = None,
+    replication: int = 0,
+    progress: Progress | None = None,
+    fast: bool = True,
+    registrants: int | None = None,
 ) -> RunResult:
-    """Run one replication; ``seed`` defaults to the scenario's; ``fast=False`` runs on SimPy's public API only (slower)."""
+    """Run one replication; ``seed`` defaults to the scenario's; ``fast=False`` runs on SimPy's public API only (slower);
+    ``registrants``: replay that replication's arrivals and registrants (see :class:`FunnelModel`)."""
     seed = scenario.seed if seed is None else seed
-    model = FunnelModel(scenario, seed, replication, fast)
+    model = FunnelModel(scenario, seed, replication, fast, registrants)
     result = model.run(progress)
     result.meta.update({"seed": seed, "replication": replication})
     return result

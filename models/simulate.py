@@ -70,14 +70,18 @@ def simulate(
     replications: int = 1,
     seed: int | None = None,
     progress: Callable[[int, float, float], None] | None = None,
+    replay: bool = False,
 ) -> list[RunResult]:
-    """Run ``replications`` independent replications (progress gets replication, done, total)."""
+    """Run ``replications`` independent replications (progress gets replication, done, total).
+
+    With ``replay`` every replication has the arrivals and registrants of replication 0 (those of a load test run
+    with the scenario's seed) and differs only in the model's own draws: the model's spread for that very run."""
     results = []
     for r in range(replications):
         cb: Progress | None = None
         if progress is not None:
             cb = lambda done, total, r=r: progress(r, done, total)  # noqa: E731
-        results.append(simulate_once(scenario, seed=seed, replication=r, progress=cb))
+        results.append(simulate_once(scenario, seed=seed, replication=r, progress=cb, registrants=0 if replay else None))
     return results
 
 

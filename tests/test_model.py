@@ -38,6 +38,25 @@ def test_same_seed_identical_different_seed_differs(smoke, smoke_result) -> None
     assert figures(rep1) != figures(smoke_result)
 
 
+def test_a_replay_keeps_the_runs_arrivals_and_registrants_and_draws_the_rest_anew(smoke, smoke_result) -> None:
+    # validation judges a measured run: every replication replays replication 0's arrivals and registrants (those of the
+    # load test with the scenario's seed: arrivals and the registrants' decisions), while the service times, and so the
+    # latencies, are the replication's own
+    from models.simulate import simulate
+
+    own = simulate_once(smoke, replication=1)
+    replayed = simulate_once(smoke, replication=1, registrants=0)
+    assert replayed.arrivals == smoke_result.arrivals and own.arrivals != smoke_result.arrivals
+    register = [r.requests["register"].total_latency.percentile(50) for r in (smoke_result, replayed)]
+    assert register[0] != register[1]
+    assert [r.arrivals for r in simulate(smoke, replications=2, replay=True)] == [smoke_result.arrivals] * 2
+    from models.funnel import FunnelModel
+
+    first, again, other = (FunnelModel(smoke, smoke.seed, r, registrants=w) for r, w in ((0, None), (1, 0), (1, None)))
+    assert again.seed == first.seed != other.seed  # the registrants' decisions' stream
+    assert list(again.mismatched) == list(first.mismatched)
+
+
 def test_funnel_counts_are_consistent(smoke, smoke_result) -> None:
     r = smoke_result
     steps = list(r.steps.values())

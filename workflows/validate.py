@@ -160,7 +160,7 @@ def judge_level(
             inputs = frozenset({CPU_SUBJECT})
     if used is not calibration and used.cpu is not None:
         (run.dir / "processor.yaml").write_text(yaml.safe_dump(used.cpu, sort_keys=False))
-    models = simulate(used.apply(run.file), replications=replications)
+    models = simulate(used.apply(run.file), replications=replications, replay=True)
     for r, m in enumerate(models):
         save(m, run.dir / "model" / f"rep-{r:03d}")
     lv = Level(run.fraction, run.rate, models, measured, compare(models, measured, tol, overload=overload, inputs=inputs), speed=speed)
@@ -168,7 +168,7 @@ def judge_level(
         # the same level once more with the model given the CPU time per request measured in it: whether a
         # miss is the processor's speed having moved since calibration or the model's structure
         if given is not calibration:
-            again = simulate(traced(given, given_trace).apply(run.file), replications=replications)
+            again = simulate(traced(given, given_trace).apply(run.file), replications=replications, replay=True)
             lv.given_cpu = compare(again, measured, tol, overload=overload, inputs=frozenset({CPU_SUBJECT}))
     return lv
 
