@@ -362,9 +362,17 @@ class Processor(Station):
     def woken(self, service: float, value: str | None = None) -> Event:
         """A step woken by a timer or by I/O (a sleep's end, a new request, a reply): the loop queues it when it
         next polls and runs its timers, that is after every step made ready during the batch now running."""
-        ev = self.request(service, value=value)
-        if self.servers == 1 and self.queue and self.queue[-1].event is ev:
-            self._later.append(self.queue.pop())
+        if self.servers != 1 or self.busy < self.servers:
+            return self.request(service, value=value)
+        if service > 0:  # the loop is busy: queued apart until the running batch ends (the processor never sheds)
+            self.work += service
+        self.n_arrivals += 1
+        ev = Event(self.env)
+        self._later.append(_Job(ev, service, self.env._now, "abandoned", INF, value))
+        self.qlen += 1
+        self.n_waited += 1
+        if self.qlen > self.queue_max:
+            self.queue_max = self.qlen
         return ev
 
     def probe(self, woken: bool) -> Event:
