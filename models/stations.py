@@ -364,16 +364,20 @@ class Processor(Station):
         next polls and runs its timers, that is after every step made ready during the batch now running."""
         if self.servers != 1 or self.busy < self.servers:
             return self.request(service, value=value)
-        if service > 0:  # the loop is busy: queued apart until the running batch ends (the processor never sheds)
+        job = self._waiting(service, value)  # the loop is busy: queued apart until the running batch ends
+        self._later.append(job)
+        return job.event
+
+    def _waiting(self, service: float, value: str | None) -> _Job:
+        """A step that must wait, counted as :meth:`request` counts one (the processor never sheds); the caller queues it."""
+        if service > 0:
             self.work += service
         self.n_arrivals += 1
-        ev = Event(self.env)
-        self._later.append(_Job(ev, service, self.env._now, "abandoned", INF, value))
         self.qlen += 1
         self.n_waited += 1
         if self.qlen > self.queue_max:
             self.queue_max = self.qlen
-        return ev
+        return _Job(Event(self.env), service, self.env._now, "abandoned", INF, value)
 
     def probe(self, woken: bool) -> Event:
         """A zero-length step of the loop-lag probe (woken by its timer, or made ready by its own first step),
@@ -388,15 +392,11 @@ class Processor(Station):
         ahead of every waiting step (and inside the batch now running)."""
         if self.busy < self.servers:
             return self.request(service)
-        self.work += service
-        self.n_arrivals += 1
-        ev = Event(self.env)
-        self.queue.appendleft(_Job(ev, service, self.env._now, "abandoned", INF, None))
-        self.qlen += 1
-        self.n_waited += 1
+        job = self._waiting(service, None)
+        self.queue.appendleft(job)
         if self.servers == 1:
             self._batch += 1
-        return ev
+        return job.event
 
     def boundary(self) -> Event:
         """An event when a worker thread gets the interpreter lock back: at once when the processor is
