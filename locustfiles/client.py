@@ -63,6 +63,7 @@ class Client:
 
     def __init__(self, host: str, fire: Any, connections: int, connection_timeout: float, network_timeout: float) -> None:
         self.fire = fire  # Locust's events.request.fire
+        self.network_timeout = network_timeout
         self.http = HTTPClient.from_url(
             host, concurrency=connections, connection_timeout=connection_timeout, network_timeout=network_timeout
         )
@@ -85,8 +86,13 @@ class Client:
             head += f"Content-Length: {len(body)}\r\n"
         return (head + "\r\n").encode("latin-1") + body
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
-        """Send one request and read the whole answer; the caller judges it and calls :meth:`report`."""
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = -1.0
+    ) -> Answer:
+        """Send one request and read the whole answer; the caller judges it and calls :meth:`report`.
+
+        ``timeout``: seconds the socket may stay silent (sending, then waiting for the answer) before the request
+        gives up, status 0; None waits for ever; left out, the pool's ``network_timeout``."""
         start = time.time()
         t0 = time.perf_counter()
         data = self.message(method, path, body or b"", headers)
@@ -94,6 +100,7 @@ class Client:
         try:
             while True:
                 sock = self.pool.get_socket()
+                sock.settimeout(self.network_timeout if timeout is not None and timeout < 0 else timeout)  # pooled: set each time
                 try:
                     sock.sendall(data)
                 except OSError as exc:

@@ -155,7 +155,7 @@ class Registrant(User):
     costs more than the request).
     """
 
-    network_timeout = 30.0
+    network_timeout = 30.0  # requests outside the journey (the test mailbox); a step's request has the step's timeout
     connection_timeout = 10.0
 
     def __init__(self, environment: Environment) -> None:
@@ -169,6 +169,7 @@ class Registrant(User):
         self.http = self.clients[0]
         self.side = SIDES[0]
         self.draw = ""  # the current request's draw key: arrival, step, attempt
+        self.timeout: float | None = self.network_timeout  # the current request's client timeout (its step's)
 
     def now(self) -> float:
         return time.monotonic() - CLOCK.get("start", time.monotonic())
@@ -203,7 +204,7 @@ class Registrant(User):
         sent = self.now()
         IN_FLIGHT[0] += 1
         try:
-            answer = self.http.request(method, path, body, headers)
+            answer = self.http.request(method, path, body, headers, self.timeout)
         finally:
             IN_FLIGHT[0] -= 1
         body_json = answer.json()
@@ -254,6 +255,7 @@ class Registrant(User):
             attempt = 1
             while True:
                 self.draw = f"{index}.{i}.{attempt}"
+                self.timeout = step.timeout  # the client's timeout for this step's request (the model's too)
                 reason, body = self.send(rt, step.name, me, rid, token, step.payload)
                 if i == 0 and attempt == 1:
                     recorder.from_arrival.record(max(0.0, self.now() - intended))

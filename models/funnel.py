@@ -16,13 +16,14 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import simpy
-from simpy.events import Event
+from simpy.events import PENDING, Event
 
 from contracts import decision_seed
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_base, decisions_at, give_up_slot, proceed_slot, stream
@@ -57,6 +58,64 @@ def _uniform(rng: np.random.Generator) -> Sampler:
 CpuPlan = tuple[int, Sampler, int, Sampler | None]
 
 
+class ClientTimeouts:
+    """The clients' timeout of one length: a request still unanswered ``after`` seconds after it was sent gives up
+    with ``"timeout"`` (the server goes on with it, as it does when a load generator's socket times out).
+
+    Every request watched waits the same length, so the oldest is due first: one deque in send order and one timer
+    at a time, for the oldest still unanswered.  A request answered in time costs an append, not an event.
+    """
+
+    __slots__ = ("env", "after", "pending", "armed")
+
+    def __init__(self, env: simpy.Environment, after: float):
+        self.env = env
+        self.after = after
+        self.pending: deque[tuple[float, Event]] = deque()
+        self.armed = False
+
+    def watch(self, answer: Event) -> None:
+        """Give up on ``answer`` (trigger it with ``"timeout"``) unless it is triggered within the timeout."""
+        pending = self.pending
+        while pending and pending[0][1]._value is not PENDING:  # answered in time: drop them as they come to the front
+            pending.popleft()
+        pending.append((self.env._now + self.after, answer))
+        if not self.armed:
+            self._arm(self.after)
+
+    def _arm(self, delay: float) -> None:
+        self.armed = True
+        self.env.timeout(delay).callbacks.append(self._due)  # type: ignore[union-attr]
+
+    def _due(self, _event: Event) -> None:
+        env = self.env
+        now = env._now
+        pending = self.pending
+        while pending:
+            due, answer = pending[0]
+            if answer._value is PENDING:
+                if due > now + 1e-9:
+                    break
+                answer._ok = True
+                answer._value = "timeout"
+                env.schedule(answer)
+            pending.popleft()
+        self.armed = False
+        if pending:
+            self._arm(pending[0][0] - now)
+
+
+class _Answer(Event):
+    """What a registrant waits for when its client has a timeout: the route's reply, forwarded unless the client
+    gave up first (:class:`ClientTimeouts`)."""
+
+    def forward(self, reply: Event) -> None:
+        if self._value is PENDING:
+            self._ok = True
+            self._value = reply._value
+            self.env.schedule(self)
+
+
 class _Tally:
     """Per-interval counters of one request type (flushed by the monitor)."""
 
@@ -79,6 +138,7 @@ class _StepPlan:
     visits: list[tuple[Station, Sampler | None]]
     think: Sampler | None
     patience: Sampler | None
+    timeouts: ClientTimeouts | None  # the client's timeout (None: it waits for ever)
     overhead: Sampler | None  # a pure delay per request outside the stations
     sends_email: bool  # the next step waits for an email: send it when this one completes
     waits_for_email: bool
@@ -207,6 +267,7 @@ class FunnelModel:
             overheads[rt] = dist.sampler(overhead_rng) if dist is not None and dist.mean > 0 else None
         self.tallies = {rt: _Tally() for rt in self.request_types}
         self.plans: list[_StepPlan] = []
+        self._client_timeouts: dict[float, ClientTimeouts] = {}
         for i, step in enumerate(s.journey):
             visits: list[tuple[Station, Sampler | None]] = []
             for name in step.stations:
@@ -234,6 +295,7 @@ class FunnelModel:
                     visits=visits,
                     think=think.sampler(journey_rng) if think.mean > 0 else None,
                     patience=step.patience.sampler(patience_rng) if step.patience is not None else None,
+                    timeouts=self._timeouts(step.timeout),
                     overhead=overheads[step.request_type],
                     sends_email=nxt is not None and nxt.waits_for == EMAIL,
                     waits_for_email=step.waits_for == EMAIL,
@@ -247,6 +309,15 @@ class FunnelModel:
                     durations=[],
                 )
             )
+
+    def _timeouts(self, after: float | None) -> ClientTimeouts | None:
+        """The clients' timeouts of this length, one :class:`ClientTimeouts` shared by every step with it."""
+        if after is None or math.isinf(after):
+            return None
+        found = self._client_timeouts.get(after)
+        if found is None:
+            found = self._client_timeouts[after] = ClientTimeouts(self.env, after)
+        return found
 
     def _choices(self, slot: int, p: float) -> bytes:
         """One byte per arrival: 1 where the registrant's own draw for ``slot`` falls below ``p``."""
@@ -304,14 +375,23 @@ class FunnelModel:
                 tally.started += 1
                 sent = env._now
                 deadline = sent + plan.patience() if plan.patience is not None else INF
+                timeouts = plan.timeouts
                 if len(visits) == 1 and visits[0][1] is not None and self.route is Route:
                     station, service = visits[0]
-                    reason: str | None = yield station.request(service(), deadline)  # type: ignore[misc]
+                    reply = station.request(service(), deadline)  # type: ignore[misc]
                 else:
                     reply = Event(env)
                     verdict = (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None
                     self.route(self, visits, deadline, reply, verdict).next(None)  # type: ignore[arg-type]
-                    reason = yield reply
+                if timeouts is not None:
+                    if self.route is not CpuRoute:
+                        # the reply may be a station's own event, its value set when its service starts: wait on a copy
+                        answer = _Answer(env)
+                        reply.callbacks.append(answer.forward)  # type: ignore[union-attr]
+                        reply = answer
+                    if reply._value is PENDING:
+                        timeouts.watch(reply)
+                reason: str | None = yield reply  # type: ignore[misc]
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())
                 if reason is None and plan.takes_quota and self.batch_quota is not None:

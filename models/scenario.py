@@ -150,6 +150,11 @@ class Step(_Model):
     think: Distribution = Field(default_factory=lambda: Constant(value=0.0), description="time before the step (after the previous one)")
     proceed: Probability = Field(default=1.0, description="share of those who finished the previous step who go on")
     patience: Distribution | None = Field(default=None, description="how long a registrant waits in a queue")
+    timeout: PositiveDuration | None = Field(
+        default=30.0,
+        description="the client's timeout: a request not answered this long after it was sent fails with 'timeout' (the "
+        "server goes on with it); null: the client waits for ever",
+    )
     waits_for: str | None = Field(default=None, description="a sender (e.g. email) whose delivery must come first")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     repeat: Probability = Field(default=0.0, description="chance to do the step again after a success")

@@ -97,3 +97,39 @@ def test_a_server_that_closes_unanswered_gives_status_0_and_only_idempotent_requ
     assert get.status == 0 and get.error is not None
     assert closing.requests == 3  # the poll went again once on a fresh connection
     c.close()
+
+
+class _Silent:
+    """A loopback TCP server that reads requests and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.read = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if conn.recv(65536):
+                self.read.set()
+
+
+def test_a_request_gives_up_after_its_own_timeout() -> None:
+    # the step's timeout (scenario journey[].timeout) is the request's, not the pool's
+    silent = _Silent()
+    try:
+        c = Client(f"http://127.0.0.1:{silent.port}", lambda **_: None, connections=1, connection_timeout=2.0, network_timeout=60.0)
+        a = c.request("POST", "/api/register", b"{}", {"Content-Type": "application/json"}, timeout=0.3)
+        assert a.status == 0 and a.error is not None and silent.read.is_set()
+        assert 0.25 <= a.seconds < 30.0  # gave up on its own 0.3 s, not the pool's 60 s
+        c.close()
+    finally:
+        silent.sock.close()
+        for conn in silent.conns:
+            conn.close()

@@ -149,3 +149,54 @@ def test_a_request_type_without_processor_work_still_goes_through_its_stations()
     r = simulate_once(load_scenario(TEST_SCENARIOS / "validate-small.yaml", overlay=overlay))
     assert sum(r.requests["verify_email"].ok) > 0.8 * sum(r.requests["register"].ok) > 0
     assert sum(r.stations["cpu"].busy) > 0
+
+
+CLIENT_TIMEOUT = """
+name: client-timeout
+seed: 3
+horizon: 2m
+arrivals: {shape: constant, rate: 1/s}
+journey:
+  - name: register
+    stations: [web, db]
+    timeout: TIMEOUT
+system:
+  stations:
+    web:
+      servers: 1
+      service: {default: {dist: constant, value: 2s}}
+    db:
+      servers: 50
+      service: {default: {dist: constant, value: 1ms}}
+run: {interval: 10s}
+"""
+CPU_WORK = """
+  cpu:
+    cores: 1
+    threads: []
+    work: {default: {steps: 3, step: {dist: constant, value: 1ms}}}
+"""
+
+
+@pytest.mark.parametrize("cpu", [False, True], ids=["stations", "processor"])
+def test_the_clients_timeout_gives_up_on_a_request_and_the_server_goes_on_with_it(cpu: bool) -> None:
+    # one web server of 2 s against one arrival a second (twice its capacity): the queue, and the wait, grow by a second
+    # each second.  With the client's 5 s timeout every request answered took at most 5 s and most give up ("timeout"),
+    # while the server goes on serving them in order (busy all along): unlike patience, nothing leaves its queue.
+    def run(timeout: str):
+        text = CLIENT_TIMEOUT.replace("TIMEOUT", timeout)
+        if cpu:
+            text = text.replace("system:\n", "system:" + CPU_WORK, 1)
+        scenario = parse_scenario(text, "client-timeout")
+        assert (scenario.system.cpu is not None) == cpu
+        r = simulate_once(scenario)
+        rq = r.requests["register"]
+        served = sum(r.stations["web"].busy) / 2.0
+        return sum(rq.ok), rq.failed.get("timeout", []), rq.total_latency, served
+
+    ok, timeouts, latency, served = run("5s")
+    assert sum(timeouts) > 80 and ok <= 10
+    assert latency.count == ok and latency.percentile(100) <= 5.0 * 1.01
+    assert served >= 55  # the web server busy the whole two minutes, the given-up requests too
+    ok, timeouts, latency, served = run("null")
+    assert sum(timeouts) == 0 and ok >= 55 and latency.percentile(100) > 30.0
