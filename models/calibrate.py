@@ -177,6 +177,10 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_work_seconds_total": 6,
         "surgecap_cpu_work_requests_total": 7,
         "surgecap_cpu_resumes_total": 8,
+        "surgecap_cpu_shed_requests_total": 9,
+        "surgecap_cpu_shed_steps_total": 10,
+        "surgecap_cpu_shed_loop_seconds_total": 11,
+        "surgecap_cpu_shed_loop_seconds_squared_total": 12,
     }
     writer = {
         "surgecap_db_batches_total": "batches",
@@ -200,7 +204,7 @@ def snapshot(text: str, at: float) -> Snapshot:
             snap.writes.setdefault(labels["request"], [0.0] * 3)[writes[name]] = value
             continue
         if name in cpu and "request" in labels:
-            snap.cpu_typed.setdefault(labels["request"], [0.0] * 9)[cpu[name]] = value
+            snap.cpu_typed.setdefault(labels["request"], [0.0] * CPU_FIELDS)[cpu[name]] = value
             continue
         station = labels.get("station")
         if name in simple and station is not None:
@@ -316,6 +320,14 @@ class CpuEstimate:
         return work
 
 
+CPU_FIELDS = 13  # a request type's processor accounting (refserver.cpu): requests, steps, ..., and of them the shed ones'
+
+
+def _fields(acc: list[float]) -> list[float]:
+    """A request type's accounting padded to :data:`CPU_FIELDS` (a server without the later counters reads them as 0)."""
+    return [*acc, *[0.0] * CPU_FIELDS][:CPU_FIELDS]
+
+
 def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], background: float = 0.0) -> dict[str, CpuEstimate]:
     """Per modelled request type (served at least :data:`MIN_SAMPLES` times): its CPU work, see the module text.
 
@@ -328,37 +340,42 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
         return {}
     total = after.cpu_seconds - before.cpu_seconds
     delta = {
-        rt: [a - b for a, b in zip([*acc, *[0.0] * 9][:9], [*before.cpu_typed.get(rt, []), *[0.0] * 9][:9], strict=True)]
-        for rt, acc in after.cpu_typed.items()
+        rt: [a - b for a, b in zip(_fields(acc), _fields(before.cpu_typed.get(rt, [])), strict=True)] for rt, acc in after.cpu_typed.items()
     }
-    kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] >= MIN_SAMPLES}
+    kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] - d[9] >= MIN_SAMPLES}
     if not kept:
         return {}
     owned = sum(d[2] + d[4] for d in kept.values())
     shared = max(0.0, total - owned - background * elapsed) / sum(d[0] for d in kept.values())
     out: dict[str, CpuEstimate] = {}
-    for rt, (n, steps, loop, squares, thread, calls, worked_s, worked_n, resumes) in kept.items():
-        own = (loop + thread) / n
-        if worked_n > 0 and steps > 0:
-            # the steps without the own computation: each of worked_n steps held m + w, so take off w^2 + 2 m w from the squares
-            w = worked_s / worked_n
-            loop -= worked_s
+    for rt, (n, steps, loop, squares, thread, calls, worked_s, worked_n, resumes, shed, shed_steps, shed_loop, shed_sq) in kept.items():
+        # the requests served: those a station's admission control turned away (a few steps each, or a whole station's
+        # visit when the second station shed them) are left out; the model walks their route as far as they got
+        served = n - shed
+        spent = shed_loop + shed * shared  # CPU seconds of the requests turned away
+        loop, steps, squares = max(0.0, loop - shed_loop), max(0.0, steps - shed_steps), max(0.0, squares - shed_sq)
+        own = (loop + thread) / served
+        w = worked_s / worked_n if worked_n > 0 else 0.0  # per request that did it (the shed ones at a later station too)
+        done = min(worked_n, served)
+        if done > 0 and steps > 0:
+            # the steps without the own computation: each of done steps held m + w, so take off w^2 + 2 m w from the squares
+            loop = max(0.0, loop - done * w)
             m = loop / steps
-            squares = max(loop * m, squares - worked_n * (w * w + 2 * m * w))
+            squares = max(loop * m, squares - done * (w * w + 2 * m * w))
         per_step = loop / steps if steps > 0 else 0.0
         cv = math.sqrt(max(0.0, squares / steps / per_step**2 - 1)) if per_step > 0 else 1.0
         out[rt] = CpuEstimate(
             rt,
-            int(n),
+            int(served),
             own,
-            thread / n,
+            thread / served,
             shared,
-            max(1, round((steps - resumes) / n)) + 1,
+            max(1, round((steps - resumes) / served)) + 1,
             min(max(cv, 0.05), 4.0),
-            n * (own + shared) / elapsed,
-            locks=calls / n,
-            work=worked_s / n,
-            resumes=resumes / n,
+            (served * (own + shared) + spent) / elapsed,
+            locks=calls / served,
+            work=w * done / served,
+            resumes=resumes / served,
         )
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
     lam = sum(e.n * (e.steps + e.resumes) for e in out.values()) / elapsed

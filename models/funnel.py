@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import simpy
-from simpy.events import PENDING, Event
+from simpy.events import Event
 
 from contracts import decision_seed
 from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_base, decisions_at, give_up_slot, proceed_slot, stream
@@ -63,7 +63,10 @@ class ClientTimeouts:
     with ``"timeout"`` (the server goes on with it, as it does when a load generator's socket times out).
 
     Every request watched waits the same length, so the oldest is due first: one deque in send order and one timer
-    at a time, for the oldest still unanswered.  A request answered in time costs an append, not an event.
+    at a time, for the oldest still unanswered.  A request answered in time costs an append, not an event.  A request
+    that times out leaves its reply to the route or station that will trigger it: the registrant's own wake-up is
+    taken off the reply (the callback its driver appends when it yields the reply, at the index :meth:`watch` noted)
+    and called with ``"timeout"`` instead.
     """
 
     __slots__ = ("env", "after", "pending", "armed")
@@ -71,15 +74,16 @@ class ClientTimeouts:
     def __init__(self, env: simpy.Environment, after: float):
         self.env = env
         self.after = after
-        self.pending: deque[tuple[float, Event]] = deque()
+        self.pending: deque[tuple[float, Event, int]] = deque()
         self.armed = False
 
-    def watch(self, answer: Event) -> None:
-        """Give up on ``answer`` (trigger it with ``"timeout"``) unless it is triggered within the timeout."""
+    def watch(self, reply: Event) -> None:
+        """Call just before yielding ``reply``: unless it is processed within the timeout, the registrant wakes with
+        ``"timeout"`` then."""
         pending = self.pending
-        while pending and pending[0][1]._value is not PENDING:  # answered in time: drop them as they come to the front
+        while pending and pending[0][1].callbacks is None:  # answered in time: drop them as they come to the front
             pending.popleft()
-        pending.append((self.env._now + self.after, answer))
+        pending.append((self.env._now + self.after, reply, len(reply.callbacks)))  # type: ignore[arg-type]
         if not self.armed:
             self._arm(self.after)
 
@@ -92,28 +96,20 @@ class ClientTimeouts:
         now = env._now
         pending = self.pending
         while pending:
-            due, answer = pending[0]
-            if answer._value is PENDING:
+            due, reply, k = pending[0]
+            callbacks = reply.callbacks
+            if callbacks is not None:  # not answered yet
                 if due > now + 1e-9:
                     break
-                answer._ok = True
-                answer._value = "timeout"
-                env.schedule(answer)
+                gave_up = Event(env)
+                gave_up._ok = True
+                gave_up._value = "timeout"
+                gave_up.callbacks.append(callbacks.pop(k))  # type: ignore[union-attr]  # the registrant's wake-up
+                env.schedule(gave_up)
             pending.popleft()
         self.armed = False
         if pending:
             self._arm(pending[0][0] - now)
-
-
-class _Answer(Event):
-    """What a registrant waits for when its client has a timeout: the route's reply, forwarded unless the client
-    gave up first (:class:`ClientTimeouts`)."""
-
-    def forward(self, reply: Event) -> None:
-        if self._value is PENDING:
-            self._ok = True
-            self._value = reply._value
-            self.env.schedule(self)
 
 
 class _Tally:
@@ -384,13 +380,7 @@ class FunnelModel:
                     verdict = (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None
                     self.route(self, visits, deadline, reply, verdict).next(None)  # type: ignore[arg-type]
                 if timeouts is not None:
-                    if self.route is not CpuRoute:
-                        # the reply may be a station's own event, its value set when its service starts: wait on a copy
-                        answer = _Answer(env)
-                        reply.callbacks.append(answer.forward)  # type: ignore[union-attr]
-                        reply = answer
-                    if reply._value is PENDING:
-                        timeouts.watch(reply)
+                    timeouts.watch(reply)
                 reason: str | None = yield reply  # type: ignore[misc]
                 if plan.overhead is not None:
                     yield env.timeout(plan.overhead())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from simpy.events import PENDING, Event
+from simpy.events import Event
 
 from models.distributions import Sampler
 from models.stations import Station
@@ -158,8 +158,6 @@ class CpuRoute:
             self.held.release(self.since)
             self.held = None
         reply = self.reply
-        if reply._value is not PENDING:  # the client gave up already (models.funnel.ClientTimeouts): no one to answer
-            return
         reply._ok = True
         reply._value = value
         self.model.env.schedule(reply)

@@ -83,6 +83,7 @@ def _endpoint(svc: Service, name: str, handler: Handler) -> Callable[[Request], 
         except BadRequest as exc:
             response = JSONResponse(exc.body, status_code=exc.code)
         except Overloaded as exc:
+            svc.clock.shed()
             response = JSONResponse(
                 {"error": f"overloaded ({exc.station}), retry later"}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
             )

@@ -22,6 +22,7 @@ owns (HTTP parsing in the protocol, the email sender, the loop itself).
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Generator
@@ -33,47 +34,60 @@ T = TypeVar("T")
 
 # per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds, thread calls,
 # seconds of the request's own computation (refserver.service.stretch; within its loop steps), requests that did it,
-# steps that resumed a request after it waited for a station's slot (part of steps)]
-REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES = range(9)
+# steps that resumed a request after it waited for a station's slot (part of steps), and of the requests those that a
+# station's admission control turned away (503): requests, their steps, step seconds and squared step seconds (part of
+# the first four)]
+REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES, SHED, SHED_STEPS, SHED_SUM, SHED_SQUARES = range(13)
+
+#: the request being timed in this task (set by CpuClock.timed's driver): admission control marks it shed
+_CURRENT: contextvars.ContextVar[_Timed[Any] | None] = contextvars.ContextVar("surgecap_cpu_current", default=None)
 
 
 class _Timed(Awaitable[T]):
-    __slots__ = ("coro", "acc")
+    __slots__ = ("coro", "acc", "shed")
 
     def __init__(self, coro: Coroutine[Any, Any, T], acc: list[float]):
         self.coro = coro
         self.acc = acc
+        self.shed = False
 
     def __await__(self) -> Generator[Any, Any, T]:
-        coro, acc = self.coro, self.acc
+        coro = self.coro
         clock = time.thread_time  # CPU time of the loop thread: a step preempted by a worker thread is not charged for it
         value: Any = None
         error: BaseException | None = None
-        while True:
-            started = clock()
-            try:
-                yielded = coro.send(value) if error is None else coro.throw(error)
-            except StopIteration as stop:
-                _step(acc, clock() - started)
-                return stop.value  # type: ignore[no-any-return]
-            except BaseException:
-                _step(acc, clock() - started)
-                raise
-            _step(acc, clock() - started)
-            try:
-                value = yield yielded
-                error = None
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - handed on to the wrapped coroutine (cancellation too)
-                value, error = None, exc
-
-
-def _step(acc: list[float], seconds: float) -> None:
-    acc[STEPS] += 1
-    acc[SUM] += seconds
-    acc[SQUARES] += seconds * seconds
+        acc = self.acc
+        steps, total, squares = 0, 0.0, 0.0  # this request's own, for the shed ones' account when it ends
+        _CURRENT.set(self)  # the request's own task: each HTTP request runs in one
+        try:
+            while True:
+                started = clock()
+                try:
+                    yielded = coro.send(value) if error is None else coro.throw(error)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                finally:
+                    seconds = clock() - started
+                    acc[STEPS] += 1
+                    acc[SUM] += seconds
+                    acc[SQUARES] += seconds * seconds
+                    steps += 1
+                    total += seconds
+                    squares += seconds * seconds
+                try:
+                    value = yield yielded
+                    error = None
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - handed on to the wrapped coroutine (cancellation too)
+                    value, error = None, exc
+        finally:
+            if self.shed:
+                acc[SHED] += 1
+                acc[SHED_STEPS] += steps
+                acc[SHED_SUM] += total
+                acc[SHED_SQUARES] += squares
 
 
 class CpuClock:
@@ -84,7 +98,7 @@ class CpuClock:
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
         if acc is None:
-            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0]
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0]
         return acc
 
     def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
@@ -112,6 +126,14 @@ class CpuClock:
         takes only when it had to wait (the model adds it itself, so calibration counts the steps without it)."""
         self._acc(rt)[RESUMES] += 1
 
+    @staticmethod
+    def shed() -> None:
+        """Mark the request being handled in this task as turned away by admission control (its 503): its steps are
+        then counted apart as well (a shed request's few steps are not a served request's)."""
+        current = _CURRENT.get()
+        if current is not None:
+            current.shed = True
+
     def lines(self) -> list[str]:
         """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds."""
         out: list[str] = []
@@ -125,6 +147,10 @@ class CpuClock:
             ("surgecap_cpu_work_seconds_total", WORK, "{:.6f}", "CPU time of requests' own computation (part of their loop time)."),
             ("surgecap_cpu_work_requests_total", WORKED, "{:.0f}", "Requests that did their own computation."),
             ("surgecap_cpu_resumes_total", RESUMES, "{:.0f}", "Steps that resumed a request after it waited for a station's slot."),
+            ("surgecap_cpu_shed_requests_total", SHED, "{:.0f}", "Requests turned away by a station's admission control (503)."),
+            ("surgecap_cpu_shed_steps_total", SHED_STEPS, "{:.0f}", "Event-loop steps of requests turned away (part of the steps)."),
+            ("surgecap_cpu_shed_loop_seconds_total", SHED_SUM, "{:.6f}", "Event-loop time of requests turned away."),
+            ("surgecap_cpu_shed_loop_seconds_squared_total", SHED_SQUARES, "{:.9f}", "Sum of squared step times of requests turned away."),
         ):
             out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
             for rt, acc in sorted(self.by_type.items()):

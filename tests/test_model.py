@@ -158,7 +158,7 @@ horizon: 2m
 arrivals: {shape: constant, rate: 1/s}
 journey:
   - name: register
-    stations: [web, db]
+    stations: STATIONS
     timeout: TIMEOUT
 system:
   stations:
@@ -178,18 +178,22 @@ CPU_WORK = """
 """
 
 
-@pytest.mark.parametrize("cpu", [False, True], ids=["stations", "processor"])
-def test_the_clients_timeout_gives_up_on_a_request_and_the_server_goes_on_with_it(cpu: bool) -> None:
+@pytest.mark.parametrize(
+    ("stations", "cpu", "fast"),
+    [("[web]", False, True), ("[web, db]", False, True), ("[web, db]", True, True), ("[web, db]", True, False)],
+    ids=["one-station", "stations", "processor", "stock-simpy"],
+)
+def test_the_clients_timeout_gives_up_on_a_request_and_the_server_goes_on_with_it(stations: str, cpu: bool, fast: bool) -> None:
     # one web server of 2 s against one arrival a second (twice its capacity): the queue, and the wait, grow by a second
     # each second.  With the client's 5 s timeout every request answered took at most 5 s and most give up ("timeout"),
     # while the server goes on serving them in order (busy all along): unlike patience, nothing leaves its queue.
     def run(timeout: str):
-        text = CLIENT_TIMEOUT.replace("TIMEOUT", timeout)
+        text = CLIENT_TIMEOUT.replace("TIMEOUT", timeout).replace("STATIONS", stations)
         if cpu:
             text = text.replace("system:\n", "system:" + CPU_WORK, 1)
         scenario = parse_scenario(text, "client-timeout")
         assert (scenario.system.cpu is not None) == cpu
-        r = simulate_once(scenario)
+        r = simulate_once(scenario, fast=fast)
         rq = r.requests["register"]
         served = sum(r.stations["web"].busy) / 2.0
         return sum(rq.ok), rq.failed.get("timeout", []), rq.total_latency, served

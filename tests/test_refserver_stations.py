@@ -106,3 +106,44 @@ def test_a_request_that_waits_for_a_slot_is_told_to_the_clock_as_a_resume_step()
     clock = asyncio.run(scenario())
     assert clock.by_type["register"][RESUMES] == 1 and clock.by_type["verify_email"][RESUMES] == 1
     assert 'surgecap_cpu_resumes_total{request="register"} 1' in clock.lines()
+
+
+def test_a_request_turned_away_by_admission_control_is_counted_apart_with_its_steps() -> None:
+    # the clock times every request's steps; one that a full station turns away (its 503) is marked shed, and its steps
+    # and their time are counted apart as well, so that calibration at an overload level can tell a served request's
+    # work from a shed one's few steps
+    from refserver.cpu import REQUESTS, SHED, SHED_STEPS, SHED_SUM, STEPS, SUM, CpuClock
+
+    async def scenario() -> CpuClock:
+        clock = CpuClock()
+        station = Station("web", servers=1, queue=0)
+        gate = asyncio.Event()
+
+        async def handler(hold: bool) -> None:
+            await asyncio.sleep(0)
+            try:
+                async with station.slot("register"):
+                    if hold:
+                        await gate.wait()
+                    await asyncio.sleep(0)
+            except Overloaded:
+                clock.shed()  # as the server's handler does when it answers 503
+
+        async def timed(hold: bool) -> None:
+            await clock.timed("register", handler(hold))
+
+        first = asyncio.create_task(timed(True))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await asyncio.gather(*(asyncio.create_task(timed(False)) for _ in range(3)))  # the slot is taken: all three shed
+        gate.set()
+        await first
+        return clock
+
+    clock = asyncio.run(scenario())
+    acc = clock.by_type["register"]
+    assert acc[REQUESTS] == 4 and acc[SHED] == 3
+    assert acc[SHED_STEPS] == 3 * 2  # each: its first step, then the one in which it is turned away
+    assert acc[STEPS] == acc[SHED_STEPS] + 4  # the served one: first step, into the slot, woken by the gate, and out
+    assert 0 < acc[SHED_SUM] <= acc[SUM]
+    assert 'surgecap_cpu_shed_requests_total{request="register"} 3' in clock.lines()
