@@ -181,6 +181,7 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_shed_steps_total": 10,
         "surgecap_cpu_shed_loop_seconds_total": 11,
         "surgecap_cpu_shed_loop_seconds_squared_total": 12,
+        "surgecap_cpu_shed_resumes_total": 13,
     }
     writer = {
         "surgecap_db_batches_total": "batches",
@@ -320,7 +321,7 @@ class CpuEstimate:
         return work
 
 
-CPU_FIELDS = 13  # a request type's processor accounting (refserver.cpu): requests, steps, ..., and of them the shed ones'
+CPU_FIELDS = 14  # a request type's processor accounting (refserver.cpu): requests, steps, ..., and of them the shed ones'
 
 
 def _fields(acc: list[float]) -> list[float]:
@@ -348,12 +349,28 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
     owned = sum(d[2] + d[4] for d in kept.values())
     shared = max(0.0, total - owned - background * elapsed) / sum(d[0] for d in kept.values())
     out: dict[str, CpuEstimate] = {}
-    for rt, (n, steps, loop, squares, thread, calls, worked_s, worked_n, resumes, shed, shed_steps, shed_loop, shed_sq) in kept.items():
+    for rt, (
+        n,
+        steps,
+        loop,
+        squares,
+        thread,
+        calls,
+        worked_s,
+        worked_n,
+        resumes,
+        shed,
+        shed_steps,
+        shed_loop,
+        shed_sq,
+        shed_resumes,
+    ) in kept.items():
         # the requests served: those a station's admission control turned away (a few steps each, or a whole station's
         # visit when the second station shed them) are left out; the model walks their route as far as they got
         served = n - shed
         spent = shed_loop + shed * shared  # CPU seconds of the requests turned away
         loop, steps, squares = max(0.0, loop - shed_loop), max(0.0, steps - shed_steps), max(0.0, squares - shed_sq)
+        resumes = max(0.0, resumes - shed_resumes)
         own = (loop + thread) / served
         w = worked_s / worked_n if worked_n > 0 else 0.0  # per request that did it (the shed ones at a later station too)
         done = min(worked_n, served)

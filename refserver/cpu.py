@@ -35,21 +35,22 @@ T = TypeVar("T")
 # per request type: [requests, steps, sum of step seconds, sum of squared step seconds, thread seconds, thread calls,
 # seconds of the request's own computation (refserver.service.stretch; within its loop steps), requests that did it,
 # steps that resumed a request after it waited for a station's slot (part of steps), and of the requests those that a
-# station's admission control turned away (503): requests, their steps, step seconds and squared step seconds (part of
-# the first four)]
-REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES, SHED, SHED_STEPS, SHED_SUM, SHED_SQUARES = range(13)
+# station's admission control turned away (503): requests, their steps, step seconds, squared step seconds and resume
+# steps (part of the steps, seconds, squares and resumes before)]
+REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES, SHED, SHED_STEPS, SHED_SUM, SHED_SQUARES, SHED_RESUMES = range(14)
 
 #: the request being timed in this task (set by CpuClock.timed's driver): admission control marks it shed
 _CURRENT: contextvars.ContextVar[_Timed[Any] | None] = contextvars.ContextVar("surgecap_cpu_current", default=None)
 
 
 class _Timed(Awaitable[T]):
-    __slots__ = ("coro", "acc", "shed")
+    __slots__ = ("coro", "acc", "shed", "resumes")
 
     def __init__(self, coro: Coroutine[Any, Any, T], acc: list[float]):
         self.coro = coro
         self.acc = acc
         self.shed = False
+        self.resumes = 0  # its steps that resumed it after a wait for a station's slot
 
     def __await__(self) -> Generator[Any, Any, T]:
         coro = self.coro
@@ -88,6 +89,7 @@ class _Timed(Awaitable[T]):
                 acc[SHED_STEPS] += steps
                 acc[SHED_SUM] += total
                 acc[SHED_SQUARES] += squares
+                acc[SHED_RESUMES] += self.resumes
 
 
 class CpuClock:
@@ -98,7 +100,7 @@ class CpuClock:
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
         if acc is None:
-            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0]
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0, 0]
         return acc
 
     def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
@@ -125,6 +127,9 @@ class CpuClock:
         """Count a step that will resume a request of ``rt`` after it waited for a station's slot: a step the request
         takes only when it had to wait (the model adds it itself, so calibration counts the steps without it)."""
         self._acc(rt)[RESUMES] += 1
+        current = _CURRENT.get()
+        if current is not None:
+            current.resumes += 1
 
     @staticmethod
     def shed() -> None:
@@ -151,6 +156,12 @@ class CpuClock:
             ("surgecap_cpu_shed_steps_total", SHED_STEPS, "{:.0f}", "Event-loop steps of requests turned away (part of the steps)."),
             ("surgecap_cpu_shed_loop_seconds_total", SHED_SUM, "{:.6f}", "Event-loop time of requests turned away."),
             ("surgecap_cpu_shed_loop_seconds_squared_total", SHED_SQUARES, "{:.9f}", "Sum of squared step times of requests turned away."),
+            (
+                "surgecap_cpu_shed_resumes_total",
+                SHED_RESUMES,
+                "{:.0f}",
+                "Resume steps of requests turned away (a wait at an earlier station).",
+            ),
         ):
             out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
             for rt, acc in sorted(self.by_type.items()):

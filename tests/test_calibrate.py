@@ -619,8 +619,8 @@ def test_the_machines_speed_through_a_level_interval_by_interval() -> None:
 
 def test_requests_turned_away_are_left_out_of_a_served_requests_work() -> None:
     # 10 s of overload: register 1,100 requests, of which 1,000 were shed (503) in 2 loop steps of 0.05 ms each; the 100
-    # served took 400 steps (0.04 s, E[S^2] = 2 x (0.1 ms)^2) and 0.02 s in threads.  A served request's work is
-    # (0.04 + 0.02) / 100 = 0.6 ms in 4 steps (+1), as at calibration; averaged over all 1,100 it read 0.145 ms in 2
+    # served took 400 steps (0.04 s, E[S^2] = 2 x (0.1 ms)^2), 50 of them resumes, and 0.02 s in threads.  A served request's work is
+    # (0.04 + 0.02) / 100 = 0.6 ms; averaged over all 1,100 it read 0.145 ms in 2
     # steps, and the model given it carried several times the server's registrations
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
     shed = (
@@ -628,12 +628,15 @@ def test_requests_turned_away_are_left_out_of_a_served_requests_work() -> None:
         'surgecap_cpu_shed_steps_total{request="register"} 2000\n'
         'surgecap_cpu_shed_loop_seconds_total{request="register"} 0.1\n'
         f'surgecap_cpu_shed_loop_seconds_squared_total{{request="register"}} {2000 * 0.00005**2}\n'
+        'surgecap_cpu_shed_resumes_total{request="register"} 500\n'  # 500 waited at the web station, then the db shed them
+        'surgecap_cpu_resumes_total{request="register"} 550\n'  # 50 of them the served requests'
     )
     text = cpu_text(1.0 + 0.16 + 0.011, {"register": (1100, 2400, 0.14, 400 * 2e-8 + 2000 * 0.00005**2, 0.02)})
     reg = cpu_estimates(before, snapshot(text + shed, at=10.0), ["register"])["register"]
     assert reg.n == 100
     assert reg.own == pytest.approx(0.0006) and reg.shared == pytest.approx(0.011 / 1100)
-    assert reg.steps == 5 and reg.cv == pytest.approx(1.0)
+    assert reg.steps == 5 and reg.resumes == pytest.approx(0.5)  # (400 - 50) / 100 = 3.5 -> 4, +1 for the thread
+    assert reg.cv == pytest.approx(1.0)
     assert reg.utilization == pytest.approx((0.16 + 0.011) / 10)  # the shed requests' CPU still counts in the processor's use
     blind = cpu_estimates(before, snapshot(text, at=10.0), ["register"])["register"]  # a server that does not count them apart
     assert blind.steps == 3 and blind.own == pytest.approx(0.16 / 1100)

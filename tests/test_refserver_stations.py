@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -147,3 +149,46 @@ def test_a_request_turned_away_by_admission_control_is_counted_apart_with_its_st
     assert acc[STEPS] == acc[SHED_STEPS] + 4  # the served one: first step, into the slot, woken by the gate, and out
     assert 0 < acc[SHED_SUM] <= acc[SUM]
     assert 'surgecap_cpu_shed_requests_total{request="register"} 3' in clock.lines()
+
+
+def test_a_request_shed_at_its_second_station_takes_its_wait_at_the_first_with_it() -> None:
+    # the web station's one slot is taken, so B waits for it (a resume step); once in, it finds the db station full and
+    # is turned away.  Its resume is counted among the shed requests' too: calibration takes the served requests' resumes
+    # as the total less the shed ones'
+    from refserver.cpu import RESUMES, SHED, SHED_RESUMES, CpuClock
+
+    async def scenario() -> CpuClock:
+        clock = CpuClock()
+        web = Station("web", servers=1, queue=None, on_wait=clock.resumed)
+        db = Station("db", servers=1, queue=0, on_wait=clock.resumed)
+        leave_web, gate = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:  # A: holds web, then moves on to db and stays
+            async with web.slot("register"):
+                await leave_web.wait()
+            async with db.slot("register"):
+                await gate.wait()
+
+        async def late() -> None:  # B: waits for web, then finds db full
+            try:
+                async with web.slot("register"):
+                    async with db.slot("register"):
+                        pass
+            except Overloaded:
+                clock.shed()
+
+        async def timed(coro: Coroutine[Any, Any, None]) -> None:
+            await clock.timed("register", coro)
+
+        first = asyncio.create_task(timed(holder()))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(timed(late()))
+        await asyncio.sleep(0)
+        leave_web.set()
+        await second
+        gate.set()
+        await first
+        return clock
+
+    acc = asyncio.run(scenario()).by_type["register"]
+    assert acc[SHED] == 1 and acc[RESUMES] == acc[SHED_RESUMES] == 1
