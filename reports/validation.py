@@ -155,7 +155,7 @@ def verdict_table(checks: Sequence[Check], judged_only: bool = False) -> str:
             if ("rate" in c.metric or c.metric == "utilization")
             else f"{c.error:+.3g}"
         )
-        if c.relative and math.isinf(c.error):
+        if math.isinf(c.error) or math.isnan(c.error):
             err = "-"
         tol = "-" if c.tolerance is None else (f"±{c.tolerance:.0%}" if c.relative else f"±{c.tolerance * 100:.0f} pt")
         rows.append(

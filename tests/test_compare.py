@@ -91,6 +91,19 @@ def test_overload_compares_shedding_and_queue_growth_instead_of_latency() -> Non
     assert next(c for c in less if c.metric == "queue growth /s").verdict == "fail"
 
 
+def test_the_processors_queue_growth_is_not_judged_against_a_server_that_publishes_none() -> None:
+    # the reference server publishes no run queue of its event loop (its loop lag is compared instead): the measured
+    # side's processor queue reads 0, and a growing model queue failed against it as +inf %
+    model, measured = run("model", seed=2, queue_slope=2.0), run("measured", seed=1)
+    for r in (model, measured):
+        r.stations["cpu"] = r.stations["web"]
+    checks = compare([model], measured, Tolerances(), overload=True)
+    cpu = next(c for c in checks if c.subject == "station cpu" and c.metric == "queue growth /s")
+    assert cpu.verdict == "info" and math.isnan(cpu.measured) and "not published" in cpu.note
+    web = next(c for c in checks if c.subject == "station web" and c.metric == "queue growth /s")
+    assert web.verdict == "fail"  # other stations' queues stay judged
+
+
 def test_the_knee_check() -> None:
     below = Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05)
     assert below.verdict == "pass"
