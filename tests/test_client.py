@@ -37,13 +37,21 @@ def test_a_target_that_would_break_the_head_is_refused(path: str) -> None:
 
 
 class _Server:
-    """A loopback TCP server that answers ``answers`` requests per connection, then closes it."""
+    """A loopback TCP server that answers ``answers`` requests per connection, then closes it; ``silent``: reads a
+    request and never answers, the connection kept open."""
 
-    def __init__(self, answers: int) -> None:
-        self.answers, self.requests = answers, 0
+    def __init__(self, answers: int, silent: bool = False) -> None:
+        self.answers, self.requests, self.silent = answers, 0, silent
+        self.read = threading.Event()
+        self.conns: list[socket.socket] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
 
     def _serve(self) -> None:
         while True:
@@ -51,6 +59,11 @@ class _Server:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # the test closed the server
+            if self.silent:
+                self.conns.append(conn)
+                if conn.recv(65536):
+                    self.read.set()
+                continue
             with conn:
                 for _ in range(max(self.answers, 1)):
                     data = b""
@@ -99,30 +112,9 @@ def test_a_server_that_closes_unanswered_gives_status_0_and_only_idempotent_requ
     c.close()
 
 
-class _Silent:
-    """A loopback TCP server that reads requests and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.read = threading.Event()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if conn.recv(65536):
-                self.read.set()
-
-
 def test_a_request_gives_up_after_its_own_timeout() -> None:
     # the step's timeout (scenario journey[].timeout) is the request's, not the pool's
-    silent = _Silent()
+    silent = _Server(answers=0, silent=True)
     try:
         c = Client(f"http://127.0.0.1:{silent.port}", lambda **_: None, connections=1, connection_timeout=2.0, network_timeout=60.0)
         a = c.request("POST", "/api/register", b"{}", {"Content-Type": "application/json"}, timeout=0.3)
@@ -130,6 +122,4 @@ def test_a_request_gives_up_after_its_own_timeout() -> None:
         assert 0.25 <= a.seconds < 30.0  # gave up on its own 0.3 s, not the pool's 60 s
         c.close()
     finally:
-        silent.sock.close()
-        for conn in silent.conns:
-            conn.close()
+        silent.close()

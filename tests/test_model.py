@@ -204,3 +204,12 @@ def test_the_clients_timeout_gives_up_on_a_request_and_the_server_goes_on_with_i
     assert served >= 55  # the web server busy the whole two minutes, the given-up requests too
     ok, timeouts, latency, served = run("null")
     assert sum(timeouts) == 0 and ok >= 55 and latency.percentile(100) > 30.0
+
+
+@pytest.mark.parametrize("bad", ["0s", "-5s", "soon"])
+def test_a_client_timeout_that_is_not_a_positive_duration_is_refused_with_its_place(bad: str) -> None:
+    from models.loader import ScenarioError
+
+    with pytest.raises(ScenarioError) as exc:
+        parse_scenario(CLIENT_TIMEOUT.replace("TIMEOUT", bad).replace("STATIONS", "[web]"), "client-timeout")
+    assert "journey" in str(exc.value) and "timeout" in str(exc.value)
