@@ -30,6 +30,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 
 # What a request can raise when the target is slow, closes or answers garbage:
 # each is an answer-less request (status 0), as Locust's own session treats them.
+POOL_TIMEOUT = -1.0  # Client.request's timeout left out: the pool's network_timeout
 TRANSPORT_ERRORS = (OSError, gevent.Timeout, HTTPConnectionClosed, HTTPParseError)  # socket timeouts are OSErrors
 JSON_HEADERS = {"Content-Type": "application/json"}
 USER_AGENT = "surgecap-loadtest"
@@ -87,12 +88,12 @@ class Client:
         return (head + "\r\n").encode("latin-1") + body
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = -1.0
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = POOL_TIMEOUT
     ) -> Answer:
         """Send one request and read the whole answer; the caller judges it and calls :meth:`report`.
 
         ``timeout``: seconds the socket may stay silent (sending, then waiting for the answer) before the request
-        gives up, status 0; None waits for ever; left out, the pool's ``network_timeout``."""
+        gives up, status 0; None waits for ever; :data:`POOL_TIMEOUT` (left out), the pool's ``network_timeout``."""
         start = time.time()
         t0 = time.perf_counter()
         data = self.message(method, path, body or b"", headers)
@@ -100,7 +101,7 @@ class Client:
         try:
             while True:
                 sock = self.pool.get_socket()
-                sock.settimeout(self.network_timeout if timeout is not None and timeout < 0 else timeout)  # pooled: set each time
+                sock.settimeout(self.network_timeout if timeout == POOL_TIMEOUT else timeout)  # pooled: set each time
                 try:
                     sock.sendall(data)
                 except OSError as exc:
