@@ -502,7 +502,7 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # finds the processor, calibration carries the key stretch apart from the steps, at 0.9 a queue forms (register's
     # measured p95 well above its value at 0.3), and the model, given each level's own CPU time per request (so that this
     # machine's changing speed is not what is tested), sees it form too: its own register p95 at 0.9 at least twice its
-    # p95 at 0.3, its p50 at 0.9 from 1/1.5 to 4 times the measured and its p95 within a factor of 4, its processor
+    # p95 at 0.3, its p50 at 0.9 from 1/1.5 to 4 times the measured and its p95 at most 4 times the measured, its processor
     # within 2 points of the server's (the CPU time is given), the throughput within 5 % at 0.3 and from -15 % to +5 %
     # at 0.9; and the model's curve is drawn.  The level's rate is 0.9 of the knee at calibration's speed: when the
     # machine slows down between calibration and the level, the level lands higher (one CI run: the processor 96 %
@@ -512,8 +512,11 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # than that from run to run (four recorded runs judged with the model as it is: its p50 0.94 to 2.30 times the
     # measured, its p95 0.70 to 1.35; the 2.30 at a level that ran the processor 95.6 % busy: docs/validation.md), so
     # the test holds the model to wider factors: a model whose
-    # queue at the knee vanished (p95 back near its 0.3 value, about a tenth of the measured) or ran away past the knee
-    # fails here.
+    # queue at the knee vanished (p50 back near its 0.3 value, under half the measured; p95 near its 0.3 value) or ran
+    # away past the knee fails here.  The measured p95 bounds the model's only from above: at 0.9 one stall of the
+    # machine (its disk or its scheduler) leaves a backlog that takes about ten times the stall to drain, so the slowest
+    # 5 % of a 15 s level are that backlog's (one CI run: the measured p50 79 ms, 2 % from the model's, its p95 1.19 s
+    # against the model's 0.26 s, with the processor and the database within 2 points of the model's).
     out = tmp_path / "knee"
     main(["validate", str(TEST_SCENARIOS / "validate-knee.yaml"), "--levels", "0.3,0.9", "--processor", "level", "--out", str(out), "-q"])
     report = json.loads((out / "validation.json").read_text())
@@ -529,7 +532,8 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert p50["tolerance"] == pytest.approx(0.2) and 1 / 1.5 <= p50["model"] / p50["measured"] <= 4, p50
     cpu = checks[(0.9, "station cpu", "utilization")]
     assert abs(cpu["model"] - cpu["measured"]) < 0.02, cpu  # resume steps counted once (they were twice: +2.4 points)
-    assert 1 / 4 <= p95["model"] / p95["measured"] <= 4, p95
+    assert p50["measured"] > 1.5 * checks[(0.3, "register", "p50")]["measured"], p50  # the queue formed on the server
+    assert p95["model"] / p95["measured"] <= 4, p95
     assert p95["model"] > 2 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
     # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s); a level of three 5 s
