@@ -32,7 +32,7 @@ from models.fastpath import Engine, FastEngine, StockEngine
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.routes import CpuRoute, Route, cpu_legs
 from models.scenario import CPU, EMAIL, REGISTRY, Scenario, Step
-from models.stations import INF, Processor, Registry, Sender, Station
+from models.stations import INF, Door, Processor, Registry, Sender, Station
 
 __all__ = ["simulate_once", "Progress"]
 
@@ -40,6 +40,11 @@ LAG_EVERY = 0.25  # seconds between the model's loop-lag probes, as the referenc
 
 #: progress(simulated_seconds_done, simulated_seconds_total)
 Progress = Callable[[float, float], None]
+
+
+def _no_service() -> float:
+    """The service of a visit that takes no time (the door's admission check)."""
+    return 0.0
 
 
 def _uniform(rng: np.random.Generator) -> Sampler:
@@ -276,11 +281,16 @@ class FunnelModel:
                     assert dist is not None
                     samplers[key] = dist.sampler(service_rng)
                 visits.append((self.stations[name], samplers[key]))
+            held = [station for station, service in visits if service is not None]
+            door = Door(self.env, tuple(held[1:])) if sysd.admission == "door" and len(held) > 1 else None
             if step.request_type in cpu_work:
                 n_steps, sampler, locks, own = cpu_work[step.request_type]
-                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks, own)  # type: ignore[assignment]
+                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks, own, door)  # type: ignore[assignment]
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
-                visits = cpu_legs(visits, self.stations[CPU], 0, None, threads)  # type: ignore[assignment]
+                visits = cpu_legs(visits, self.stations[CPU], 0, None, threads, door=door)  # type: ignore[assignment]
+            elif door is not None:  # turned away before the first station when a later one is full
+                first = next(i for i, (_, service) in enumerate(visits) if service is not None)
+                visits.insert(first, (door, _no_service))  # type: ignore[arg-type]
             think = step.think.scaled(1.0 / self.compress) if self.compress != 1 else step.think
             nxt = s.journey[i + 1] if i + 1 < len(s.journey) else None
             self.plans.append(

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from simpy.events import Event
 
 from models.distributions import Sampler
-from models.stations import Station
+from models.stations import Door, Station
 
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
 
-__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD"]
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD", "DOOR"]
 
 
 class Route:
@@ -60,7 +60,7 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME = range(8)  # legs of a route through the processor
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME, DOOR = range(9)  # legs of a route through the processor
 
 
 def cpu_legs(
@@ -71,6 +71,7 @@ def cpu_legs(
     threads: frozenset[str],
     locks: int = 0,
     work: Sampler | None = None,
+    door: Door | None = None,
 ) -> list[tuple[int, Station | None, Any]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
@@ -95,6 +96,9 @@ def cpu_legs(
     that follows a service delay (the server's sleep), the registry's reply or
     the request's arrival is woken by a timer or I/O and queued behind the steps
     made ready by other steps (:meth:`models.stations.Processor.woken`).
+    With admission at the ``door``, the request is turned away just before its
+    first station when a later one is full (a ``DOOR`` leg), as the server's
+    route does before entering its first station.
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -117,6 +121,8 @@ def cpu_legs(
         if service is None:
             legs.append((VISIT, station, None))
             continue
+        if door is not None and j == held[0]:
+            legs.append((DOOR, door, None))
         legs.append((HOLD, station, None))
         if step is not None:
             legs.append((RESUME, cpu, step))
@@ -177,6 +183,11 @@ class CpuRoute:
             if kind == RELEASE:
                 station.release(self.since, self.step)
                 self.held = None
+                continue
+            if kind == DOOR:
+                if station.refuses():
+                    self._end("full")
+                    return
                 continue
             self.step = 0.0
             if kind == RESUME:

@@ -390,6 +390,12 @@ class CapacityChange(_Model):
 
 class System(_Model):
     stations: dict[str, Station] = Field(default_factory=dict)
+    admission: Literal["station", "door"] = Field(
+        default="station",
+        description="where a request is turned away (503) when a queue is full: 'station', at each station as it gets "
+        "there; 'door', before its first station when any station on its route is full (no work is spent on a request "
+        "that a later station would shed)",
+    )
     overhead: dict[str, Distribution] = Field(
         default_factory=dict,
         description="per request type ('default' for any): time outside every station (network, parsing, "

@@ -15,7 +15,9 @@ model run a 1.4-million-registrant day in about a minute.  Busy time and queue
 length are integrated exactly between events for utilization and mean queue.
 
 :class:`Registry` adds the external registry's token-bucket rate limit (429),
-daily quota and mismatch answers.
+daily quota and mismatch answers.  :class:`Door` is admission at the door
+(``system.admission: door``): a request turned away before its first station
+when a later station on its route is full.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from simpy.events import NORMAL, PENDING, Event
 
 from models.histogram import Histogram
 
-__all__ = ["Station", "Processor", "Registry", "Sender"]
+__all__ = ["Station", "Door", "Processor", "Registry", "Sender"]
 
 INF = math.inf
 HOLD = -1.0  # a service time meaning "until released"
@@ -187,6 +189,10 @@ class Station:
             timer.callbacks.append(_Expiry(self, job))  # type: ignore[union-attr]
         return ev
 
+    def full(self) -> bool:
+        """Every server busy (or promised to a woken waiter) and the queue at its limit: an arrival now is shed."""
+        return self.busy >= self.servers and self.qlen >= self.limit
+
     def _expire(self, job: _Job) -> None:
         if not job.active:
             return
@@ -265,6 +271,37 @@ class Station:
 
     def set_limit(self, limit: int | None) -> None:
         self.limit = limit if limit is not None else 1 << 62
+
+
+class Door:
+    """Admission at the door (``system.admission: door``), as the reference server does it: before a request enters
+    its first station, it is turned away (``"full"``) when any later station on its route is full, so that no work is
+    spent on a request that station would shed; the shed counts at that station (the first full one in route order).
+    As a visit, it answers at once (:meth:`request`); routes through the processor ask :meth:`refuses` inline."""
+
+    __slots__ = ("env", "stations")
+
+    name = "door"
+
+    def __init__(self, env: simpy.Environment, stations: tuple[Station, ...]):
+        self.env = env
+        self.stations = stations
+
+    def refuses(self) -> bool:
+        for st in self.stations:
+            if st.full():
+                st.n_arrivals += 1
+                st.n_shed += 1
+                return True
+        return False
+
+    def request(self, _service: float = 0.0, _deadline: float = INF, ev: Event | None = None) -> Event:
+        if ev is None:
+            ev = Event(self.env)
+        ev._ok = True
+        ev._value = "full" if self.refuses() else None
+        self.env.schedule(ev)
+        return ev
 
 
 PROBE = "probe"  # the value of a loop-lag probe's step (Processor.probe): its wait is not a request's

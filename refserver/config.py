@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "ConfigError", "FAULTS"]
+__all__ = ["StationConfig", "RegistryConfig", "ServerConfig", "ConfigError", "FAULTS", "ADMISSION"]
 
 FAULTS = ("slow", "cpu", "delay")
+ADMISSION = ("station", "door")  # where admission control sheds (models.scenario.System.admission)
 MAX_WORK = 10_000_000  # rounds of work per request: about 4 s of CPU
 
 
@@ -59,6 +60,9 @@ class ServerConfig:
     # registration service does when it stores a credential, run on the event loop inside the request's first station
     work: dict[str, int] = field(default_factory=dict)
     seed: int = 1
+    # where admission control sheds: "station" (each station as it is reached) or "door" (before the first station,
+    # when any station on the request's route is full)
+    admission: str = "station"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServerConfig:
@@ -77,9 +81,12 @@ class ServerConfig:
                 limits={str(k): float(v) for k, v in d.get("limits", {}).items()},
                 work={str(k): int(v) for k, v in d.get("work", {}).items()},
                 seed=int(d.get("seed", 1)),
+                admission=str(d.get("admission", "station")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad server configuration: {exc}") from None
+        if cfg.admission not in ADMISSION:
+            raise ConfigError(f"admission {cfg.admission!r}: expected one of {', '.join(ADMISSION)}")
         for key, value in cfg.fault.items():
             if key not in FAULTS or not 0 <= value <= 60:
                 raise ConfigError(f"fault {key}={value}: expected one of {', '.join(FAULTS)} between 0 and 60")

@@ -196,7 +196,12 @@ class Service:
         result = None
         entered = time.monotonic()
         rounds = self.cfg.work.get(rt, 0)
-        for name in self.cfg.routes.get(rt, []):
+        route = self.cfg.routes.get(rt, [])
+        if self.cfg.admission == "door":  # turned away before any work when a later station would shed it
+            for name in route[1:]:
+                if self.stations[name].full():
+                    raise self.stations[name].refuse()
+        for name in route:
             async with self.stations[name].slot(rt):
                 if name == "db" and work is not None and store is None:  # a write naming the stored file waits for it
                     result = await self.db.write(work, rt)

@@ -44,13 +44,20 @@ class Station:
         self.shed = 0
         self.by_type: dict[str, list[float]] = {}  # request type -> [served, sum t, sum t^2, sum ln t, sum (ln t)^2]
 
+    def full(self) -> bool:
+        """No free slot (a slot just let go stays promised to the waiter it woke until that waiter runs: the semaphore
+        counts it taken, while busy does not count it yet) and the queue is full: an arrival now is shed."""
+        return self.queue_limit is not None and self.waiting >= self.queue_limit and self._sem.locked()
+
+    def refuse(self) -> Overloaded:
+        """Count a request turned away for this station (here, or at the door for it) and the error that says so."""
+        self.shed += 1
+        return Overloaded(self.name)
+
     @asynccontextmanager
     async def slot(self, rt: str = "other") -> AsyncIterator[None]:
-        # no free slot (a slot just let go stays promised to the waiter it woke until that waiter runs: the semaphore
-        # counts it taken, while busy does not count it yet) and the queue is full
-        if self.queue_limit is not None and self.waiting >= self.queue_limit and self._sem.locked():
-            self.shed += 1
-            raise Overloaded(self.name)
+        if self.full():
+            raise self.refuse()
         if self.on_wait is not None and self._sem.locked():
             self.on_wait(rt)
         self.waiting += 1

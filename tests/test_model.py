@@ -213,3 +213,49 @@ def test_a_client_timeout_that_is_not_a_positive_duration_is_refused_with_its_pl
     with pytest.raises(ScenarioError) as exc:
         parse_scenario(CLIENT_TIMEOUT.replace("TIMEOUT", bad).replace("STATIONS", "[web]"), "client-timeout")
     assert "journey" in str(exc.value) and "timeout" in str(exc.value)
+
+
+DOOR = """
+name: door
+seed: 5
+horizon: 1m
+arrivals: {shape: constant, rate: 20/s}
+journey:
+  - name: register
+    stations: [web, db]
+system:
+  admission: ADMISSION
+  stations:
+    web:
+      servers: 10
+      queue: 100
+      service: {default: {dist: constant, value: 10ms}}
+    db:
+      servers: 1
+      queue: 0
+      service: {default: {dist: constant, value: 1s}}
+run: {interval: 10s}
+"""
+
+
+@pytest.mark.parametrize(
+    ("cpu", "fast"), [(False, True), (True, True), (True, False)], ids=["stations", "processor", "stock-simpy"]
+)
+def test_admission_at_the_door_spends_no_work_on_a_request_a_later_station_sheds(cpu: bool, fast: bool) -> None:
+    # twenty registrations a second through web (10 ms) to a db of one server, 1 s each, with no queue: about one in
+    # twenty gets a db server, the rest are shed there ("full").  Admitted per station, every one of them first takes
+    # web's 10 ms; admitted at the door, those that find db busy are turned away before web, so web serves only the
+    # ones db will take (about 60, against 1,200), and the shed count, at db, stays the same
+    def run(admission: str):
+        text = DOOR.replace("ADMISSION", admission)
+        if cpu:
+            text = text.replace("system:\n", "system:" + CPU_WORK, 1)
+        r = simulate_once(parse_scenario(text, "door"), fast=fast)
+        rq = r.requests["register"]
+        return sum(r.stations["web"].arrivals), sum(r.stations["db"].shed), rq.failed.get("full", []), sum(rq.ok)
+
+    web, shed, full, ok = run("station")
+    assert web >= 1150 and shed >= 1050 and sum(full) == shed
+    door_web, door_shed, door_full, door_ok = run("door")
+    assert door_web <= 80 and door_ok >= 50
+    assert sum(door_full) == door_shed and abs(door_shed - shed) <= 0.05 * shed

@@ -192,3 +192,46 @@ def test_a_request_shed_at_its_second_station_takes_its_wait_at_the_first_with_i
 
     acc = asyncio.run(scenario()).by_type["register"]
     assert acc[SHED] == 1 and acc[RESUMES] == acc[SHED_RESUMES] == 1
+
+
+@pytest.mark.parametrize("admission", ["station", "door"])
+def test_admission_at_the_door_turns_a_request_away_before_its_work_when_a_later_station_is_full(admission: str) -> None:
+    # the db station's one slot is taken and it has no queue.  A registration (web, then db, with a key stretch in web)
+    # admitted per station enters web, pays for its key stretch and is shed at db; admitted at the door it is turned away
+    # before web, with no key stretch, and the shed counts at db either way
+    from refserver.config import StationConfig
+    from refserver.cpu import WORKED
+    from refserver.service import Service
+
+    from tests.refserver_helpers import config
+
+    cfg = config(
+        stations={"web": StationConfig(servers=4, queue=10, service={"default": 0.0}), "db": StationConfig(servers=1, queue=0, service={"default": 0.0})},
+        work={"register": 1000},
+        admission=admission,
+    )
+
+    async def scenario() -> Service:
+        svc = Service(cfg, b"k" * 32)
+        async with svc.stations["db"].slot("join_batch"):
+            with pytest.raises(Overloaded, match="db"):
+                await svc.through("register")
+        return svc
+
+    svc = asyncio.run(scenario())
+    assert svc.stations["db"].shed == 1 and svc.stations["web"].shed == 0
+    worked = svc.clock.by_type["register"][WORKED] if "register" in svc.clock.by_type else 0
+    if admission == "door":
+        assert svc.stations["web"].served == 0 and worked == 0
+    else:
+        assert svc.stations["web"].served == 1 and worked == 1
+
+
+def test_the_servers_admission_is_station_or_door() -> None:
+    from refserver.config import ConfigError, ServerConfig
+
+    from tests.refserver_helpers import config
+
+    assert ServerConfig.from_dict({**config().to_dict(), "admission": "door"}).admission == "door"
+    with pytest.raises(ConfigError, match="admission 'gate'"):
+        ServerConfig.from_dict({**config().to_dict(), "admission": "gate"})

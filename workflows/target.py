@@ -50,6 +50,7 @@ def server_config(scenario: Scenario, test_mode: bool = False, fault: dict[str, 
     cfg: dict[str, object] = {
         "stations": stations,
         "routes": routes,
+        "admission": sysd.admission,
         "test_mode": test_mode,
         "seed": scenario.seed,
         "fault": fault or {},
