@@ -96,9 +96,10 @@ def cpu_legs(
     that follows a service delay (the server's sleep), the registry's reply or
     the request's arrival is woken by a timer or I/O and queued behind the steps
     made ready by other steps (:meth:`models.stations.Processor.woken`).
-    With admission at the ``door``, the request is turned away just before its
-    first station when a later one is full (a ``DOOR`` leg), as the server's
-    route does before entering its first station.
+    With admission at the ``door``, the request is turned away when a later
+    station is full (a ``DOOR`` leg) just before its first station and again
+    once it holds that station (resumed), before any work there, as the
+    server's route does.
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -126,6 +127,8 @@ def cpu_legs(
         legs.append((HOLD, station, None))
         if step is not None:
             legs.append((RESUME, cpu, step))
+        if door is not None and j == held[0]:
+            legs.append((DOOR, door, None))
         if j == thread_at:
             legs += [(LOCK, cpu, None)] * locks
             legs.append((THREAD, cpu, step))

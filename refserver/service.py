@@ -191,18 +191,22 @@ class Service:
         The database work runs inside the db station, a file write (``store``)
         inside the storage station; work whose station is not on the route runs
         after it, and so does a database write whose db station comes before the
-        storage station (it names the stored file).
+        storage station (it names the stored file).  With admission at the door
+        (``ServerConfig.admission``), a request is turned away when a later
+        station is full before it enters its first station and again once it
+        has that station's slot, before any work there.
         """
         result = None
         entered = time.monotonic()
         rounds = self.cfg.work.get(rt, 0)
         route = self.cfg.routes.get(rt, [])
-        if self.cfg.admission == "door":  # turned away before any work when a later station would shed it
-            for name in route[1:]:
-                if self.stations[name].full():
-                    raise self.stations[name].refuse()
+        door = self.cfg.admission == "door"
+        if door:  # turned away before any work when a later station would shed it
+            self._door(route)
         for name in route:
             async with self.stations[name].slot(rt):
+                if door and name == route[0]:  # and again once in: its wait for the slot may have let a later one fill
+                    self._door(route)
                 if name == "db" and work is not None and store is None:  # a write naming the stored file waits for it
                     result = await self.db.write(work, rt)
                     work = None
@@ -223,6 +227,12 @@ class Service:
         if self.cfg.fault:
             await self._fault(time.monotonic() - entered)
         return result
+
+    def _door(self, route: list[str]) -> None:
+        """Admission at the door: :class:`Overloaded` (counted at that station) when a station after the first is full."""
+        for name in route[1:]:
+            if self.stations[name].full():
+                raise self.stations[name].refuse()
 
     async def _fault(self, spent: float) -> None:
         """The configured injected slowness (``ServerConfig.fault``), after a request's stations."""

@@ -259,3 +259,15 @@ def test_admission_at_the_door_spends_no_work_on_a_request_a_later_station_sheds
     door_web, door_shed, door_full, door_ok = run("door")
     assert door_web <= 80 and door_ok >= 50
     assert sum(door_full) == door_shed and abs(door_shed - shed) <= 0.05 * shed
+
+
+def test_at_the_door_a_request_that_waited_for_its_first_station_is_checked_again_before_its_work() -> None:
+    # web has one server of 100 ms before a db of one 1 s server with no queue, and twenty registrations a second come:
+    # most pass the door while db is free and queue at web, and by the time they get web, db has filled.  Checked again
+    # as they get web (with a processor, as the reference server does), they leave it at once: web works about 100 ms
+    # per registration db takes (about 60 in a minute), not per one that passed the door
+    text = DOOR.replace("ADMISSION", "door").replace("servers: 10", "servers: 1").replace("value: 10ms", "value: 100ms")
+    r = simulate_once(parse_scenario(text.replace("system:\n", "system:" + CPU_WORK, 1), "door"), fast=True)
+    ok = sum(r.requests["register"].ok)
+    assert 40 <= ok <= 70
+    assert sum(r.stations["web"].busy) <= 0.1 * ok * 1.3 + 1.0  # the turned-away ones add a few processor steps each

@@ -235,3 +235,48 @@ def test_the_servers_admission_is_station_or_door() -> None:
     assert ServerConfig.from_dict({**config().to_dict(), "admission": "door"}).admission == "door"
     with pytest.raises(ConfigError, match="admission 'gate'"):
         ServerConfig.from_dict({**config().to_dict(), "admission": "gate"})
+
+
+def test_at_the_door_a_request_that_waited_for_its_first_slot_is_checked_again_before_its_work() -> None:
+    # web's one slot is taken, db is free: a registration passes the door and waits for web.  Meanwhile db fills; when the
+    # registration gets web's slot it is turned away before its key stretch (its wait let db fill), counted at db
+    from refserver.config import StationConfig
+    from refserver.cpu import WORKED
+    from refserver.service import Service
+
+    from tests.refserver_helpers import config
+
+    cfg = config(
+        stations={"web": StationConfig(servers=1, queue=10, service={"default": 0.0}), "db": StationConfig(servers=1, queue=0, service={"default": 0.0})},
+        work={"register": 1000},
+        admission="door",
+    )
+
+    async def scenario() -> tuple[Service, BaseException | None]:
+        svc = Service(cfg, b"k" * 32)
+        web, db = svc.stations["web"], svc.stations["db"]
+        leave_web, leave_db, in_db = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def hold(station: Station, entered: asyncio.Event | None, leave: asyncio.Event) -> None:
+            async with station.slot("join_batch"):
+                if entered is not None:
+                    entered.set()
+                await leave.wait()
+
+        first = asyncio.create_task(hold(web, None, leave_web))
+        await asyncio.sleep(0)
+        registration = asyncio.create_task(svc.through("register"))
+        await asyncio.sleep(0)
+        assert web.waiting == 1  # it passed the door (db was free) and waits for web
+        other = asyncio.create_task(hold(db, in_db, leave_db))
+        await in_db.wait()
+        leave_web.set()
+        outcome = (await asyncio.gather(registration, return_exceptions=True))[0]
+        leave_db.set()
+        await asyncio.gather(first, other)
+        return svc, outcome if isinstance(outcome, BaseException) else None
+
+    svc, outcome = asyncio.run(scenario())
+    assert isinstance(outcome, Overloaded) and outcome.station == "db"
+    assert svc.stations["db"].shed == 1
+    assert "register" not in svc.clock.by_type or svc.clock.by_type["register"][WORKED] == 0  # no key stretch
