@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from simpy.events import Event
 
 from models.distributions import Sampler
-from models.stations import Door, Station
+from models.stations import Door, DoorStep, Station
 
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
@@ -97,9 +97,10 @@ def cpu_legs(
     the request's arrival is woken by a timer or I/O and queued behind the steps
     made ready by other steps (:meth:`models.stations.Processor.woken`).
     With admission at the ``door``, the request is turned away when a later
-    station is full (a ``DOOR`` leg) just before its first station and again
-    once it holds that station (resumed), before any work there, as the
-    server's route does.
+    station is full (a ``DOOR`` leg) just before its first station, again
+    once it holds that station (resumed), and last as the step with its own
+    computation starts (:class:`models.stations.DoorStep`; turned away, the
+    step takes only its loop part), as the server's route does.
     """
     held = [j for j, (_, service) in enumerate(visits) if service is not None]
     thread_at = next((j for j in held if visits[j][0].name in threads), None)
@@ -123,12 +124,12 @@ def cpu_legs(
             legs.append((VISIT, station, None))
             continue
         if door is not None and j == held[0]:
-            legs.append((DOOR, door, None))
+            legs.append((DOOR, door, None))  # type: ignore[arg-type]
         legs.append((HOLD, station, None))
         if step is not None:
             legs.append((RESUME, cpu, step))
         if door is not None and j == held[0]:
-            legs.append((DOOR, door, None))
+            legs.append((DOOR, door, None))  # type: ignore[arg-type]
         if j == thread_at:
             legs += [(LOCK, cpu, None)] * locks
             legs.append((THREAD, cpu, step))
@@ -137,10 +138,10 @@ def cpu_legs(
         legs.append((DELAY, None, service))
         own = work if held and j == held[0] else None
         if resumes > 0:
-            legs.append((WORK, cpu, (step, own)) if own is not None else (VISIT, cpu, step))
+            legs.append((WORK, cpu, (step, own, door)) if own is not None else (VISIT, cpu, step))
             resumes -= 1
         elif own is not None:
-            legs.append((WORK, cpu, (None, own)))
+            legs.append((WORK, cpu, (None, own, door)))
         legs.append((RELEASE, station, None))
     return legs
 
@@ -217,9 +218,16 @@ class CpuRoute:
                 self.step = sampler() * station.factor()
                 leg = station.urgent(self.step)
             elif kind == WORK:  # a step with the request's own computation in it: each part on its own law
-                step, own = sampler
-                self.step = (step() * station.factor() if step is not None else 0.0) + own() * station.work_factor()
-                leg = station.woken(self.step) if self._woken() else station.request(self.step)
+                step, own, door = sampler
+                part = step() * station.factor() if step is not None else 0.0
+                self.step = part + own() * station.work_factor()
+                check: DoorStep | str | None = None
+                if door is not None:  # the door's last check, as the step starts: now, or when the processor gets to it
+                    if station.busy >= station.servers:
+                        check = DoorStep(door, part)
+                    elif door.refuses():
+                        self.step, check = part, "full"
+                leg = station.woken(self.step, check) if self._woken() else station.request(self.step, value=check)
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
                 leg = station.woken(self.step) if self._woken() else station.request(self.step)

@@ -33,7 +33,7 @@ from simpy.events import NORMAL, PENDING, Event
 
 from models.histogram import Histogram
 
-__all__ = ["Station", "Door", "Processor", "Registry", "Sender"]
+__all__ = ["Station", "Door", "DoorStep", "Processor", "Registry", "Sender"]
 
 INF = math.inf
 HOLD = -1.0  # a service time meaning "until released"
@@ -304,6 +304,18 @@ class Door:
         return ev
 
 
+class DoorStep:
+    """The value of a processor step that holds a request's own computation behind the door's last check (see
+    :class:`Door`): as the step starts, the request is turned away if a later station is full, and the step then
+    takes only ``step`` seconds (its loop part, without the computation) and ends ``"full"``."""
+
+    __slots__ = ("door", "step")
+
+    def __init__(self, door: Door, step: float):
+        self.door = door
+        self.step = step
+
+
 PROBE = "probe"  # the value of a loop-lag probe's step (Processor.probe): its wait is not a request's
 
 SWITCH_INTERVAL = 0.005  # seconds: CPython's default sys.getswitchinterval(), the longest a thread waits for the lock
@@ -452,6 +464,16 @@ class Processor(Station):
             ev._ok = True
             ev._value = None
             self.env.schedule(ev)
+
+    def _start(self, ev: Event, service: float, arrived: float, now: float, timeout: float, value: str | None) -> None:
+        if value.__class__ is DoorStep:  # the door's last check, as the step starts
+            check: DoorStep = value  # type: ignore[assignment]
+            if check.door.refuses():
+                self.work -= service - check.step
+                service, value = check.step, "full"
+            else:
+                value = None
+        super()._start(ev, service, arrived, now, timeout, value)
 
     def _release(self, event: Event) -> None:
         if self.servers == 1:

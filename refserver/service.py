@@ -193,8 +193,10 @@ class Service:
         after it, and so does a database write whose db station comes before the
         storage station (it names the stored file).  With admission at the door
         (``ServerConfig.admission``), a request is turned away when a later
-        station is full before it enters its first station and again once it
-        has that station's slot, before any work there.
+        station is full: before it enters its first station, once it has that
+        station's slot, and just before its own computation (the key stretch),
+        in the step from which it goes on to the later stations, so that no
+        computation is spent on a request they would shed.
         """
         result = None
         entered = time.monotonic()
@@ -218,6 +220,8 @@ class Service:
                 if pause > 0:
                     await asyncio.sleep(pause)
                 if rounds:  # the request's own computation, in the step that resumes it inside its first station
+                    if door:  # its last chance to be turned away: the route's later stations take it in this same step
+                        self._door(route)
                     self.clock.work(rt, stretch(rounds, key or rt))
                     rounds = 0
         if store is not None:

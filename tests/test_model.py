@@ -238,9 +238,7 @@ run: {interval: 10s}
 """
 
 
-@pytest.mark.parametrize(
-    ("cpu", "fast"), [(False, True), (True, True), (True, False)], ids=["stations", "processor", "stock-simpy"]
-)
+@pytest.mark.parametrize(("cpu", "fast"), [(False, True), (True, True), (True, False)], ids=["stations", "processor", "stock-simpy"])
 def test_admission_at_the_door_spends_no_work_on_a_request_a_later_station_sheds(cpu: bool, fast: bool) -> None:
     # twenty registrations a second through web (10 ms) to a db of one server, 1 s each, with no queue: about one in
     # twenty gets a db server, the rest are shed there ("full").  Admitted per station, every one of them first takes
@@ -271,3 +269,18 @@ def test_at_the_door_a_request_that_waited_for_its_first_station_is_checked_agai
     ok = sum(r.requests["register"].ok)
     assert 40 <= ok <= 70
     assert sum(r.stations["web"].busy) <= 0.1 * ok * 1.3 + 1.0  # the turned-away ones add a few processor steps each
+
+
+def test_at_the_door_the_requests_own_computation_waits_for_the_last_check() -> None:
+    # web (10 servers, 200 ms) before a db of one 1 s server with no queue, twenty registrations a second, each with 50 ms
+    # of its own computation on the processor after web's delay.  While db is free, the door lets about five in before
+    # the first of them reaches db; the others find db full only after their web delay.  Checked last as the step with
+    # the computation starts, they are turned away without it: the processor works about 50 ms per registration db
+    # takes (some 60), not per one that passed the door (some 300), plus three 1 ms steps per request
+    text = DOOR.replace("ADMISSION", "door").replace("value: 10ms", "value: 200ms")
+    own = "step: {dist: constant, value: 1ms}, work: {dist: constant, value: 50ms}}"
+    work = CPU_WORK.replace("step: {dist: constant, value: 1ms}}", own)
+    r = simulate_once(parse_scenario(text.replace("system:\n", "system:" + work, 1), "door"), fast=True)
+    ok, started = sum(r.requests["register"].ok), sum(r.requests["register"].started)
+    assert 40 <= ok <= 70
+    assert sum(r.stations["cpu"].busy) <= 1.3 * (0.05 * ok + 0.003 * started)

@@ -8,7 +8,26 @@ from typing import Any
 
 import pytest
 
+from refserver.config import ServerConfig, StationConfig
+from refserver.cpu import WORKED
+from refserver.service import Service
 from refserver.stations import Overloaded, Station
+
+from .refserver_helpers import config
+
+
+def door_config(admission: str = "door", web_servers: int = 4, web_service: float = 0.0) -> ServerConfig:
+    """A registration's route of web (with a key stretch) then a db of one slot and no queue."""
+    stations = {
+        "web": StationConfig(servers=web_servers, queue=10, service={"default": web_service}),
+        "db": StationConfig(servers=1, queue=0, service={"default": 0.0}),
+    }
+    return config(stations=stations, work={"register": 1000}, admission=admission)
+
+
+def stretched(svc: Service) -> float:
+    """Registrations that did their key stretch."""
+    return svc.clock.by_type["register"][WORKED] if "register" in svc.clock.by_type else 0
 
 
 def test_a_full_queue_sheds_while_a_let_go_slot_waits_for_the_waiter_it_woke() -> None:
@@ -199,17 +218,7 @@ def test_admission_at_the_door_turns_a_request_away_before_its_work_when_a_later
     # the db station's one slot is taken and it has no queue.  A registration (web, then db, with a key stretch in web)
     # admitted per station enters web, pays for its key stretch and is shed at db; admitted at the door it is turned away
     # before web, with no key stretch, and the shed counts at db either way
-    from refserver.config import StationConfig
-    from refserver.cpu import WORKED
-    from refserver.service import Service
-
-    from tests.refserver_helpers import config
-
-    cfg = config(
-        stations={"web": StationConfig(servers=4, queue=10, service={"default": 0.0}), "db": StationConfig(servers=1, queue=0, service={"default": 0.0})},
-        work={"register": 1000},
-        admission=admission,
-    )
+    cfg = door_config(admission)
 
     async def scenario() -> Service:
         svc = Service(cfg, b"k" * 32)
@@ -220,7 +229,7 @@ def test_admission_at_the_door_turns_a_request_away_before_its_work_when_a_later
 
     svc = asyncio.run(scenario())
     assert svc.stations["db"].shed == 1 and svc.stations["web"].shed == 0
-    worked = svc.clock.by_type["register"][WORKED] if "register" in svc.clock.by_type else 0
+    worked = stretched(svc)
     if admission == "door":
         assert svc.stations["web"].served == 0 and worked == 0
     else:
@@ -228,9 +237,7 @@ def test_admission_at_the_door_turns_a_request_away_before_its_work_when_a_later
 
 
 def test_the_servers_admission_is_station_or_door() -> None:
-    from refserver.config import ConfigError, ServerConfig
-
-    from tests.refserver_helpers import config
+    from refserver.config import ConfigError
 
     assert ServerConfig.from_dict({**config().to_dict(), "admission": "door"}).admission == "door"
     with pytest.raises(ConfigError, match="admission 'gate'"):
@@ -240,17 +247,7 @@ def test_the_servers_admission_is_station_or_door() -> None:
 def test_at_the_door_a_request_that_waited_for_its_first_slot_is_checked_again_before_its_work() -> None:
     # web's one slot is taken, db is free: a registration passes the door and waits for web.  Meanwhile db fills; when the
     # registration gets web's slot it is turned away before its key stretch (its wait let db fill), counted at db
-    from refserver.config import StationConfig
-    from refserver.cpu import WORKED
-    from refserver.service import Service
-
-    from tests.refserver_helpers import config
-
-    cfg = config(
-        stations={"web": StationConfig(servers=1, queue=10, service={"default": 0.0}), "db": StationConfig(servers=1, queue=0, service={"default": 0.0})},
-        work={"register": 1000},
-        admission="door",
-    )
+    cfg = door_config(web_servers=1)
 
     async def scenario() -> tuple[Service, BaseException | None]:
         svc = Service(cfg, b"k" * 32)
@@ -279,4 +276,35 @@ def test_at_the_door_a_request_that_waited_for_its_first_slot_is_checked_again_b
     svc, outcome = asyncio.run(scenario())
     assert isinstance(outcome, Overloaded) and outcome.station == "db"
     assert svc.stations["db"].shed == 1
-    assert "register" not in svc.clock.by_type or svc.clock.by_type["register"][WORKED] == 0  # no key stretch
+    assert stretched(svc) == 0
+
+
+def test_at_the_door_the_key_stretch_waits_for_the_last_check() -> None:
+    # a registration passes the door and gets web's slot while db is free; during its 50 ms in web db fills.  The step that
+    # would do its key stretch checks once more (the later stations take it in that same step) and turns it away first
+    cfg = door_config(web_servers=1, web_service=0.05)
+
+    async def scenario() -> tuple[Service, BaseException | None]:
+        svc = Service(cfg, b"k" * 32)
+        web, db = svc.stations["web"], svc.stations["db"]
+        leave_db, in_db = asyncio.Event(), asyncio.Event()
+
+        async def hold_db() -> None:
+            async with db.slot("join_batch"):
+                in_db.set()
+                await leave_db.wait()
+
+        registration = asyncio.create_task(svc.through("register"))
+        while web.busy == 0:  # it is in web, in its service delay
+            await asyncio.sleep(0)
+        other = asyncio.create_task(hold_db())
+        await in_db.wait()
+        outcome = (await asyncio.gather(registration, return_exceptions=True))[0]
+        leave_db.set()
+        await other
+        return svc, outcome if isinstance(outcome, BaseException) else None
+
+    svc, outcome = asyncio.run(scenario())
+    assert isinstance(outcome, Overloaded) and outcome.station == "db"
+    assert svc.stations["web"].served == 1 and svc.stations["db"].shed == 1
+    assert stretched(svc) == 0
