@@ -644,3 +644,22 @@ def test_requests_turned_away_are_left_out_of_a_served_requests_work() -> None:
     assert reg.utilization == pytest.approx((0.16 + 0.011) / 10)  # the shed requests' CPU still counts in the processor's use
     blind = cpu_estimates(before, snapshot(text, at=10.0), ["register"])["register"]  # a server that does not count them apart
     assert blind.steps == 3 and blind.own == pytest.approx(0.16 / 1100)
+
+
+def test_a_processor_phase_is_read_from_its_warm_part_to_its_end_not_its_drain(tmp_path: Path) -> None:
+    # a 60 s phase scraped every second until 66 s: the server 80 % busy while the arrivals run, 10 % in the drain after
+    # them.  The phase is read from 15 s (CPU_WARMUP of it) to the last scrape inside its 60 s: 80 % busy, not the 73 %
+    # the drain would make of it (where calibration puts the utilization law's point)
+    from models.calibrate import busy_between
+    from workflows.measure import warm
+
+    cpu, snaps = 0.0, []
+    for t in range(67):
+        snaps.append(Snapshot(at=float(t), cpu_seconds=cpu).to_dict())
+        cpu += 0.8 if t < 60 else 0.1
+    path = tmp_path / "scrapes.json"
+    path.write_text(json.dumps(snaps))
+    before, after = warm(path, 60.0, None, None)
+    assert before is not None and after is not None
+    assert (before.at, after.at) == (15.0, 60.0)
+    assert busy_between(before, after) == pytest.approx(0.8)
