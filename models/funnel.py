@@ -60,7 +60,7 @@ def _uniform(rng: np.random.Generator) -> Sampler:
 
 
 #: a request type's processor work: (steps, time per step, interpreter-lock takes, its own computation or None)
-CpuPlan = tuple[int, Sampler, int, Sampler | None]
+CpuPlan = tuple[int, Sampler, float, Sampler | None]  # steps, time per step, interpreter-lock takes (a mean), own work
 
 
 class ClientTimeouts:
@@ -137,6 +137,10 @@ class _StepPlan:
     step: Step
     tally: _Tally
     visits: list[tuple[Station, Sampler | None]]
+    # the route with one interpreter-lock take more, for the share ``locks_over`` of the requests (the measured takes
+    # per request are a mean, e.g. 6.5): every request adds locks_over to ``locks_due`` and takes it when that reaches 1
+    more_locks: list[tuple[Station, Sampler | None]] | None
+    locks_over: float
     think: Sampler | None
     patience: Sampler | None
     timeouts: ClientTimeouts | None  # the client's timeout (None: it waits for ever)
@@ -151,6 +155,7 @@ class _StepPlan:
     repeat: float
     takes_quota: bool
     durations: list[float]
+    locks_due: float = 0.0
     # per-interval counters (flushed by the monitor)
     reached: int = 0
     completed: int = 0
@@ -242,7 +247,7 @@ class FunnelModel:
                 work = sysd.cpu.work_for(rt)
                 if work is not None and work.step.mean > 0:
                     own = work.work.sampler(cpu_rng) if work.work is not None and work.work.mean > 0 else None
-                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), round(work.locks), own)
+                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), work.locks, own)
         self.sender: Sender | None = None
         if sysd.email is not None:
             rates = [(-INF, sysd.email.rate)] + sorted((c.at, c.send_rate) for c in sysd.changes if c.send_rate is not None)
@@ -283,9 +288,15 @@ class FunnelModel:
                 visits.append((self.stations[name], samplers[key]))
             held = [station for station, service in visits if service is not None]
             door = Door(self.env, tuple(held[1:])) if sysd.admission == "door" and len(held) > 1 else None
+            more: list[tuple[Station, Sampler | None]] | None = None
+            locks_over = 0.0
             if step.request_type in cpu_work:
                 n_steps, sampler, locks, own = cpu_work[step.request_type]
-                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, locks, own, door)  # type: ignore[assignment]
+                fewer = math.floor(locks)
+                locks_over = locks - fewer
+                if locks_over > 0:  # a share of the requests takes one lock more, so that the mean is the measured one
+                    more = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, fewer + 1, own, door)  # type: ignore[assignment]
+                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, fewer, own, door)  # type: ignore[assignment]
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
                 visits = cpu_legs(visits, self.stations[CPU], 0, None, threads, door=door)  # type: ignore[assignment]
             elif door is not None:  # turned away before the first station when a later one is full
@@ -299,6 +310,8 @@ class FunnelModel:
                     step=step,
                     tally=self.tallies[step.request_type],
                     visits=visits,
+                    more_locks=more,
+                    locks_over=locks_over,
                     think=think.sampler(journey_rng) if think.mean > 0 else None,
                     patience=step.patience.sampler(patience_rng) if step.patience is not None else None,
                     timeouts=self._timeouts(step.timeout),
@@ -376,6 +389,11 @@ class FunnelModel:
             attempt = 1
             tally = plan.tally
             visits = plan.visits
+            if plan.more_locks is not None:
+                plan.locks_due += plan.locks_over
+                if plan.locks_due >= 1.0:
+                    plan.locks_due -= 1.0
+                    visits = plan.more_locks
             while True:
                 # one request through the step's stations
                 tally.started += 1
