@@ -220,7 +220,7 @@ class Service:
                 if pause > 0:
                     await asyncio.sleep(pause)
                 if rounds:  # the request's own computation, in the step that resumes it inside its first station
-                    if door:  # its last chance to be turned away: the route's later stations take it in this same step
+                    if door:  # its last chance to be turned away: the next station takes it in this same step
                         self._door(route)
                     self.clock.work(rt, stretch(rounds, key or rt))
                     rounds = 0
