@@ -306,3 +306,10 @@ def test_a_fractional_number_of_lock_takes_is_taken_on_average(monkeypatch: pyte
     started = sum(r.requests["register"].started)
     assert started > 1000
     assert abs(len(takes) - 2.25 * started) <= 1
+
+
+def test_an_unknown_admission_is_refused_with_its_place() -> None:
+    from models.loader import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"system\.admission: must be 'station' or 'door' \(got 'gate'\)"):
+        parse_scenario(DOOR.replace("ADMISSION", "gate"), "door")
