@@ -59,8 +59,8 @@ def _uniform(rng: np.random.Generator) -> Sampler:
     return u
 
 
-#: a request type's processor work: (steps, time per step, interpreter-lock takes, its own computation or None)
-CpuPlan = tuple[int, Sampler, float, Sampler | None]  # steps, time per step, interpreter-lock takes (a mean), own work
+#: a request type's processor work: (steps, time per step, interpreter-lock takes (a mean), its own computation or None)
+CpuPlan = tuple[int, Sampler, float, Sampler | None]
 
 
 class ClientTimeouts:
@@ -297,6 +297,8 @@ class FunnelModel:
                 if locks_over > 0:  # a share of the requests takes one lock more, so that the mean is the measured one
                     more = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, fewer + 1, own, door)  # type: ignore[assignment]
                 visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, fewer, own, door)  # type: ignore[assignment]
+                if more == visits:  # no threaded station on the route: its lock takes change nothing
+                    more, locks_over = None, 0.0
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route
                 visits = cpu_legs(visits, self.stations[CPU], 0, None, threads, door=door)  # type: ignore[assignment]
             elif door is not None:  # turned away before the first station when a later one is full

@@ -274,10 +274,11 @@ class Station:
 
 
 class Door:
-    """Admission at the door (``system.admission: door``), as the reference server does it: before a request enters
-    its first station, it is turned away (``"full"``) when any later station on its route is full, so that no work is
-    spent on a request that station would shed; the shed counts at that station (the first full one in route order).
-    As a visit, it answers at once (:meth:`request`); routes through the processor ask :meth:`refuses` inline."""
+    """Admission at the door (``system.admission: door``), as the reference server does it: a request is turned away
+    (``"full"``) when any later station on its route is full, so that no work is spent on a request that station would
+    shed; the shed counts at that station (the first full one in route order).  As a visit before the first station
+    (routes without a processor), it answers at once (:meth:`request`); routes through the processor ask
+    :meth:`refuses` at each of their checks (see :func:`models.routes.cpu_legs`)."""
 
     __slots__ = ("env", "stations")
 
