@@ -61,10 +61,14 @@ __all__ = [
     "speed_index",
     "scaled_processor",
     "station_series",
+    "disk_waits",
     "MIN_SAMPLES",
+    "DATABASE",
 ]
 
 MIN_SAMPLES = 30  # fewer visits than this: too few to estimate a demand from
+DATABASE = "db"  # the reference server's station inside which a request's database write runs (refserver.service)
+STORAGE = "storage"  # a write whose db station comes before this one waits for the stored file, outside the db station
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -412,6 +416,36 @@ def busy_between(a: Snapshot, b: Snapshot) -> float:
     return ((b.cpu_seconds or 0.0) - (a.cpu_seconds or 0.0)) / max(b.at - a.at, 1e-9)
 
 
+def disk_waits(scenario: Scenario, before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Seconds per visit of the db station that each request type spent on the disk's flush, between the scrapes.
+
+    The reference server runs a request's database write inside its db
+    station: queued to the writer thread, written in a batch with others, and
+    committed with the disk's flush.  The flush is the disk's part of the
+    visit, the part that moves when the disk's speed does: the writer's mean
+    commit time per batch, once for each write the visit made.  (The rest of
+    the write's time, its wait for the writer and the writer's CPU time, is
+    the load's and the processor's, which the model has of its own.)  Request
+    types whose write runs outside the station (after a later storage
+    station), and those with fewer than :data:`MIN_SAMPLES` visits, are left out.
+    """
+    batches = after.writer.get("batches", 0.0) - before.writer.get("batches", 0.0)
+    if batches <= 0:
+        return {}
+    commit = max(after.writer.get("commit_seconds", 0.0) - before.writer.get("commit_seconds", 0.0), 0.0) / batches
+    out: dict[str, float] = {}
+    for step in scenario.journey:
+        rt, route = step.request_type, step.stations
+        if DATABASE not in route or STORAGE in route[route.index(DATABASE) + 1 :] or rt in out:
+            continue
+        visits = after.typed.get((DATABASE, rt), [0.0])[0] - before.typed.get((DATABASE, rt), [0.0])[0]
+        w1, w0 = after.writes.get(rt), before.writes.get(rt, [0.0, 0.0, 0.0])
+        if w1 is None or visits < MIN_SAMPLES:
+            continue
+        out[rt] = commit * max(w1[0] - w0[0], 0.0) / visits
+    return out
+
+
 def cpu_law(reference: tuple[dict[str, CpuEstimate], float], others: list[tuple[dict[str, CpuEstimate], float]]) -> list[dict[str, float]]:
     """How a request's CPU time changes with the processor's utilization, as ``system.cpu.law`` points.
 
@@ -702,8 +736,10 @@ def calibration_overlay(
     overhead: dict[str, float],
     cpu: dict[str, CpuEstimate] | None = None,
     threads: set[str] | None = None,
+    disk: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A scenario overlay (YAML-ready) with the measured service times, registry latency, overheads and processor."""
+    """A scenario overlay (YAML-ready) with the measured service times, registry latency, overheads and processor, and
+    of the db station's service times the database writes' part (``disk``, from :func:`disk_waits`)."""
     system: dict[str, Any] = {}
     if cpu:
         system["cpu"] = {"cores": 1, "threads": sorted(threads or []), "work": {rt: est.as_work() for rt, est in sorted(cpu.items())}}
@@ -719,6 +755,8 @@ def calibration_overlay(
         configured = st.service_for(rt)
         dist = est.as_distribution(configured.model_dump(by_alias=True) if configured is not None else None)
         system.setdefault("stations", {}).setdefault(station, {}).setdefault("service", {})[rt] = dist
+        if station == DATABASE and disk and rt in disk:
+            system["stations"][station].setdefault("disk", {})[rt] = _round(disk[rt])
     if overhead:
         system["overhead"] = {rt: {"dist": "constant", "value": _round(v)} for rt, v in overhead.items()}
     return {"system": system} if system else {}

@@ -46,6 +46,7 @@ Rate = Annotated[float, BeforeValidator(parse_rate)]
 Size = Annotated[float, BeforeValidator(parse_size)]
 Probability = Annotated[float, BeforeValidator(parse_fraction), Field(ge=0.0, le=1.0)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+NonNegativeDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveRate = Annotated[float, BeforeValidator(parse_rate), Field(gt=0)]
 
 #: Why a request can fail.  ``full``: a station's queue was full (shed, 503);
@@ -175,6 +176,11 @@ class Station(_Model):
     servers: int = Field(ge=1, description="concurrency: requests served at once")
     queue: int | None = Field(default=None, ge=0, description="waiting places; beyond, requests are shed (503)")
     service: dict[str, Distribution] = Field(min_length=1, description="service time per request type ('default' for any)")
+    disk: dict[str, NonNegativeDuration] = Field(
+        default_factory=dict,
+        description="of each request type's service time, the part spent waiting for its database write (queued to committed) "
+        "when calibrated; the model does not use it, the validation's cross-check moves the service time by a level's own",
+    )
 
     def service_for(self, request_type: str) -> Distribution | None:
         return self.service.get(request_type, self.service.get("default"))
@@ -710,6 +716,12 @@ def _system_errors(s: Scenario) -> list[tuple[tuple[object, ...], str]]:
     """Overheads and the processor: known request types and stations."""
     errors: list[tuple[tuple[object, ...], str]] = []
     stations = s.system.stations
+    for name, st in stations.items():
+        for rt in st.disk:
+            if rt not in s.request_types:
+                errors.append(
+                    (("system", "stations", name, "disk", rt), f"unknown request type {rt!r}; expected one of {', '.join(s.request_types)}")
+                )
     for rt in s.system.overhead:
         if rt != "default" and rt not in s.request_types:
             errors.append(

@@ -16,7 +16,7 @@ from models.histogram import Histogram
 from models.results import RunResult
 from reports.summary import table
 
-__all__ = ["Level", "Speed", "Knee", "verdict_table", "write_report"]
+__all__ = ["Level", "Speed", "Disk", "Knee", "verdict_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,24 @@ class Speed:
         return {"factor": self.factor, "before": self.before, "after": self.after, "during": self.during, "trace": self.trace}
 
 
+@dataclass(frozen=True)
+class Disk:
+    """The disk's part of a db visit (the flush of its database write's batch), seconds: at calibration and in the level.
+
+    The cross-check given the level's own CPU time also takes the level's
+    own flush times: the db station's service times move by the difference.
+    """
+
+    calibrated: float
+    level: float
+
+    def describe(self) -> str:
+        return f"database flushes {self.level * 1000:.3g} ms a db visit against calibration's {self.calibrated * 1000:.3g} ms"
+
+    def to_dict(self) -> dict[str, float]:
+        return {"calibrated": self.calibrated, "level": self.level}
+
+
 @dataclass
 class Level:
     """One load level: its fraction of the saturation rate, its runs and its checks."""
@@ -68,6 +86,8 @@ class Level:
     given_cpu: list[Check] | None = None
     # the machine's speed at the level (validate --speed-reference): the calibrated processor was scaled by it
     speed: Speed | None = None
+    # the disk's flushes in the level against calibration's (the given-CPU model takes the level's)
+    disk: Disk | None = None
 
     @property
     def passed(self) -> bool:
@@ -83,32 +103,30 @@ class Level:
         return None
 
     def diagnosis(self) -> str | None:
-        """One line on what a calibrated level's verdict owes to the processor.
+        """One line on what a calibrated level's verdict owes to the machine: the processor's speed and the disk's writes.
 
-        None with neither the operational comparison nor a speed reference.
+        None with neither the operational comparison, a speed reference nor the level's write times.
         """
+        machine = [x.describe() for x in (self.speed, self.disk) if x is not None]
         if self.given_cpu is None:
-            return self.speed.describe() if self.speed is not None else None
+            return "; ".join(machine) or None
         failed = [
             f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt")
             for c in self.given_cpu
             if c.verdict == "fail"
         ]
         drift = self.cpu_drift
-        head = f"{self.speed.describe()}; " if self.speed is not None else ""
+        head = "".join(f"{m}; " for m in machine)
+        given = "given the level's own CPU time per request" + (" and the disk's flush times" if self.disk is not None else "")
         if drift is not None:
             unscaled = f" ({(1 + drift) * self.speed.factor - 1:+.1%} unscaled)" if self.speed is not None else ""
             head += f"server CPU {drift:+.1%} against the calibrated model{' so scaled' if self.speed is not None else ''}{unscaled}; "
         if self.passed:
-            return head + (
-                "given the level's own CPU time per request the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}")
-            )
+            return head + f"{given} the model " + ("passes too" if not failed else f"fails: {', '.join(failed)}")
         if not failed:
-            return (
-                head + "given the level's own CPU time per request every check passes: the misses are the "
-                "processor's speed, not the model's structure"
-            )
-        return head + f"given the level's own CPU time per request it still fails: {', '.join(failed)}"
+            speed = "the processor's speed" + (" and the disk's" if self.disk is not None else "")
+            return head + f"{given} every check passes: the misses are {speed}, not the model's structure"
+        return head + f"{given} it still fails: {', '.join(failed)}"
 
 
 @dataclass(frozen=True)
@@ -286,6 +304,7 @@ def write_report(
                 "checks": [c.to_dict() for c in lv.checks],
                 **({"cpu_drift": lv.cpu_drift} if lv.cpu_drift is not None else {}),
                 **({"machine_speed": lv.speed.to_dict()} if lv.speed is not None else {}),
+                **({"disk": lv.disk.to_dict()} if lv.disk is not None else {}),
                 **(
                     {
                         "given_level_cpu": {
@@ -346,7 +365,7 @@ def write_report(
             f"class={'pass' if lv.passed else 'fail'}>{'pass' if lv.passed else 'FAIL'}</span></h2>"
         )
         if (why := lv.diagnosis()) is not None:
-            parts.append(f"<p>Processor: {html.escape(why)}.</p>")
+            parts.append(f"<p>Machine: {html.escape(why)}.</p>")
         parts.append(f"<pre>{html.escape(verdict_table(lv.checks))}</pre>")
     parts.append("</html>")
     html_path = out / "validation.html"

@@ -258,6 +258,10 @@ def test_calibration_recovers_the_configured_service_demand(validated: tuple[Pat
         assert mean == pytest.approx(0.040, rel=0.10), rt
         assert web[rt]["cv"] == pytest.approx(0.2, abs=0.1)
     assert set(overlay["system"]["overhead"]) == {"register", "verify_email"}
+    # of each db visit, its database write's part: below the visit's own time, which adds a configured 2 ms sleep
+    db = overlay["system"]["stations"]["db"]
+    for rt in ("register", "verify_email"):
+        assert 0 < parse_duration(db["disk"][rt]) < parse_duration(db["service"][rt]["mean"]) - 0.0015, rt
 
 
 @pytest.mark.slow
@@ -280,6 +284,8 @@ def test_short_validation_passes_and_writes_its_report(validated: tuple[Path, in
     assert (out / "validation.html").exists() and (out / "latency-vs-load.png").exists()
     assert report["knee"]["resource"] == "web"
     assert report["meta"]["processor"].startswith("the CPU time per request measured in each level")
+    for lv in report["levels"]:  # the model took each level's own database write times too
+        assert lv["disk"]["level"] > 0 and lv["disk"]["calibrated"] > 0, lv["fraction"]
     assert (out / "level-0.6" / "processor.yaml").exists()
     server = out / "level-0.6" / "server"
     assert (server / "refserver.sqlite").exists() and not (server / "photos").exists()  # the uploads' filler bytes are not kept
@@ -663,3 +669,57 @@ def test_a_processor_phase_is_read_from_its_warm_part_to_its_end_not_its_drain(t
     assert before is not None and after is not None
     assert (before.at, after.at) == (15.0, 60.0)
     assert busy_between(before, after) == pytest.approx(0.8)
+
+
+def test_the_disks_part_of_a_db_visit_is_recorded_and_a_level_given_its_own_machine_takes_the_levels() -> None:
+    # the reference server commits a request's database write inside its db station: 400 batches took 0.4 s of
+    # commits (1 ms each, the disk's flush); register's 200 visits made 200 writes (1 ms of flush a visit), verify_email's
+    # 200 visits 100 (0.5 ms); each visit held the station 2.5 ms (200 visits, 0.5 busy s)
+    from models.calibrate import DATABASE, disk_waits
+    from models.distributions import Gamma
+    from models.loader import ScenarioError
+    from models.overlay import Calibration
+    from workflows.measure import Measurement
+    from workflows.validate import level_disk
+
+    scenario = load_scenario(SMALL)
+
+    def scrape(at: float, visits: float, commit: float, writes: dict[str, float]) -> Snapshot:
+        typed = {(DATABASE, rt): [visits, visits * 2.5e-3, visits * 8e-6, math.nan, math.nan] for rt in ("register", "verify_email")}
+        writer = {"batches": 400.0 if at else 0.0, "commit_seconds": commit}
+        counts = {rt: [n, n * 3e-3, 0.0] for rt, n in writes.items()}
+        return Snapshot(at=at, servers={DATABASE: 2.0}, typed=typed, writer=writer, writes=counts)
+
+    start = scrape(0.0, 0, 0.0, {"register": 0, "verify_email": 0})
+    calibrated = scrape(10.0, 200, 0.4, {"register": 200, "verify_email": 100, "email_sender": 100})
+    waits = disk_waits(scenario, start, calibrated)
+    assert waits == {"register": pytest.approx(1e-3), "verify_email": pytest.approx(0.5e-3)}  # the sender writes outside any station
+    assert disk_waits(scenario, start, scrape(10.0, 20, 0.4, {"register": 20})) == {}  # too few visits to tell
+    assert disk_waits(scenario, start, dataclasses.replace(calibrated, writer={})) == {}  # a server without the writer's figures
+    overlay = calibration_overlay(scenario, service_estimates(start, calibrated), {}, disk=waits)
+    db = overlay["system"]["stations"][DATABASE]
+    assert db["disk"] == {"register": "1ms", "verify_email": "0.5ms"} and parse_duration(db["service"]["register"]["mean"]) == 2.5e-3
+    assert load_scenario(SMALL, overlay=overlay).system.stations[DATABASE].disk["register"] == pytest.approx(1e-3)
+
+    # a level whose flushes took 2 ms (the disk slowed): each service time moves by its flushes' change and keeps
+    # its shape (register 2.5 + 1 ms, verify_email 2.5 + 0.5 ms); the calibration itself is left alone
+    measured = RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {})
+    level = Measurement(scenario, measured, start, scrape(10.0, 200, 0.8, {"register": 200, "verify_email": 100}))
+    moved, disk = level_disk(Calibration(overlay), level)
+    service = load_scenario(SMALL, overlay=moved.overlay).system.stations[DATABASE].service
+    reg, ver = service["register"], service["verify_email"]
+    assert isinstance(reg, Gamma) and reg.mean == pytest.approx(3.5e-3) and reg.cv_ == pytest.approx(db["service"]["register"]["cv"])
+    assert ver.mean == pytest.approx(3.0e-3)
+    assert disk is not None and (disk.calibrated, disk.level) == (pytest.approx(0.75e-3), pytest.approx(1.5e-3))
+    assert disk.describe() == "database flushes 1.5 ms a db visit against calibration's 0.75 ms"
+    assert parse_duration(overlay["system"]["stations"][DATABASE]["service"]["register"]["mean"]) == 2.5e-3
+    # a flush far faster than at calibration never takes the service time below a tenth of itself
+    quick = Measurement(scenario, measured, start, scrape(10.0, 200, 0.02, {"register": 200}))  # 0.05 ms a visit against 2.4 ms
+    fast, _ = level_disk(Calibration({"system": {"stations": {DATABASE: {**db, "disk": {"register": "2.4ms"}}}}}), quick)
+    assert load_scenario(SMALL, overlay=fast.overlay).system.stations[DATABASE].service["register"].mean == pytest.approx(0.25e-3)
+    # a calibration that recorded no flush times, or a level without scrapes, is left as it was
+    bare = Calibration({"system": {"stations": {DATABASE: {"service": db["service"]}}}})
+    assert level_disk(bare, level) == (bare, None)
+    assert level_disk(Calibration(overlay), Measurement(scenario, measured, None, None))[1] is None
+    with pytest.raises(ScenarioError, match=r"system\.stations\.db\.disk\.nope: unknown request type 'nope'"):
+        load_scenario(SMALL, overlay={"system": {"stations": {DATABASE: {"disk": {"nope": "1ms"}}}}})

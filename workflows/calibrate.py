@@ -71,6 +71,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
         calibration_overlay,
         cpu_estimates,
         cpu_law,
+        disk_waits,
         fitted_overheads,
         held_services,
         overheads,
@@ -105,11 +106,12 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
             f"the scenario's configured service times"
         )
     estimates = service_estimates(before, after)
+    disk = disk_waits(scenario, before, after)
     background = before.idle_cpu or 0.0
     low_cpu = cpu_estimates(before, after, scenario.request_types, background)
     threads = {name for name, v in after.threaded.items() if v and name in scenario.system.stations}
     overhead = overheads(low.scenario, low.result, estimates)  # without a processor phase the model has none to add CPU time back
-    overlay = calibration_overlay(scenario, estimates, overhead)
+    overlay = calibration_overlay(scenario, estimates, overhead, disk=disk)
     cpu: dict[str, CpuEstimate] = {}
     cpu_rate = 0.0
     law: list[dict[str, float]] = []
@@ -117,14 +119,14 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     # the processor's phase runs at a share of the saturation rate with the processor as measured at low load in it:
     # a server whose own CPU is the knee saturates well below its stations
     held_low = held_services(low.scenario, estimates, low_cpu, threads)
-    with_cpu = calibration_overlay(scenario, held_low, overheads(low.scenario, low.result, held_low, low_cpu), low_cpu, threads)
+    with_cpu = calibration_overlay(scenario, held_low, overheads(low.scenario, low.result, held_low, low_cpu), low_cpu, threads, disk)
     phase = _processor_phase(scenario, raw, Calibration(with_cpu), duration, run_dir / "cpu", lab, background) if low_cpu else None
     if phase is not None and phase.cpu:
         cpu, cpu_rate = phase.cpu, phase.rate
         # the model now holds each station through its own resumption (and thread) steps: take them out of the demands
         held = held_services(low.scenario, estimates, low_cpu, threads)
         overhead = overheads(low.scenario, low.result, held, low_cpu)
-        overlay = calibration_overlay(scenario, held, overhead, cpu, threads)
+        overlay = calibration_overlay(scenario, held, overhead, cpu, threads, disk)
         u_low, u_work = busy_between(before, after), busy_between(phase.before, phase.after)
         top = _top_phase(scenario, raw, phase, u_work, duration, run_dir / "cpu-top", lab, background)
         law = cpu_law((cpu, u_work), [(low_cpu, u_low), *([(top.cpu, busy_between(top.before, top.after))] if top is not None else [])])

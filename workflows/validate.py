@@ -7,6 +7,7 @@ judges them; the report goes to ``validation.html`` and ``validation.json``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -19,15 +20,25 @@ import yaml
 
 from models.bottleneck import Limit
 from models.overlay import Calibration
-from models.scenario import CPU, CpuReference, Scenario
+from models.scenario import CPU, CpuReference, NonNegativeDuration, Scenario
 from models.units import format_duration
-from reports.validation import Knee, Level, Speed, verdict_table
+from reports.validation import Disk, Knee, Level, Speed, verdict_table
 from workflows import BadInput
 from workflows.calibrate import NoMetrics, calibrate
 from workflows.measure import SCRAPES, Lab, Measurement, level_file, raw_scenario, recorded, warm
 from workflows.output import say
 
-__all__ = ["ValidateOptions", "LevelRun", "validate", "judge_level", "level_processor", "level_trace", "traced", "reference_speed"]
+__all__ = [
+    "ValidateOptions",
+    "LevelRun",
+    "validate",
+    "judge_level",
+    "level_processor",
+    "level_disk",
+    "level_trace",
+    "traced",
+    "reference_speed",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,50 @@ def level_processor(calibration: Calibration, measurement: Measurement) -> Calib
     return calibration.with_cpu({**kept, "work": work, "measured_at": at, "low_at": at, "speedup": 0.0})
 
 
+def level_disk(calibration: Calibration, measurement: Measurement) -> tuple[Calibration, Disk | None]:
+    """The calibration with the db station's service times moved by the level's own flush times.
+
+    Calibration records, per request type, the part of a db visit spent on
+    the disk's flush of its write (``system.stations.db.disk``, see
+    :func:`models.calibrate.disk_waits`); a disk whose flushes slowed or sped
+    up since calibration moves it.  Each service time keeps its shape and
+    moves by the level's change in that part (never below a tenth of itself).
+    Comes back unchanged, with None, when the calibration recorded no flush
+    times or the level has no scrapes.
+    """
+    from pydantic import TypeAdapter
+
+    from models.calibrate import DATABASE, disk_waits
+    from models.distributions import Distribution
+
+    station = (calibration.overlay.get("system") or {}).get("stations", {}).get(DATABASE) or {}
+    recorded = TypeAdapter(dict[str, NonNegativeDuration]).validate_python(station.get("disk") or {})
+    if not recorded or measurement.before is None or measurement.after is None:
+        return calibration, None
+    now = {rt: w for rt, w in disk_waits(measurement.scenario, measurement.before, measurement.after).items() if rt in recorded}
+    if not now:
+        return calibration, None
+    overlay = copy.deepcopy(calibration.overlay)
+    moved = overlay["system"]["stations"][DATABASE]
+    dist = TypeAdapter(Distribution)
+    for rt, w in now.items():
+        if rt not in moved.get("service", {}):
+            continue
+        service = dist.validate_python(moved["service"][rt])
+        if service.mean <= 0:
+            continue
+        mean = max(service.mean + w - recorded[rt], service.mean / 10)
+        moved["service"][rt] = service.scaled(mean / service.mean).model_dump(by_alias=True, exclude_defaults=False)
+        moved["disk"][rt] = f"{w * 1000:.4g}ms"
+    before, after = measurement.before.typed, measurement.after.typed
+    visits = {rt: after.get((DATABASE, rt), [0.0])[0] - before.get((DATABASE, rt), [0.0])[0] for rt in now}
+    total = sum(visits.values()) or 1.0
+    disk = Disk(
+        calibrated=sum(recorded[rt] * n for rt, n in visits.items()) / total, level=sum(now[rt] * n for rt, n in visits.items()) / total
+    )
+    return Calibration(overlay, calibration.source, calibration.header), disk
+
+
 TRACE_EVERY = 5.0  # seconds: the intervals of a level's speed trace
 TRACE_MIN = 6  # intervals: a shorter level keeps its average speed (one slow interval of three would make a third of it)
 
@@ -128,7 +183,9 @@ def judge_level(
     ``processor`` "calibrated" takes the server's CPU time per request from the
     calibration and, with ``diagnose``, runs the model once more given the
     level's own (``Level.given_cpu``); "level" takes the level's own outright,
-    and the cpu station's utilization is then an input.  With ``speed`` (the
+    and the cpu station's utilization is then an input.  Either way the level's
+    own CPU time comes with the level's own flush times of the database
+    writes in the db station (:func:`level_disk`), the disk's share of the machine.  With ``speed`` (the
     machine's speed around the level, from the reference runs), the calibrated
     processor's CPU times are scaled by its factor first.
     """
@@ -144,8 +201,9 @@ def judge_level(
     overload = run.fraction > 1.0
     run.dir.mkdir(parents=True, exist_ok=True)
     used, inputs = calibration, frozenset[str]()
-    given = level_processor(calibration, run.measurement)  # the level's own CPU time, no speedup law
-    given_trace = level_trace(given, run.measurement) if given is not calibration else None
+    given_cpu = level_processor(calibration, run.measurement)  # the level's own CPU time, no speedup law
+    given, disk = level_disk(given_cpu, run.measurement)  # and the disk's flushes as they took in the level
+    given_trace = level_trace(given, run.measurement) if given_cpu is not calibration else None
     if processor == "calibrated" and speed is not None and calibration.cpu is not None:
         # with the speed read during the level (not bracketed), the processor follows it through the level too
         trace = level_trace(calibration, run.measurement) if speed.during is not None else None
@@ -153,21 +211,23 @@ def judge_level(
         if trace is not None:
             speed = dataclasses.replace(speed, trace=trace["factors"])
     if processor == "level":
-        if given is calibration:
+        if given_cpu is calibration:
             say("validate", f"level {run.fraction:g}: no CPU accounting in this level, so the calibrated processor stays", quiet)
         else:
-            used = traced(given, given_trace)
             inputs = frozenset({CPU_SUBJECT})
+        used = traced(given, given_trace)
     if used is not calibration and used.cpu is not None:
         (run.dir / "processor.yaml").write_text(yaml.safe_dump(used.cpu, sort_keys=False))
     models = simulate(used.apply(run.file), replications=replications, replay=True)
     for r, m in enumerate(models):
         save(m, run.dir / "model" / f"rep-{r:03d}")
-    lv = Level(run.fraction, run.rate, models, measured, compare(models, measured, tol, overload=overload, inputs=inputs), speed=speed)
+    lv = Level(
+        run.fraction, run.rate, models, measured, compare(models, measured, tol, overload=overload, inputs=inputs), speed=speed, disk=disk
+    )
     if processor == "calibrated" and diagnose:
         # the same level once more with the model given the CPU time per request measured in it: whether a
         # miss is the processor's speed having moved since calibration or the model's structure
-        if given is not calibration:
+        if given_cpu is not calibration:
             again = simulate(traced(given, given_trace).apply(run.file), replications=replications, replay=True)
             lv.given_cpu = compare(again, measured, tol, overload=overload, inputs=frozenset({CPU_SUBJECT}))
     return lv
@@ -500,7 +560,7 @@ def _print_level(lv: Level, cpu: float | None) -> None:
     )
     print(verdict_table(lv.checks, judged_only=True))
     if (why := lv.diagnosis()) is not None:
-        print(f"processor: {why}")
+        print(f"machine: {why}")
 
 
 def _meta(
