@@ -132,6 +132,7 @@ def compare(
             checks += _station_checks(models, measured, name, st, tol, overload, inputs)
     if (lag := _loop_lag(models, measured)) is not None:
         checks.append(lag)
+    checks += _cpu_accounts(models, measured)
     return checks
 
 
@@ -147,6 +148,31 @@ def _loop_lag(models: list[RunResult], measured: RunResult) -> Check | None:
     if math.isnan(mine) or math.isnan(theirs):
         return None
     return Check(CPU_SUBJECT, "loop lag", mine, theirs, None, True, _band([_mean_lag(m) for m in models]), "a ready step's wait")
+
+
+def _per_request(r: RunResult, rt: str, what: str) -> float:
+    acc = (r.meta.get("cpu_typed") or {}).get(rt)
+    if not acc or acc["requests"] <= 0:
+        return math.nan
+    value = acc["seconds"] + acc["thread_seconds"] + acc.get("shared_seconds", 0.0) if what == "cpu" else acc["steps"]
+    return value / acc["requests"]
+
+
+def _cpu_accounts(models: list[RunResult], measured: RunResult) -> list[Check]:
+    """Where the processor's time goes, per request type: its CPU time (loop steps, own computation and worker
+    threads; the server's with its share of the CPU no request owns, which calibration put into the model's steps)
+    and its loop steps per request, the model's accounting (``meta["cpu_typed"]``) against the server's; shown, not
+    judged: the processor's utilization is the judged figure."""
+    theirs = measured.meta.get("cpu_typed") or {}
+    out: list[Check] = []
+    for rt in sorted(theirs):
+        for what, metric in (("cpu", "cpu /request"), ("steps", "steps /request")):
+            mine = _per_request(models[0], rt, what)
+            if math.isnan(mine):
+                continue
+            band = _band([_per_request(m, rt, what) for m in models])
+            out.append(Check(rt, metric, mine, _per_request(measured, rt, what), None, True, band, "the server's processor"))
+    return out
 
 
 def _request_checks(

@@ -30,7 +30,7 @@ from models.arrivals import MISMATCH_SLOT, arrival_times, decision_at, decision_
 from models.distributions import Sampler
 from models.fastpath import Engine, FastEngine, StockEngine
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
-from models.routes import CpuRoute, Route, cpu_legs
+from models.routes import ACCOUNT, CpuRoute, Route, cpu_legs
 from models.scenario import CPU, EMAIL, REGISTRY, Scenario, Step
 from models.stations import INF, Door, Processor, Registry, Sender, Station
 
@@ -155,6 +155,7 @@ class _StepPlan:
     repeat: float
     takes_quota: bool
     durations: list[float]
+    account: list[float]  # the request type's processor accounting (models.routes.ACCOUNT), shared by its steps
     locks_due: float = 0.0
     # per-interval counters (flushed by the monitor)
     reached: int = 0
@@ -272,6 +273,8 @@ class FunnelModel:
             dist = s.overhead_for(rt)
             overheads[rt] = dist.sampler(overhead_rng) if dist is not None and dist.mean > 0 else None
         self.tallies = {rt: _Tally() for rt in self.request_types}
+        self.accounts = {rt: [0.0] * len(ACCOUNT) for rt in self.request_types}
+        self._accounted: dict[str, list[float]] = {}  # the accounts as the counted window began
         self.plans: list[_StepPlan] = []
         self._client_timeouts: dict[float, ClientTimeouts] = {}
         for i, step in enumerate(s.journey):
@@ -311,6 +314,7 @@ class FunnelModel:
                     index=i,
                     step=step,
                     tally=self.tallies[step.request_type],
+                    account=self.accounts[step.request_type],
                     visits=visits,
                     more_locks=more,
                     locks_over=locks_over,
@@ -408,7 +412,7 @@ class FunnelModel:
                 else:
                     reply = Event(env)
                     verdict = (0.0 if self.mismatched[index] else 1.0) if plan.asks_registry else None
-                    self.route(self, visits, deadline, reply, verdict).next(None)  # type: ignore[arg-type]
+                    self.route(self, visits, deadline, reply, verdict, plan.account).next(None)  # type: ignore[arg-type]
                 if timeouts is not None:
                     timeouts.watch(reply)
                 reason: str | None = yield reply  # type: ignore[misc]
@@ -505,6 +509,7 @@ class FunnelModel:
         if self.counting_from > env._now:
             yield env.timeout(self.counting_from - env._now)
             self._flush(None)  # warm-up: thrown away
+        self._accounted = {rt: list(acc) for rt, acc in self.accounts.items()}
         for k in range(self.n_intervals):
             end = min(self.end, self.counting_from + (k + 1) * self.interval)
             if end > env._now:
@@ -593,6 +598,13 @@ class FunnelModel:
                 "compress": self.compress,
             }
         )
+        if self.route is CpuRoute:  # the processor's accounting per request type over the counted window, as the server's
+            start = self._accounted
+            self.result.meta["cpu_typed"] = {
+                rt: {k: acc[j] - (start[rt][j] if rt in start else 0.0) for j, k in enumerate(ACCOUNT)}
+                for rt, acc in self.accounts.items()
+                if acc[0] > 0
+            }
         if progress is not None:
             progress(self.end - self.start, self.end - self.start)
         return self.result

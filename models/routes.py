@@ -17,7 +17,7 @@ from models.stations import Door, DoorStep, Station
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
 
-__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD", "DOOR"]
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD", "DOOR", "ACCOUNT"]
 
 
 class Route:
@@ -31,7 +31,13 @@ class Route:
     __slots__ = ("model", "visits", "i", "deadline", "reply", "u")
 
     def __init__(
-        self, model: FunnelModel, visits: list[tuple[Station, Sampler | None]], deadline: float, reply: Event, u: float | None = None
+        self,
+        model: FunnelModel,
+        visits: list[tuple[Station, Sampler | None]],
+        deadline: float,
+        reply: Event,
+        u: float | None = None,
+        account: list[float] | None = None,
     ):
         self.model = model
         self.visits = visits
@@ -61,6 +67,10 @@ class Route:
 
 
 VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME, DOOR = range(9)  # legs of a route through the processor
+#: A request type's processor accounting in the model, as the reference server keeps it (refserver.cpu): requests,
+#: loop steps (resume steps among them), their seconds (the own computation among them), resume steps, worker-thread
+#: seconds, own-computation seconds, and requests turned away ("full")
+ACCOUNT = ("requests", "steps", "seconds", "resumes", "thread_seconds", "work_seconds", "turned_away")
 
 
 def cpu_legs(
@@ -149,9 +159,17 @@ def cpu_legs(
 class CpuRoute:
     """A request's way through its stations and the processor (see :func:`cpu_legs`), chained by callbacks."""
 
-    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step", "asked")
+    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step", "asked", "account")
 
-    def __init__(self, model: FunnelModel, legs: list[tuple[int, Any, Any]], deadline: float, reply: Event, u: float | None = None):
+    def __init__(
+        self,
+        model: FunnelModel,
+        legs: list[tuple[int, Any, Any]],
+        deadline: float,
+        reply: Event,
+        u: float | None = None,
+        account: list[float] | None = None,
+    ):
         self.model = model
         self.legs = legs
         self.i = 0
@@ -162,8 +180,13 @@ class CpuRoute:
         self.since = 0.0
         self.step = 0.0  # CPU time of the latest step: the server lets a station go as its resumption step starts
         self.asked = 0.0  # when the latest hold was asked for
+        # the request type's processor accounting (:data:`ACCOUNT`), shared by its routes; a throwaway list without one
+        self.account = account if account is not None else [0.0] * len(ACCOUNT)
+        self.account[0] += 1
 
     def _end(self, value: str | None) -> None:
+        if value == "full":
+            self.account[6] += 1
         if self.held is not None:
             self.held.release(self.since)
             self.held = None
@@ -198,6 +221,10 @@ class CpuRoute:
                 if self.since == self.asked:
                     continue  # the station was free: no wait, nothing to resume
                 self.step = sampler() * station.factor()
+                account = self.account
+                account[1] += 1
+                account[2] += self.step
+                account[3] += 1
                 leg = station.request(self.step)
                 leg.callbacks.append(self._resumed)  # type: ignore[union-attr]
                 return
@@ -216,6 +243,7 @@ class CpuRoute:
                 leg = m.registry.call(m.registry_latency(), m.registry_timeout, self.deadline, None, self.u)  # type: ignore[union-attr]
             elif kind == THREAD:  # a worker thread's work, holding the interpreter lock: served next
                 self.step = sampler() * station.factor()
+                self.account[4] += self.step
                 leg = station.urgent(self.step)
             elif kind == WORK:  # a step with the request's own computation in it: each part on its own law
                 step, own, door = sampler
@@ -227,9 +255,16 @@ class CpuRoute:
                         check = DoorStep(door, part)
                     elif door.refuses():
                         self.step, check = part, "full"
+                account = self.account
+                account[1] += 1
+                account[2] += self.step  # a DoorStep turned away later takes only its loop part: counted in full here
+                account[5] += self.step - part
                 leg = station.woken(self.step, check) if self._woken() else station.request(self.step, value=check)
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
+                account = self.account
+                account[1] += 1
+                account[2] += self.step
                 leg = station.woken(self.step) if self._woken() else station.request(self.step)
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
             return

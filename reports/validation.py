@@ -154,6 +154,8 @@ class Knee:
 def _fmt(metric: str, v: float) -> str:
     if math.isnan(v):
         return "-"
+    if metric == "cpu /request":
+        return f"{v * 1000:.3g}ms"
     if re.fullmatch(r"(completion )?p\d+|loop lag", metric):
         return f"{v * 1000:.1f}ms"
     if "rate" in metric or metric == "utilization":

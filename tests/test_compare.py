@@ -294,3 +294,47 @@ def test_the_models_loop_lag_probe_on_mg1_reads_less_than_the_queue_and_nothing_
     idle = scenario.model_copy(update={"arrivals": scenario.arrivals.model_copy(update={"rate": 0.01})})
     (quiet,) = simulate(idle, replications=1)
     assert quiet.meta["loop_lag"]["seconds"] / quiet.meta["loop_lag"]["samples"] < 1e-4
+
+
+def test_where_the_processors_time_goes_is_shown_per_request_type_as_the_server_accounts_it() -> None:
+    # the server's CPU accounting per request type (refserver.cpu: requests, steps, loop seconds, ..., thread seconds,
+    # own work, resumes, shed) over the level, in the model's terms; the comparison shows CPU time and loop steps per
+    # request (not judged), and leaves a request type out when the model has no accounting for it
+    from models.calibrate import Snapshot
+    from models.loader import load_scenario
+    from reports.validation import verdict_table
+    from workflows.measure import Measurement
+
+    from .conftest import TEST_SCENARIOS
+
+    #            requests steps loop-s sq  thread calls work worked resumes shed
+    then = {"ping": [100.0, 500.0, 1.0, 0.0, 0.1, 0.0, 0.5, 100.0, 20.0, 1.0]}
+    now = {"ping": [300.0, 1540.0, 3.2, 0.0, 0.3, 0.0, 1.6, 300.0, 80.0, 4.0, 0.0, 0.0, 0.0, 0.0]}
+    # the process used 4 CPU seconds, 2.4 of them owned by requests: the 1.6 no request owns is shared out per request
+    before, after = Snapshot(at=0.0, cpu_typed=then, cpu_seconds=10.0), Snapshot(at=60.0, cpu_typed=now, cpu_seconds=14.0)
+    measured = RunResult("m", "synthetic", 0.0, 1.0, [0], {}, {}, {})
+    accounts = Measurement(load_scenario(TEST_SCENARIOS / "mg1-cpu.yaml"), measured, before, after).cpu_typed
+    assert accounts == {
+        "ping": {
+            "requests": 200.0,
+            "steps": 1040.0,
+            "seconds": pytest.approx(2.2),
+            "resumes": 60.0,
+            "thread_seconds": pytest.approx(0.2),
+            "work_seconds": pytest.approx(1.1),
+            "turned_away": 3.0,
+            "shared_seconds": pytest.approx(1.6),
+        }
+    }
+    assert Measurement(load_scenario(TEST_SCENARIOS / "mg1-cpu.yaml"), measured, before, Snapshot(at=60.0)).cpu_typed is None
+    measured.meta["cpu_typed"] = accounts
+    mine = {"requests": 100.0, "steps": 550.0, "seconds": 1.2, "resumes": 40.0, "thread_seconds": 0.1, "work_seconds": 0.5}
+    mine["turned_away"] = 0.0
+    model = RunResult("model", "synthetic", 0.0, 1.0, [0], {}, {}, {}, meta={"cpu_typed": {"ping": mine}})
+    checks = {c.metric: c for c in compare([model], measured, Tolerances()) if c.subject == "ping"}
+    cpu, steps = checks["cpu /request"], checks["steps /request"]
+    assert (cpu.model, cpu.measured, cpu.verdict) == (pytest.approx(0.013), pytest.approx(0.020), "info")
+    assert (steps.model, steps.measured) == (pytest.approx(5.5), pytest.approx(5.2))
+    assert "13ms" in verdict_table([cpu]) and "20ms" in verdict_table([cpu])
+    bare = RunResult("model", "synthetic", 0.0, 1.0, [0], {}, {}, {})
+    assert not [c for c in compare([bare], measured, Tolerances()) if c.metric.endswith("/request")]

@@ -313,3 +313,43 @@ def test_an_unknown_admission_is_refused_with_its_place() -> None:
 
     with pytest.raises(ScenarioError, match=r"system\.admission: must be 'station' or 'door' \(got 'gate'\)"):
         parse_scenario(DOOR.replace("ADMISSION", "gate"), "door")
+
+
+ACCOUNTED = """
+name: accounted
+seed: 5
+horizon: 200s
+arrivals: {shape: constant, rate: 50/s}
+journey:
+  - {name: register, stations: [web, db]}
+system:
+  stations:
+    web: {servers: 2, queue: 1000, service: {default: {dist: exponential, mean: 30ms}}}
+    db: {servers: 1, queue: 1000, service: {default: {dist: constant, value: 2ms}}}
+  cpu:
+    cores: 1
+    threads: [db]
+    work:
+      register: {steps: 5, step: {dist: gamma, mean: 0.5ms, cv: 1}, locks: 2, work: {dist: constant, value: 3ms}}
+run: {warmup: 20s}
+"""
+
+
+def test_the_models_processor_accounts_for_its_time_per_request_type_as_the_server_does() -> None:
+    # register's 5 steps on this route (models.routes.cpu_legs): the db's worker-thread step, the step that wakes the
+    # request after it, one step in a gap, the step after each station's service (the first with the 3 ms own work),
+    # and one resume step more for each station it had to wait for.  Over the counted window the accounting must
+    # add up to the processor's busy time (1 %: requests straddle the window's edges), its loop steps to 4 a request
+    # plus the resumes, its own work to 3 ms a request and its thread time to one 0.5 ms step (4 standard errors)
+    result = simulate_once(parse_scenario(ACCOUNTED, "accounted"), seed=5)
+    acc = result.meta["cpu_typed"]["register"]
+    n = acc["requests"]
+    assert n == pytest.approx(50 * 180, rel=0.05) and acc["turned_away"] == 0
+    assert acc["resumes"] > 0.05 * n  # web is 75 % busy: many waited
+    assert acc["steps"] == pytest.approx(4 * n + acc["resumes"], rel=0.01)
+    assert acc["work_seconds"] == pytest.approx(3e-3 * n, rel=0.01)
+    assert acc["thread_seconds"] == pytest.approx(0.5e-3 * n, rel=4 / math.sqrt(n))
+    assert acc["seconds"] - acc["work_seconds"] == pytest.approx(0.5e-3 * acc["steps"], rel=4 / math.sqrt(acc["steps"]))
+    cpu = result.stations["cpu"]
+    busy = sum(cpu.busy)
+    assert acc["seconds"] + acc["thread_seconds"] == pytest.approx(busy, rel=0.01)

@@ -80,6 +80,35 @@ class Measurement:
         n = a.loop["lag_samples"] - b.loop.get("lag_samples", 0.0)
         return {"seconds": a.loop.get("lag_seconds", 0.0) - b.loop.get("lag_seconds", 0.0), "samples": n} if n > 0 else None
 
+    @property
+    def cpu_typed(self) -> dict[str, dict[str, float]] | None:
+        """The server's processor accounting per request type over the level, in the model's terms
+        (``models.routes.ACCOUNT``, its ``meta["cpu_typed"]``), and ``shared_seconds``: the request type's share of
+        the process's CPU time that no request owns, one equal share a request, as calibration puts it into the
+        model's steps (the idle server's own use, a fraction of a percent, is left in it); None when the server
+        published none."""
+        from models.calibrate import CPU_FIELDS
+        from models.routes import ACCOUNT
+
+        b, a = self.before, self.after
+        if b is None or a is None or not a.cpu_typed:
+            return None
+        # the server's fields (refserver.cpu) for requests, steps, loop seconds, resumes, thread seconds, own work, shed
+        where = (0, 1, 2, 8, 4, 6, 9)
+        out: dict[str, dict[str, float]] = {}
+        for rt, counts in a.cpu_typed.items():
+            now, then = ([*x, *[0.0] * CPU_FIELDS][:CPU_FIELDS] for x in (counts, b.cpu_typed.get(rt, [])))
+            if now[0] - then[0] > 0:
+                out[rt] = {k: now[j] - then[j] for k, j in zip(ACCOUNT, where, strict=True)}
+        if not out:
+            return None
+        owned = sum(mine["seconds"] + mine["thread_seconds"] for mine in out.values())
+        unowned = max((a.cpu_seconds or 0.0) - (b.cpu_seconds or 0.0) - owned, 0.0) if a.cpu_seconds is not None else 0.0
+        requests = sum(mine["requests"] for mine in out.values())
+        for mine in out.values():
+            mine["shared_seconds"] = unowned * mine["requests"] / requests
+        return out
+
 
 SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before and just after its load
 SCRAPES = "scrapes.json"  # the metrics the load itself scraped during the level, about every second

@@ -198,6 +198,8 @@ def judge_level(
     measured = run.measurement.result
     if (lag := run.measurement.loop_lag) is not None:
         measured.meta["loop_lag"] = lag
+    if (accounts := run.measurement.cpu_typed) is not None:
+        measured.meta["cpu_typed"] = accounts
     overload = run.fraction > 1.0
     run.dir.mkdir(parents=True, exist_ok=True)
     used, inputs = calibration, frozenset[str]()
