@@ -186,6 +186,7 @@ def snapshot(text: str, at: float) -> Snapshot:
         "surgecap_cpu_shed_loop_seconds_total": 11,
         "surgecap_cpu_shed_loop_seconds_squared_total": 12,
         "surgecap_cpu_shed_resumes_total": 13,
+        "surgecap_cpu_resume_seconds_total": 14,
     }
     writer = {
         "surgecap_db_batches_total": "batches",
@@ -301,6 +302,7 @@ class CpuEstimate:
     rho: float = 0.0  # the processor's utilization by all request types at the calibration load
     work: float = 0.0  # seconds per request of its own computation (part of ``own``; the server counts it apart)
     resumes: float = 0.0  # per request: steps that resumed it after it waited for a station (not in ``steps``: the model adds its own)
+    resume: float = math.nan  # seconds of loop time per resume step, when the server times them apart
 
     @property
     def demand(self) -> float:
@@ -308,10 +310,18 @@ class CpuEstimate:
 
     @property
     def step_mean(self) -> float:
-        """Mean time of a step, the own computation left out, over the model's steps and the measured resume steps (the
-        model takes a resume step only for a visit that waits, as the server does, so its CPU time per request comes to
-        the measured one when its waits do)."""
+        """Mean time of a step, the own computation left out.  Where the server times its resume steps apart, their
+        measured time comes off and the rest is spread over the model's steps; else the time is spread over the
+        model's steps and the measured resume steps alike.  (The model takes a resume step only for a visit that
+        waits, as the server does, so its CPU time per request comes to the measured one when its waits do.)"""
+        if not math.isnan(self.resume):
+            return max(self.demand - self.work - self.resumes * self.resume, 0.0) / self.steps
         return (self.demand - self.work) / (self.steps + self.resumes)
+
+    @property
+    def resume_mean(self) -> float:
+        """Mean time of a resume step: as timed, else a step's."""
+        return self.step_mean if math.isnan(self.resume) else self.resume
 
     def as_work(self) -> dict[str, Any]:
         work: dict[str, Any] = {
@@ -322,10 +332,12 @@ class CpuEstimate:
             work["locks"] = round(self.locks, 2)
         if self.work > 0:
             work["work"] = {"dist": "constant", "value": _round(self.work)}
+        if not math.isnan(self.resume):
+            work["resume"] = {"dist": "constant", "value": _round(self.resume)}
         return work
 
 
-CPU_FIELDS = 14  # a request type's processor accounting (refserver.cpu): requests, steps, ..., and of them the shed ones'
+CPU_FIELDS = 15  # a request type's processor accounting (refserver.cpu): requests, steps, ..., and of them the shed ones'
 
 
 def _fields(acc: list[float]) -> list[float]:
@@ -368,12 +380,15 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
         shed_loop,
         shed_sq,
         shed_resumes,
+        resume_sum,
     ) in kept.items():
         # the requests served: those a station's admission control turned away (a few steps each, or a whole station's
         # visit when the second station shed them) are left out; the model walks their route as far as they got
         served = n - shed
         spent = shed_loop + shed * shared  # CPU seconds of the requests turned away
         loop, steps, squares = max(0.0, loop - shed_loop), max(0.0, steps - shed_steps), max(0.0, squares - shed_sq)
+        # a resume step's own CPU time, when the server times them (the shed requests' resume steps among them)
+        resume = resume_sum / resumes if resumes >= MIN_SAMPLES and resume_sum > 0 else math.nan
         resumes = max(0.0, resumes - shed_resumes)
         own = (loop + thread) / served
         w = worked_s / worked_n if worked_n > 0 else 0.0  # per request that did it (the shed ones at a later station too)
@@ -397,6 +412,7 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
             locks=calls / served,
             work=w * done / served,
             resumes=resumes / served,
+            resume=resume,
         )
     # the processor's queueing at this load, M/G/1 (Pollaczek-Khinchine): W = lambda E[S^2] / (2 (1 - rho)), per step
     lam = sum(e.n * (e.steps + e.resumes) for e in out.values()) / elapsed
@@ -466,8 +482,9 @@ def cpu_law(reference: tuple[dict[str, CpuEstimate], float], others: list[tuple[
 
     def costs(est: dict[str, CpuEstimate]) -> tuple[float, float]:
         both = [rt for rt in ref if rt in est]
-        # per step (a busier phase has more resume steps per request, which the model adds itself)
-        steps = sum(ref[rt].n * (ref[rt].steps + ref[rt].resumes) * est[rt].step_mean for rt in both)
+        # per step, for the reference phase's steps and resume steps (a busier phase has more resume steps per
+        # request, which the model adds itself)
+        steps = sum(ref[rt].n * (ref[rt].steps * est[rt].step_mean + ref[rt].resumes * est[rt].resume_mean) for rt in both)
         own = sum(ref[rt].n * est[rt].work for rt in both)
         return steps, own
 
@@ -615,8 +632,9 @@ def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:
     for w in out.get("work", {}).values():
         if isinstance(w, dict) and isinstance(w.get("step"), dict):
             w["step"]["mean"] = _round(parse_duration(w["step"]["mean"]) * speed)
-        if isinstance(w, dict) and isinstance(w.get("work"), dict) and "value" in w["work"]:
-            w["work"]["value"] = _round(parse_duration(w["work"]["value"]) * speed)
+        for part in ("work", "resume"):
+            if isinstance(w, dict) and isinstance(w.get(part), dict) and "value" in w[part]:
+                w[part]["value"] = _round(parse_duration(w[part]["value"]) * speed)
     for key, top in (("measured_at", 0.99), ("low_at", 0.99), ("background", 0.5)):
         if key in out:
             out[key] = round(min(float(out[key]) * speed, top), 4)

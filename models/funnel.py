@@ -60,7 +60,7 @@ def _uniform(rng: np.random.Generator) -> Sampler:
 
 
 #: a request type's processor work: (steps, time per step, interpreter-lock takes (a mean), its own computation or None)
-CpuPlan = tuple[int, Sampler, float, Sampler | None]
+CpuPlan = tuple[int, Sampler, float, Sampler | None, Sampler | None]
 
 
 class ClientTimeouts:
@@ -223,7 +223,7 @@ class FunnelModel:
             self.stations[REGISTRY] = self.registry
             self.registry_latency = r.latency.sampler(registry_rng)
             self.registry_timeout = r.timeout
-        cpu_work: dict[str, CpuPlan] = {}  # request type -> (steps, time per step, lock takes, own work)
+        cpu_work: dict[str, CpuPlan] = {}  # request type -> (steps, time per step, lock takes, own work, resume step)
         threads = frozenset(sysd.cpu.threads) if sysd.cpu is not None else frozenset()
         self.route = CpuRoute if sysd.cpu is not None else Route
         if sysd.cpu is not None:
@@ -248,7 +248,8 @@ class FunnelModel:
                 work = sysd.cpu.work_for(rt)
                 if work is not None and work.step.mean > 0:
                     own = work.work.sampler(cpu_rng) if work.work is not None and work.work.mean > 0 else None
-                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), work.locks, own)
+                    resume = work.resume.sampler(cpu_rng) if work.resume is not None else None
+                    cpu_work[rt] = (work.steps, work.step.sampler(cpu_rng), work.locks, own, resume)
         self.sender: Sender | None = None
         if sysd.email is not None:
             rates = [(-INF, sysd.email.rate)] + sorted((c.at, c.send_rate) for c in sysd.changes if c.send_rate is not None)
@@ -294,12 +295,13 @@ class FunnelModel:
             more: list[tuple[Station, Sampler | None]] | None = None
             locks_over = 0.0
             if step.request_type in cpu_work:
-                n_steps, sampler, locks, own = cpu_work[step.request_type]
+                n_steps, sampler, locks, own, resume = cpu_work[step.request_type]
                 fewer = math.floor(locks)
                 locks_over = locks - fewer
+                cpu = self.stations[CPU]
                 if locks_over > 0:  # a share of the requests takes one lock more, so that the mean is the measured one
-                    more = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, fewer + 1, own, door)  # type: ignore[assignment]
-                visits = cpu_legs(visits, self.stations[CPU], n_steps, sampler, threads, fewer, own, door)  # type: ignore[assignment]
+                    more = cpu_legs(visits, cpu, n_steps, sampler, threads, fewer + 1, own, door, resume)  # type: ignore[assignment]
+                visits = cpu_legs(visits, cpu, n_steps, sampler, threads, fewer, own, door, resume)  # type: ignore[assignment]
                 if more == visits:  # no threaded station on the route: its lock takes change nothing
                     more, locks_over = None, 0.0
             elif sysd.cpu is not None:  # a request type with no work on the processor still takes the processor's route

@@ -82,6 +82,7 @@ def cpu_legs(
     locks: int = 0,
     work: Sampler | None = None,
     door: Door | None = None,
+    resume: Sampler | None = None,
 ) -> list[tuple[int, Station | None, Any]]:
     """A request's route with its ``steps`` on the processor, as the reference server runs it.
 
@@ -101,7 +102,8 @@ def cpu_legs(
     ``WORK`` leg, whose sampler is the pair: step and computation, each timed
     by its own utilization law).  A visit that had to wait for its station
     first takes a step to be resumed (``RESUME``, skipped when the station was
-    free): the server's event loop wakes the waiter in its own time, and the
+    free; its time drawn from ``resume``, else a step's): the server's event
+    loop wakes the waiter in its own time, and the
     slot stays promised to it meanwhile, counted busy only once it runs.  A step
     that follows a service delay (the server's sleep), the registry's reply or
     the request's arrival is woken by a timer or I/O and queued behind the steps
@@ -137,7 +139,7 @@ def cpu_legs(
             legs.append((DOOR, door, None))  # type: ignore[arg-type]
         legs.append((HOLD, station, None))
         if step is not None:
-            legs.append((RESUME, cpu, step))
+            legs.append((RESUME, cpu, resume or step))
         if door is not None and j == held[0]:
             legs.append((DOOR, door, None))  # type: ignore[arg-type]
         if j == thread_at:

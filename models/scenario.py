@@ -228,6 +228,11 @@ class CpuWork(_Model):
         description="the request's own computation (e.g. a key stretch): CPU time added to the step in which the event loop "
         "resumes it inside its first station, as the reference server does it",
     )
+    resume: Distribution | None = Field(
+        default=None,
+        description="processor time of a step that resumes the request after it waited for a station's slot (default: "
+        "a step's); the reference server times these apart, and they cost far less than its other steps",
+    )
 
     @property
     def demand(self) -> float:

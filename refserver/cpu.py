@@ -36,8 +36,9 @@ T = TypeVar("T")
 # seconds of the request's own computation (refserver.service.stretch; within its loop steps), requests that did it,
 # steps that resumed a request after it waited for a station's slot (part of steps), and of the requests those that a
 # station's admission control turned away (503): requests, their steps, step seconds, squared step seconds and resume
-# steps (part of the steps, seconds, squares and resumes before)]
-REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES, SHED, SHED_STEPS, SHED_SUM, SHED_SQUARES, SHED_RESUMES = range(14)
+# steps (part of the steps, seconds, squares and resumes before), and the seconds of the resume steps (part of the sum)]
+REQUESTS, STEPS, SUM, SQUARES, THREAD, CALLS, WORK, WORKED, RESUMES = range(9)
+SHED, SHED_STEPS, SHED_SUM, SHED_SQUARES, SHED_RESUMES, RESUME_SUM = range(9, 15)
 
 #: the request being timed in this task (set by CpuClock.timed's driver): admission control marks it shed
 _CURRENT: contextvars.ContextVar[_Timed[Any] | None] = contextvars.ContextVar("surgecap_cpu_current", default=None)
@@ -59,9 +60,12 @@ class _Timed(Awaitable[T]):
         error: BaseException | None = None
         acc = self.acc
         steps, total, squares = 0, 0.0, 0.0  # this request's own, for the shed ones' account when it ends
+        waits = 0  # the resumes counted so far: a step that counts one ends waiting for a slot, so the next resumes it
         _CURRENT.set(self)  # the request's own task: each HTTP request runs in one
         try:
             while True:
+                resuming = self.resumes != waits
+                waits = self.resumes
                 started = clock()
                 try:
                     yielded = coro.send(value) if error is None else coro.throw(error)
@@ -72,6 +76,8 @@ class _Timed(Awaitable[T]):
                     acc[STEPS] += 1
                     acc[SUM] += seconds
                     acc[SQUARES] += seconds * seconds
+                    if resuming:
+                        acc[RESUME_SUM] += seconds
                     steps += 1
                     total += seconds
                     squares += seconds * seconds
@@ -100,7 +106,7 @@ class CpuClock:
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
         if acc is None:
-            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0, 0]
+            acc = self.by_type[rt] = [0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0, 0, 0.0]
         return acc
 
     def timed(self, rt: str, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
@@ -162,6 +168,7 @@ class CpuClock:
                 "{:.0f}",
                 "Resume steps of requests turned away (a wait at an earlier station).",
             ),
+            ("surgecap_cpu_resume_seconds_total", RESUME_SUM, "{:.6f}", "Event-loop time of the resume steps (part of the loop time)."),
         ):
             out += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
             for rt, acc in sorted(self.by_type.items()):
