@@ -129,6 +129,40 @@ def test_resume_steps_stay_out_of_the_step_count_and_in_the_step_time() -> None:
     assert (plain.resumes, plain.steps) == (0.0, 7)
 
 
+def test_resume_steps_timed_apart_take_their_own_time_in_the_model_and_the_rest_is_the_other_steps() -> None:
+    # as above, but the server also timed its 150 resume steps: 3 ms of the loop's 60 ms, 20 us each (the reference
+    # server's resume steps only hand the request on: they cost a fraction of its other steps, and a model that gave
+    # each the mean step's time had its processor 2-4 points too busy at 0.9-0.95 of the knee, where requests wait
+    # most).  The model's resume steps take 20 us; the other 5 steps share the rest: (0.8 ms - 1.5 x 20 us) / 5
+    before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
+    text = cpu_text(1.08, {"register": (100, 600, 0.06, 600 * 1e-8, 0.01)}) + 'surgecap_cpu_resumes_total{request="register"} 150\n'
+    after = snapshot(text + 'surgecap_cpu_resume_seconds_total{request="register"} 0.003\n', at=10.0)
+    reg = cpu_estimates(before, after, ["register"])["register"]
+    assert reg.resume == pytest.approx(20e-6) and reg.resume_mean == reg.resume
+    assert reg.step_mean == pytest.approx((0.0008 - 1.5 * 20e-6) / 5)
+    assert reg.step_mean * reg.steps + reg.resumes * reg.resume == pytest.approx(reg.demand)  # the CPU time per request is kept
+    work = reg.as_work()
+    assert work["resume"] == {"dist": "constant", "value": "0.02ms"}
+    scenario = load_scenario(SMALL, overlay={"system": {"cpu": {"cores": 1, "work": {"register": work}}}})
+    assert scenario.system.cpu is not None and scenario.system.cpu.work["register"].resume is not None
+    # too few resume steps to time (under MIN_SAMPLES): they share the step time, as for a server that does not time them
+    few = snapshot(
+        cpu_text(1.08, {"register": (100, 600, 0.06, 600 * 1e-8, 0.01)})
+        + 'surgecap_cpu_resumes_total{request="register"} 20\nsurgecap_cpu_resume_seconds_total{request="register"} 0.0004\n',
+        at=10.0,
+    )
+    rare = cpu_estimates(before, few, ["register"])["register"]
+    assert math.isnan(rare.resume) and "resume" not in rare.as_work() and rare.resume_mean == rare.step_mean
+    # in the law, a busier phase's resume steps count at their own time: the other steps as dear as the reference's
+    # give a factor of 1, however many resumes it had
+    from models.calibrate import CpuEstimate, cpu_law
+
+    ref = {"register": CpuEstimate("register", 100, 5 * 0.1e-3 + 0.1 * 20e-6, 0.0, 0.0, 5, 1.0, 0.1, resumes=0.1, resume=20e-6)}
+    top = {"register": CpuEstimate("register", 100, 5 * 0.1e-3 + 2.0 * 20e-6, 0.0, 0.0, 5, 1.0, 0.1, resumes=2.0, resume=20e-6)}
+    assert top["register"].step_mean == pytest.approx(ref["register"].step_mean)
+    assert cpu_law((ref, 0.6), [(top, 0.9)])[1] == {"at": 0.9, "steps": pytest.approx(1.0)}
+
+
 def test_the_law_compares_the_steps_per_step_so_that_a_busier_phases_resumes_are_not_counted_as_dearer_steps() -> None:
     # the top phase has the reference's step time, but 2 resume steps per request on top of its 5: per request its loop
     # costs 7/5 of the reference's, per step the same.  The model adds those resumes itself, so the law's factor is 1

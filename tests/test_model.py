@@ -335,13 +335,16 @@ run: {warmup: 20s}
 """
 
 
-def test_the_models_processor_accounts_for_its_time_per_request_type_as_the_server_does() -> None:
+@pytest.mark.parametrize("resume", [None, 0.05e-3])
+def test_the_models_processor_accounts_for_its_time_per_request_type_as_the_server_does(resume: float | None) -> None:
     # register's 5 steps on this route (models.routes.cpu_legs): the db's worker-thread step, the step that wakes the
     # request after it, one step in a gap, the step after each station's service (the first with the 3 ms own work),
-    # and one resume step more for each station it had to wait for.  Over the counted window the accounting must
-    # add up to the processor's busy time (1 %: requests straddle the window's edges), its loop steps to 4 a request
-    # plus the resumes, its own work to 3 ms a request and its thread time to one 0.5 ms step (4 standard errors)
-    result = simulate_once(parse_scenario(ACCOUNTED, "accounted"), seed=5)
+    # and one resume step more for each station it had to wait for (a step's time, or its own ``resume`` time).  Over
+    # the counted window the accounting must add up to the processor's busy time (1 %: requests straddle the window's
+    # edges), its loop steps to 4 a request plus the resumes, its own work to 3 ms a request and its thread time to
+    # one 0.5 ms step (4 standard errors)
+    text = ACCOUNTED if resume is None else ACCOUNTED.replace("work: {dist", f"resume: {{dist: constant, value: {resume}}}, work: {{dist")
+    result = simulate_once(parse_scenario(text, "accounted"), seed=5)
     acc = result.meta["cpu_typed"]["register"]
     n = acc["requests"]
     assert n == pytest.approx(50 * 180, rel=0.05) and acc["turned_away"] == 0
@@ -349,7 +352,9 @@ def test_the_models_processor_accounts_for_its_time_per_request_type_as_the_serv
     assert acc["steps"] == pytest.approx(4 * n + acc["resumes"], rel=0.01)
     assert acc["work_seconds"] == pytest.approx(3e-3 * n, rel=0.01)
     assert acc["thread_seconds"] == pytest.approx(0.5e-3 * n, rel=4 / math.sqrt(n))
-    assert acc["seconds"] - acc["work_seconds"] == pytest.approx(0.5e-3 * acc["steps"], rel=4 / math.sqrt(acc["steps"]))
+    ordinary = acc["steps"] - (acc["resumes"] if resume is not None else 0)
+    resumed = acc["resumes"] * resume if resume is not None else 0.0
+    assert acc["seconds"] - acc["work_seconds"] - resumed == pytest.approx(0.5e-3 * ordinary, rel=4 / math.sqrt(ordinary))
     cpu = result.stations["cpu"]
     busy = sum(cpu.busy)
     assert acc["seconds"] + acc["thread_seconds"] == pytest.approx(busy, rel=0.01)

@@ -129,6 +129,41 @@ def test_a_request_that_waits_for_a_slot_is_told_to_the_clock_as_a_resume_step()
     assert 'surgecap_cpu_resumes_total{request="register"} 1' in clock.lines()
 
 
+def test_the_step_that_resumes_a_request_after_its_wait_is_timed_apart() -> None:
+    # one slot: verify_email takes it at once, register waits for it.  Each spends 20 ms of CPU in the step in which it
+    # enters the slot: for register that step is the one that resumes it after its wait, and only its time counts as
+    # resume time (part of the loop time); verify_email's entry is an ordinary step
+    import time
+
+    from refserver.cpu import RESUME_SUM, RESUMES, SUM, CpuClock
+
+    def spin(seconds: float) -> None:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+    async def scenario() -> CpuClock:
+        clock = CpuClock()
+        station = Station("db", servers=1, queue=None, on_wait=clock.resumed)
+
+        async def one(rt: str) -> None:
+            async with station.slot(rt):
+                spin(0.02)
+                await asyncio.sleep(0)
+
+        async def timed(rt: str) -> None:  # in a task of its own, as the server runs each request
+            await clock.timed(rt, one(rt))
+
+        await asyncio.gather(timed("verify_email"), timed("register"))
+        return clock
+
+    clock = asyncio.run(scenario())
+    reg, ver = clock.by_type["register"], clock.by_type["verify_email"]
+    assert reg[RESUMES] == 1 and 0.02 <= reg[RESUME_SUM] < 0.02 + 0.01 and reg[RESUME_SUM] <= reg[SUM]
+    assert ver[RESUMES] == 0 and ver[RESUME_SUM] == 0 and ver[SUM] >= 0.02
+    assert any(line.startswith('surgecap_cpu_resume_seconds_total{request="register"} 0.02') for line in clock.lines())
+
+
 def test_a_request_turned_away_by_admission_control_is_counted_apart_with_its_steps() -> None:
     # the clock times every request's steps; one that a full station turns away (its 503) is marked shed, and its steps
     # and their time are counted apart as well, so that calibration at an overload level can tell a served request's
