@@ -59,7 +59,8 @@ def _uniform(rng: np.random.Generator) -> Sampler:
     return u
 
 
-#: a request type's processor work: (steps, time per step, interpreter-lock takes (a mean), its own computation or None)
+#: a request type's processor work: (steps, time per step, interpreter-lock takes (a mean), its own computation or None,
+#: a resume step's time or None (a step's))
 CpuPlan = tuple[int, Sampler, float, Sampler | None, Sampler | None]
 
 

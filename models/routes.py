@@ -26,6 +26,8 @@ class Route:
     The registrant waits on one ``reply`` event for the whole route; each
     station's completion starts the next leg directly, and the last station
     triggers ``reply`` itself.  A failure on any leg ends the route with its reason.
+    ``account`` is taken for :class:`CpuRoute`'s sake and left unused: without
+    a processor there is nothing to account.
     """
 
     __slots__ = ("model", "visits", "i", "deadline", "reply", "u")

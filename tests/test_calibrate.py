@@ -130,10 +130,9 @@ def test_resume_steps_stay_out_of_the_step_count_and_in_the_step_time() -> None:
 
 
 def test_resume_steps_timed_apart_take_their_own_time_in_the_model_and_the_rest_is_the_other_steps() -> None:
-    # as above, but the server also timed its 150 resume steps: 3 ms of the loop's 60 ms, 20 us each (the reference
-    # server's resume steps only hand the request on: they cost a fraction of its other steps, and a model that gave
-    # each the mean step's time had its processor 2-4 points too busy at 0.9-0.95 of the knee, where requests wait
-    # most).  The model's resume steps take 20 us; the other 5 steps share the rest: (0.8 ms - 1.5 x 20 us) / 5
+    # as above, but the server also timed its 150 resume steps: 3 ms of the loop's 60 ms, 20 us each (a resume step
+    # only hands the request on, so it costs a fraction of an ordinary step; docs/calibration.md).  The model's resume
+    # steps take 20 us; the other 5 steps share the rest: (0.8 ms - 1.5 x 20 us) / 5
     before = snapshot(cpu_text(1.0, {"register": (0, 0, 0, 0, 0)}), at=0.0)
     text = cpu_text(1.08, {"register": (100, 600, 0.06, 600 * 1e-8, 0.01)}) + 'surgecap_cpu_resumes_total{request="register"} 150\n'
     after = snapshot(text + 'surgecap_cpu_resume_seconds_total{request="register"} 0.003\n', at=10.0)

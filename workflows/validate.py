@@ -103,9 +103,9 @@ def level_disk(calibration: Calibration, measurement: Measurement) -> tuple[Cali
     up since calibration moves it.  Each service time keeps its shape and
     moves by the level's change in that part (never below a tenth of itself).
     The writer times a flush until its thread has the interpreter lock back,
-    so on a busy processor the flush time grows with the load (on the knee
-    profile from 0.47 ms a visit at 15 % to 1.37 ms at 87 %), a wait the
-    model has of its own (its lock takes): above :data:`DISK_BUSY` the flush
+    so on a busy processor the flush time grows with the load
+    (docs/calibration.md), a wait the model has of its own (its lock
+    takes): above :data:`DISK_BUSY` the flush
     times are shown and the calibration is left as it is.  Comes back
     unchanged, with None, when the calibration recorded no flush times or
     the level has no scrapes.
