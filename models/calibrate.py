@@ -62,6 +62,7 @@ __all__ = [
     "scaled_processor",
     "station_series",
     "disk_waits",
+    "cpu_fields",
     "MIN_SAMPLES",
     "DATABASE",
 ]
@@ -340,7 +341,7 @@ class CpuEstimate:
 CPU_FIELDS = 15  # a request type's processor accounting (refserver.cpu): requests, steps, ..., and of them the shed ones'
 
 
-def _fields(acc: list[float]) -> list[float]:
+def cpu_fields(acc: list[float]) -> list[float]:
     """A request type's accounting padded to :data:`CPU_FIELDS` (a server without the later counters reads them as 0)."""
     return [*acc, *[0.0] * CPU_FIELDS][:CPU_FIELDS]
 
@@ -357,7 +358,8 @@ def cpu_estimates(before: Snapshot, after: Snapshot, request_types: list[str], b
         return {}
     total = after.cpu_seconds - before.cpu_seconds
     delta = {
-        rt: [a - b for a, b in zip(_fields(acc), _fields(before.cpu_typed.get(rt, [])), strict=True)] for rt, acc in after.cpu_typed.items()
+        rt: [a - b for a, b in zip(cpu_fields(acc), cpu_fields(before.cpu_typed.get(rt, [])), strict=True)]
+        for rt, acc in after.cpu_typed.items()
     }
     kept = {rt: d for rt, d in delta.items() if rt in request_types and d[0] - d[9] >= MIN_SAMPLES}
     if not kept:

@@ -87,7 +87,7 @@ class Measurement:
         the process's CPU time that no request owns, one equal share a request, as calibration puts it into the
         model's steps (the idle server's own use, a fraction of a percent, is left in it); None when the server
         published none."""
-        from models.calibrate import CPU_FIELDS
+        from models.calibrate import cpu_fields
         from models.routes import ACCOUNT
 
         b, a = self.before, self.after
@@ -97,7 +97,7 @@ class Measurement:
         where = (0, 1, 2, 8, 4, 6, 9)
         out: dict[str, dict[str, float]] = {}
         for rt, counts in a.cpu_typed.items():
-            now, then = ([*x, *[0.0] * CPU_FIELDS][:CPU_FIELDS] for x in (counts, b.cpu_typed.get(rt, [])))
+            now, then = cpu_fields(counts), cpu_fields(b.cpu_typed.get(rt, []))
             if now[0] - then[0] > 0:
                 out[rt] = {k: now[j] - then[j] for k, j in zip(ACCOUNT, where, strict=True)}
         if not out:
