@@ -23,8 +23,10 @@ browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
+# the quick tests on every core, then those marked slow one at a time (they pin the server and the load to their own cores)
 test: $(STAMP) browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow" -n auto
+	$(BIN)/pytest -q -m slow
 
 # everything but the tests that start servers, Locust or a full-day run (marked slow), on every core: under a minute
 test-quick: $(STAMP)

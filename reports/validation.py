@@ -16,7 +16,7 @@ from models.histogram import Histogram
 from models.results import RunResult
 from reports.summary import table
 
-__all__ = ["Level", "Speed", "Disk", "Knee", "verdict_table", "write_report"]
+__all__ = ["Level", "Speed", "Disk", "Placement", "Knee", "verdict_table", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,26 @@ class Disk:
         return {"calibrated": self.calibrated, "level": self.level, "taken": self.taken}
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The machine's speed a level's rate was placed by: read in the level before it (``read_in``, its fraction).
+
+    With the processor as the knee, a machine 4 % slower than at calibration
+    saturates 4 % sooner; the level's rate is its fraction of the saturation
+    rate at that speed (the calibrated rate over ``speed``), so that a level
+    near the knee stays below it when the machine has slowed.
+    """
+
+    speed: float
+    read_in: float
+
+    def describe(self) -> str:
+        return f"rate placed at the machine's speed read in level {self.read_in:g} ({self.speed:.3f} x calibration's CPU time)"
+
+    def to_dict(self) -> dict[str, float]:
+        return {"speed": self.speed, "read_in": self.read_in}
+
+
 @dataclass
 class Level:
     """One load level: its fraction of the saturation rate, its runs and its checks."""
@@ -90,6 +110,8 @@ class Level:
     speed: Speed | None = None
     # the disk's flushes in the level against calibration's (the given-CPU model takes the level's)
     disk: Disk | None = None
+    # the machine's speed its rate was placed by (None: placed at calibration's)
+    placed: Placement | None = None
 
     @property
     def passed(self) -> bool:
@@ -109,7 +131,7 @@ class Level:
 
         None with neither the operational comparison, a speed reference nor the level's write times.
         """
-        machine = [x.describe() for x in (self.speed, self.disk) if x is not None]
+        machine = [x.describe() for x in (self.placed, self.speed, self.disk) if x is not None]
         if self.given_cpu is None:
             return "; ".join(machine) or None
         failed = [
@@ -310,6 +332,7 @@ def write_report(
                 **({"cpu_drift": lv.cpu_drift} if lv.cpu_drift is not None else {}),
                 **({"machine_speed": lv.speed.to_dict()} if lv.speed is not None else {}),
                 **({"disk": lv.disk.to_dict()} if lv.disk is not None else {}),
+                **({"placed": lv.placed.to_dict()} if lv.placed is not None else {}),
                 **(
                     {
                         "given_level_cpu": {

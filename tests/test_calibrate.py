@@ -767,3 +767,27 @@ def test_the_disks_part_of_a_db_visit_is_recorded_and_a_level_given_its_own_mach
     assert level_disk(Calibration(overlay), Measurement(scenario, measured, None, None))[1] is None
     with pytest.raises(ScenarioError, match=r"system\.stations\.db\.disk\.nope: unknown request type 'nope'"):
         load_scenario(SMALL, overlay={"system": {"stations": {DATABASE: {"disk": {"nope": "1ms"}}}}})
+
+
+def test_a_level_near_the_knee_is_placed_by_the_machines_speed_read_in_the_level_before() -> None:
+    # a processor knee at 100 arrivals/s on a machine that read 4 % slower in the 0.9 level: 0.95 is placed at
+    # 0.95 x 100 / 1.04 = 91.3/s, 0.95 of what that machine carries; a lightly loaded level, an overload level and a
+    # knee that is not the processor place nothing; a speed reference run after the level is the machine just before the next
+    from models.bottleneck import Limit
+    from reports.validation import Level, Placement, Speed
+    from workflows.validate import PLACE_BUSY, placement
+
+    cpu_knee, db_knee = Limit("cpu", 0.01, 1, 100.0, "servers"), Limit("db", 0.08, 8, 100.0, "servers")
+
+    def level(fraction: float, during: float | None) -> Level:
+        measured = RunResult("measured", "t", 0.0, 1.0, [], {}, {}, {})
+        return Level(fraction, fraction * 100.0, [], measured, speed=Speed(None, None, during=during) if during else None)
+
+    found = placement(cpu_knee, level(0.9, 1.04), busy=0.92)
+    assert found == Placement(1.04, 0.9) and 0.95 * cpu_knee.rate / found.speed == pytest.approx(91.346, abs=1e-3)
+    assert "level 0.9 (1.040 x" in found.describe()
+    assert placement(cpu_knee, level(0.3, 0.93), busy=PLACE_BUSY - 0.2) is None
+    assert placement(cpu_knee, level(1.2, 1.1), busy=0.99) is None
+    assert placement(db_knee, level(0.9, 1.04), busy=0.92) is None
+    assert placement(cpu_knee, level(0.9, None), busy=0.92) is None
+    assert placement(cpu_knee, level(0.3, None), busy=0.3, reference_after=1.07) == Placement(1.07, 0.3)

@@ -26,15 +26,17 @@ from .conftest import TEST_SCENARIOS
 SMALL = TEST_SCENARIOS / "validate-small.yaml"
 
 
-def record(run: Path, fraction: float, web_mean: str = "40ms") -> Path:
-    """A recorded validate run with one level at ``fraction``: the model's run (web's mean ``web_mean``) as its measurement."""
+def record(run: Path, fraction: float, web_mean: str = "40ms", speed: float = 1.0) -> Path:
+    """A recorded validate run with one level at ``fraction``: the model's run (web's mean ``web_mean``) as its measurement,
+    its rate placed at the machine's ``speed``."""
     scenario = load_scenario(SMALL)
     raw = raw_scenario(scenario)
     truth = copy.deepcopy(raw)
     truth["system"]["stations"]["web"]["service"]["default"]["mean"] = web_mean
     level = run / f"level-{fraction:g}"
-    path = level_file(raw, f"{scenario.name}-level-{fraction:g}", fraction * saturation(scenario).rate, 12.0, level)
-    shown = level_file(truth, "truth", fraction * saturation(scenario).rate, 12.0, run / "truth")
+    rate = fraction * saturation(scenario).rate / speed
+    path = level_file(raw, f"{scenario.name}-level-{fraction:g}", rate, 12.0, level)
+    shown = level_file(truth, "truth", rate, 12.0, run / "truth")
     save(simulate(load_scenario(shown), replications=1)[0], level)
     assert path.exists()
     (run / "calibration").mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,19 @@ def test_recorded_levels_are_judged_again_and_a_slower_server_fails(tmp_path: Pa
     assert main([*args, "--measured", str(slow), "--out", str(tmp_path / "slow-again")]) == 1
     checks = json.loads((tmp_path / "slow-again" / "validation.json").read_text())["levels"][0]["checks"]
     assert any(c["subject"] == "register" and c["metric"] == "p50" and c["verdict"] == "fail" for c in checks)
+
+
+def test_a_level_placed_by_the_machines_speed_is_judged_again_at_the_rate_it_ran(tmp_path: Path) -> None:
+    # placed at a machine 10 % slower, the 0.5 level ran at 0.5 / 1.1 of the saturation rate: judged again, it keeps that
+    # rate and says what it was placed by
+    run = record(tmp_path / "rec", 0.5, speed=1.1)
+    placed = {"speed": 1.1, "read_in": 0.3}
+    (run / "validation.json").write_text(json.dumps({"levels": [{"fraction": 0.5, "placed": placed}]}))
+    out = tmp_path / "again"
+    assert main(["validate", str(SMALL), "--levels", "0.5", "--duration", "12s", "-q", "--measured", str(run), "--out", str(out)]) == 0
+    (level,) = json.loads((out / "validation.json").read_text())["levels"]
+    assert level["rate"] == pytest.approx(0.5 * saturation(load_scenario(SMALL)).rate / 1.1)
+    assert level["placed"] == placed
 
 
 @pytest.mark.parametrize(

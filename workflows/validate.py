@@ -22,7 +22,7 @@ from models.bottleneck import Limit
 from models.overlay import Calibration
 from models.scenario import CPU, CpuReference, NonNegativeDuration, Scenario
 from models.units import format_duration
-from reports.validation import Disk, Knee, Level, Speed, verdict_table
+from reports.validation import Disk, Knee, Level, Placement, Speed, verdict_table
 from workflows import BadInput
 from workflows.calibrate import NoMetrics, calibrate
 from workflows.measure import SCRAPES, Lab, Measurement, level_file, raw_scenario, recorded, warm
@@ -38,6 +38,7 @@ __all__ = [
     "level_trace",
     "traced",
     "reference_speed",
+    "placement",
 ]
 
 
@@ -249,6 +250,28 @@ def judge_level(
     return lv
 
 
+PLACE_BUSY = 0.5  # a level's speed places the next level only when its processor was at least this busy
+
+
+def placement(knee: Limit, lv: Level, busy: float | None, reference_after: float | None = None) -> Placement | None:
+    """The machine's speed the level after ``lv`` is placed by, read in ``lv``; None when the knee is not the processor
+    or ``lv`` says nothing reliable about it.
+
+    With a speed reference run after the level (``reference_after``, bracketing), that run is the machine just
+    before the next level.  Otherwise the speed during the level counts when its processor was at least
+    :data:`PLACE_BUSY` busy (a lightly loaded level's reading rests mostly on the utilization law's low end) and
+    the level was below saturation.
+    """
+    if knee.resource != CPU:
+        return None
+    if reference_after is not None:
+        return Placement(reference_after, lv.fraction)
+    speed = lv.speed
+    if speed is None or speed.during is None or busy is None or busy < PLACE_BUSY or lv.fraction >= 1.0:
+        return None
+    return Placement(speed.factor, lv.fraction)
+
+
 def reference_speed(
     raw: dict[str, Any], scenario: Scenario, calibration: Calibration, reference: CpuReference, run_dir: Path, lab: Lab
 ) -> float | None:
@@ -369,17 +392,32 @@ def _bracket(opts: ValidateOptions, calibration: Calibration, reference: CpuRefe
     return True
 
 
-def _recorded_speeds(measured: Path) -> dict[float, Speed]:
-    """The machine's speed around each level of a recorded validation (its validation.json), where it was measured."""
+def _recorded_levels(measured: Path) -> list[dict[str, Any]]:
+    """The levels a recorded validation reported (its validation.json); none when it has no readable report."""
     try:
         levels = json.loads((measured / "validation.json").read_text()).get("levels", [])
     except (OSError, ValueError, AttributeError):
-        return {}
+        return []
+    return [lv for lv in levels if isinstance(lv, dict) and isinstance(lv.get("fraction"), int | float)] if isinstance(levels, list) else []
+
+
+def _recorded_speeds(measured: Path) -> dict[float, Speed]:
+    """The machine's speed around each level of a recorded validation, where it was measured."""
     out: dict[float, Speed] = {}
-    for lv in levels:
-        speed = lv.get("machine_speed") if isinstance(lv, dict) else None
+    for lv in _recorded_levels(measured):
+        speed = lv.get("machine_speed")
         if isinstance(speed, dict):
             out[float(lv["fraction"])] = Speed(speed.get("before"), speed.get("after"))
+    return out
+
+
+def _recorded_placements(measured: Path) -> dict[float, Placement]:
+    """The machine's speed each level of a recorded validation was placed by, where it was placed by one."""
+    out: dict[float, Placement] = {}
+    for lv in _recorded_levels(measured):
+        placed = lv.get("placed")
+        if isinstance(placed, dict) and isinstance(placed.get("speed"), int | float) and isinstance(placed.get("read_in"), int | float):
+            out[float(lv["fraction"])] = Placement(float(placed["speed"]), float(placed["read_in"]))
     return out
 
 
@@ -422,6 +460,7 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
     knee = saturation(calibrated)
     mode = speed_mode(opts, calibration)
     speeds: dict[float, Speed | None] = {**_recorded_speeds(measured)} if mode == "bracket" else {}
+    placements = _recorded_placements(measured)
     say("validate", f"judging the levels recorded in {measured}/ again (no load): {', '.join(f'{f:g}' for f in opts.levels)}", opts.quiet)
     done: list[Level] = []
     durations: list[float] = []
@@ -430,7 +469,8 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
         durations.append(measurement.scenario.horizon)
         if mode == "work":
             speeds[f] = _during(calibration, calibrated, measurement, f, opts.quiet)
-        rate = f * knee.rate
+        arrivals = measurement.scenario.arrivals
+        rate = float(getattr(arrivals, "rate", None) or f * knee.rate)  # as placed when measured
         lv = judge_level(
             LevelRun(f, rate, found[f] / "scenario.yaml", run_dir / f"level-{f:g}", measurement),
             calibration,
@@ -440,6 +480,7 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             quiet=opts.quiet,
             speed=speeds.get(f),
         )
+        lv.placed = placements.get(f)
         done.append(lv)
         _print_level(lv, measurement.cpu_utilization)
     reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None and mode == "bracket" and speeds else None
@@ -471,18 +512,21 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             )
         done: list[Level] = []
         durations: list[float] = []
+        placed: Placement | None = None  # the machine's speed the next level's rate is placed by
         for i, f in enumerate(opts.levels):
-            rate = f * knee.rate
+            rate = f * knee.rate / (placed.speed if placed is not None else 1.0)
             ldir = run_dir / f"level-{f:g}"
             lasts = level_duration(calibrated, rate, opts.duration, scenario.validation.samples, 4 * opts.duration)
             durations.append(lasts)
             longer = f" (so that every request type can reach {scenario.validation.samples} requests)" if lasts > opts.duration else ""
-            say("validate", f"level {f:g}: {rate:.4g} arrivals/s for {format_duration(lasts)}{longer}", opts.quiet)
+            at = f" ({placed.describe()})" if placed is not None else ""
+            say("validate", f"level {f:g}: {rate:.4g} arrivals/s{at} for {format_duration(lasts)}{longer}", opts.quiet)
             path = level_file(raw, f"{scenario.name}-level-{f:g}", rate, lasts, ldir)
             measurement = lab.measure(path, ldir)
             if (cpu := measurement.cpu_utilization) is not None:
                 measurement.result.meta["server_cpu_utilization"] = cpu
             speed = _during(calibration, calibrated, measurement, f, opts.quiet) if speed_mode(opts, calibration) == "work" else None
+            speed_after: float | None = None
             if bracket and reference is not None:
                 speed_after = _speed_run(
                     raw, scenario, calibration, reference, run_dir / f"speed-reference-{i + 1}", f"after level {f:g}", lab
@@ -497,8 +541,10 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
                 quiet=opts.quiet,
                 speed=speed,
             )
+            lv.placed = placed
             done.append(lv)
             _print_level(lv, cpu)
+            placed = placement(knee, lv, cpu, speed_after) or placed
     meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee, speed_mode(opts, calibration))
     return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
 
