@@ -100,7 +100,10 @@ def cpu_legs(
     over the gaps before, between and after the stations, first gaps first.
     The registry (an outside service) is visited, not held.  The request's own
     computation (``work``, e.g. a key stretch) adds to the step that resumes it
-    inside its first held station, as the reference server runs it there (a
+    inside its first held station, as the reference server runs it there, and
+    counts in that station's busy time, which for the rest ends as the
+    resuming step starts (the server lets the station go after the
+    computation, then goes on in the same step) (a
     ``WORK`` leg, whose sampler is the pair: step and computation, each timed
     by its own utilization law).  A visit that had to wait for its station
     first takes a step to be resumed (``RESUME``, skipped when the station was
@@ -163,7 +166,7 @@ def cpu_legs(
 class CpuRoute:
     """A request's way through its stations and the processor (see :func:`cpu_legs`), chained by callbacks."""
 
-    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step", "asked", "account")
+    __slots__ = ("model", "legs", "i", "deadline", "reply", "u", "held", "since", "step", "kept", "asked", "account")
 
     def __init__(
         self,
@@ -183,6 +186,7 @@ class CpuRoute:
         self.held: Station | None = None
         self.since = 0.0
         self.step = 0.0  # CPU time of the latest step: the server lets a station go as its resumption step starts
+        self.kept = 0.0  # of it, the request's own computation, which the server runs before it lets the station go
         self.asked = 0.0  # when the latest hold was asked for
         # the request type's processor accounting (:data:`ACCOUNT`), shared by its routes; a throwaway list without one
         self.account = account if account is not None else [0.0] * len(ACCOUNT)
@@ -212,7 +216,7 @@ class CpuRoute:
             kind, station, sampler = legs[self.i]
             self.i += 1
             if kind == RELEASE:
-                station.release(self.since, self.step)
+                station.release(self.since, self.step - self.kept)
                 self.held = None
                 continue
             if kind == DOOR:
@@ -220,7 +224,7 @@ class CpuRoute:
                     self._end("full")
                     return
                 continue
-            self.step = 0.0
+            self.step = self.kept = 0.0
             if kind == RESUME:
                 if self.since == self.asked:
                     continue  # the station was free: no wait, nothing to resume
@@ -252,13 +256,14 @@ class CpuRoute:
             elif kind == WORK:  # a step with the request's own computation in it: each part on its own law
                 step, own, door = sampler
                 part = step() * station.factor() if step is not None else 0.0
-                self.step = part + own() * station.work_factor()
+                self.kept = own() * station.work_factor()
+                self.step = part + self.kept
                 check: DoorStep | str | None = None
                 if door is not None:  # the door's last check, as the step starts: now, or when the processor gets to it
                     if station.busy >= station.servers:
                         check = DoorStep(door, part)
                     elif door.refuses():
-                        self.step, check = part, "full"
+                        self.step, self.kept, check = part, 0.0, "full"
                 account = self.account
                 account[1] += 1
                 account[2] += self.step  # a DoorStep turned away later takes only its loop part: counted in full here

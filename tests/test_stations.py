@@ -208,6 +208,27 @@ def test_a_processor_law_times_steps_and_own_computation_each_by_its_own_points(
     assert env.now == pytest.approx(2 * 0.00125 + 0.011 + 0.005)
 
 
+def test_the_first_stations_busy_time_holds_the_requests_own_computation_but_not_the_rest_of_its_step() -> None:
+    # the server lets its first station go after the key stretch, in the step that resumed the request there, and goes
+    # on in that step: web (5 ms service) is busy for the service and the 10 ms computation, not the 1 ms of loop work
+    # in the same step (nor the step before it, outside the station)
+    from types import SimpleNamespace
+
+    from models.routes import CpuRoute, cpu_legs
+    from models.stations import Processor
+
+    env = simpy.Environment()
+    proc = Processor(env, "cpu", 1, lambda u: 1.0, 0.5)
+    web = Station(env, "web", 4, None)
+    reply = env.event()
+    legs = cpu_legs([(web, lambda: 0.005)], proc, 2, lambda: 0.001, frozenset(), work=lambda: 0.010)
+    CpuRoute(SimpleNamespace(env=env), legs, math.inf, reply).next(None)  # type: ignore[arg-type]
+    env.run(reply)
+    assert env.now == pytest.approx(0.001 + 0.005 + 0.011)
+    busy = web.flush()[4]
+    assert busy == pytest.approx(0.005 + 0.010)
+
+
 def test_a_visit_that_waited_for_its_station_is_resumed_by_the_processor_before_it_goes_on() -> None:
     # web has one slot; A takes it at 0 (free: no resume step), B waits.  A's resumption runs 10-11 ms and lets the slot
     # go; the slot is B's, but a 5 ms step that came at 10.5 ms runs first (11-16 ms), so B's 1 ms resume step runs
