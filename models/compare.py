@@ -27,7 +27,7 @@ from models.histogram import Histogram
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import CPU, Tolerances
 
-__all__ = ["Check", "compare", "queue_growth", "REFUSED", "station_subject", "CPU_SUBJECT"]
+__all__ = ["Check", "compare", "chance", "queue_growth", "REFUSED", "station_subject", "CPU_SUBJECT"]
 
 REFUSED = ("full", "rate_limited", "quota")  # refused at once by admission control or the registry
 
@@ -374,3 +374,23 @@ def _mean_utilization(r: RunResult, station: str, within: list[bool]) -> float:
     busy = sum(b for b, w in zip(s.busy, within, strict=True) if w)
     cap = sum(c for c, w in zip(s.capacity, within, strict=True) if w)
     return busy / cap if cap > 0 else math.nan
+
+
+def chance(models: list[RunResult], tol: Tolerances, overload: bool = False, inputs: frozenset[str] = frozenset()) -> list[list[str]]:
+    """The model against itself: each replication judged as if it were the measured run, against the others.
+
+    In a validation the replications replay the same arrivals and registrants
+    and differ only in the model's own draws (service times, steps), so a
+    check one of them fails against the others fails by sampling noise alone;
+    a measured level carries that noise and more.  Returns, per replication,
+    the checks it failed (``subject metric``); empty with fewer than three
+    replications.
+    """
+    if len(models) < 3:
+        return []
+    failed: list[list[str]] = []
+    for k, own in enumerate(models):
+        others = [m for j, m in enumerate(models) if j != k]
+        checks = compare(others, own, tol, overload=overload, inputs=inputs)
+        failed.append([f"{c.subject} {c.metric}" for c in checks if c.verdict == "fail"])
+    return failed

@@ -112,6 +112,20 @@ class Level:
     disk: Disk | None = None
     # the machine's speed its rate was placed by (None: placed at calibration's)
     placed: Placement | None = None
+    # the model against itself: per replication, the checks it fails against the others (models.compare.chance)
+    chance: list[list[str]] | None = None
+
+    def by_chance(self) -> str | None:
+        """One line on what the level's tolerances fail by the model's own sampling noise (None without replications)."""
+        if not self.chance:
+            return None
+        counts = [len(f) for f in self.chance]
+        names = sorted({name for f in self.chance for name in f})
+        which = f": {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}" if names else ""
+        return (
+            f"the model against itself (each of its {len(counts)} replications judged as if measured, against the others) "
+            f"fails {'/'.join(str(n) for n in counts)} checks{which}"
+        )
 
     @property
     def passed(self) -> bool:
@@ -333,6 +347,7 @@ def write_report(
                 **({"machine_speed": lv.speed.to_dict()} if lv.speed is not None else {}),
                 **({"disk": lv.disk.to_dict()} if lv.disk is not None else {}),
                 **({"placed": lv.placed.to_dict()} if lv.placed is not None else {}),
+                **({"chance": {"failed": lv.chance}} if lv.chance else {}),
                 **(
                     {
                         "given_level_cpu": {
@@ -394,6 +409,8 @@ def write_report(
         )
         if (why := lv.diagnosis()) is not None:
             parts.append(f"<p>Machine: {html.escape(why)}.</p>")
+        if (noise := lv.by_chance()) is not None:
+            parts.append(f"<p>By chance: {html.escape(noise)}.</p>")
         parts.append(f"<pre>{html.escape(verdict_table(lv.checks))}</pre>")
     parts.append("</html>")
     html_path = out / "validation.html"

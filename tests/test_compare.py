@@ -338,3 +338,25 @@ def test_where_the_processors_time_goes_is_shown_per_request_type_as_the_server_
     assert "13ms" in verdict_table([cpu]) and "20ms" in verdict_table([cpu])
     bare = RunResult("model", "synthetic", 0.0, 1.0, [0], {}, {}, {})
     assert not [c for c in compare([bare], measured, Tolerances()) if c.metric.endswith("/request")]
+
+
+def test_the_model_against_itself_shows_what_a_tolerance_fails_by_chance(tmp_path) -> None:
+    # four replications with the same latencies and one whose p95 is 25 % higher: judged as if measured, against the
+    # others, only that one fails (its p95; the pooled others' p95 is 20 % under it), and each of the others fails that
+    # p95 against a pool holding it by less than the 15 % tolerance; with fewer than three replications there is no pool
+    import json
+
+    from models.compare import chance
+    from reports.validation import Level, write_report
+
+    reps = [run("model", seed=2), run("model", seed=3), run("model", seed=4), run("model", seed=5), run("model", 1.25, seed=6)]
+    failed = chance(reps, Tolerances())
+    assert failed[:4] == [[], [], [], []] and failed[4] == ["register p95"]
+    assert chance(reps[:2], Tolerances()) == []
+    lv = Level(0.8, 10.0, reps, run("measured", seed=1), chance=failed)
+    assert lv.by_chance() is not None and "fails 0/0/0/0/1 checks: register p95" in lv.by_chance()  # type: ignore[operator]
+    assert Level(0.8, 10.0, reps, run("measured", seed=1)).by_chance() is None
+    knee = Knee("web", "register", 100.0, 100.0, 90.0, reached=False, tolerance=0.05)
+    html_path, json_path = write_report(tmp_path, "synthetic", [lv], knee, {})
+    assert json.loads(json_path.read_text())["levels"][0]["chance"] == {"failed": failed}
+    assert "By chance: the model against itself" in html_path.read_text()

@@ -205,7 +205,7 @@ def judge_level(
     processor's CPU times are scaled by its factor first.
     """
     from models.calibrate import scaled_processor
-    from models.compare import CPU_SUBJECT, compare
+    from models.compare import CPU_SUBJECT, chance, compare
     from models.results import save
     from models.simulate import simulate
 
@@ -241,6 +241,7 @@ def judge_level(
     lv = Level(
         run.fraction, run.rate, models, measured, compare(models, measured, tol, overload=overload, inputs=inputs), speed=speed, disk=disk
     )
+    lv.chance = chance(models, tol, overload=overload, inputs=inputs)
     if processor == "calibrated" and diagnose:
         # the same level once more with the model given the CPU time per request measured in it: whether a
         # miss is the processor's speed having moved since calibration or the model's structure
@@ -623,6 +624,8 @@ def _print_level(lv: Level, cpu: float | None) -> None:
     print(verdict_table(lv.checks, judged_only=True))
     if (why := lv.diagnosis()) is not None:
         print(f"machine: {why}")
+    if (noise := lv.by_chance()) is not None:
+        print(f"by chance: {noise}")
 
 
 def _meta(
