@@ -143,7 +143,7 @@ class Level:
     def diagnosis(self) -> str | None:
         """One line on what a calibrated level's verdict owes to the machine: the processor's speed and the disk's writes.
 
-        None with neither the operational comparison, a speed reference nor the level's write times.
+        None with neither the operational comparison, a speed reference, a placement nor the level's write times.
         """
         machine = [x.describe() for x in (self.placed, self.speed, self.disk) if x is not None]
         if self.given_cpu is None:
