@@ -192,6 +192,7 @@ def judge_level(
     diagnose: bool = True,
     quiet: bool = True,
     speed: Speed | None = None,
+    placed: Placement | None = None,
 ) -> Level:
     """Run the model on one measured level and compare; the model's runs are saved under ``run.dir / "model"``.
 
@@ -202,7 +203,8 @@ def judge_level(
     own CPU time comes with the level's own flush times of the database
     writes in the db station (:func:`level_disk`), the disk's share of the machine.  With ``speed`` (the
     machine's speed around the level, from the reference runs), the calibrated
-    processor's CPU times are scaled by its factor first.
+    processor's CPU times are scaled by its factor first.  ``placed``: the machine's speed the level's rate was
+    placed by, for the report.
     """
     from models.calibrate import scaled_processor
     from models.compare import CPU_SUBJECT, chance, compare
@@ -239,7 +241,14 @@ def judge_level(
     for r, m in enumerate(models):
         save(m, run.dir / "model" / f"rep-{r:03d}")
     lv = Level(
-        run.fraction, run.rate, models, measured, compare(models, measured, tol, overload=overload, inputs=inputs), speed=speed, disk=disk
+        run.fraction,
+        run.rate,
+        models,
+        measured,
+        compare(models, measured, tol, overload=overload, inputs=inputs),
+        speed=speed,
+        disk=disk,
+        placed=placed,
     )
     lv.chance = chance(models, tol, overload=overload, inputs=inputs)
     if processor == "calibrated" and diagnose:
@@ -480,8 +489,8 @@ def rejudge(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             diagnose=opts.diagnose,
             quiet=opts.quiet,
             speed=speeds.get(f),
+            placed=placements.get(f),
         )
-        lv.placed = placements.get(f)
         done.append(lv)
         _print_level(lv, measurement.cpu_utilization)
     reference = calibrated.system.cpu.reference if calibrated.system.cpu is not None and mode == "bracket" and speeds else None
@@ -541,8 +550,8 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
                 diagnose=opts.diagnose,
                 quiet=opts.quiet,
                 speed=speed,
+                placed=placed,
             )
-            lv.placed = placed
             done.append(lv)
             _print_level(lv, cpu)
             placed = placement(knee, lv, cpu, speed_after) or placed
