@@ -10,7 +10,20 @@ of the replications gives the model's band.
 
 Tolerances (:class:`~models.scenario.Tolerances`): relative for throughput,
 funnel counts, latency percentiles and queue growth; absolute for utilization
-and for error, shed and abandonment rates.  A figure with fewer than
+and for error, shed and abandonment rates.
+
+A measured level is one run of a given length, and its figures carry that
+run's sampling noise: near the knee one 60 s level's p95 moves by more than
+±10 % between runs of the same system.  Each judged check therefore carries a
+``margin``, the 95 % interval of the difference between the model's figure
+and one run's, from the spread of the model's replications (Student's t on
+their standard deviation; a single replication against one run: √2 of it, a
+figure pooled over R replications: √(1 + 1/R); a percentile also its
+histogram's resolution).  Three verdicts: ``pass`` (within the tolerance),
+``noise`` (outside it by less than the margin: this run cannot tell the
+model's miss from its own noise) and ``fail`` (outside the tolerance by more
+than the margin).  A level fails on a ``fail``; the ``noise`` checks are
+counted and shown, so the strict reading stays in view.  A figure with fewer than
 ``min_samples`` requests on either side is shown but not judged (its sampling
 error alone can exceed the tolerance).  At an overload level (above 1.0) the
 latency checks give way to the shed and refusal rates, the queue growth and
@@ -23,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from models.histogram import Histogram
+from models.histogram import MAX_RELATIVE_ERROR, Histogram
 from models.results import RequestSeries, RunResult, StationSeries, StepSeries
 from models.scenario import CPU, Tolerances
 
@@ -52,6 +65,7 @@ class Check:
     relative: bool
     band: tuple[float, float] | None = None  # the model's 95 % band over replications
     note: str = ""
+    margin: float = 0.0  # the sampling noise of the difference (95 %), in the error's units; 0: not estimated
 
     @property
     def error(self) -> float:
@@ -68,7 +82,10 @@ class Check:
             return "info"
         if math.isnan(self.model) or math.isnan(self.measured):
             return "info"
-        return "pass" if abs(self.error) <= self.tolerance + 1e-12 else "fail"
+        miss = abs(self.error)
+        if miss <= self.tolerance + 1e-12:
+            return "pass"
+        return "noise" if miss <= self.tolerance + self.margin + 1e-12 else "fail"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "error": self.error, "verdict": self.verdict}
@@ -93,6 +110,33 @@ def _band(values: list[float]) -> tuple[float, float] | None:
 
     h = t_quantile(len(xs) - 1) * sd
     return (m - h, m + h)  # where a single run of the model falls, 95 %
+
+
+def _margin(values: list[float], measured: float, relative: bool, pooled: bool = False, quantized: bool = False) -> float:
+    """The 95 % interval of (model's figure − one measured run's), in the error's units, from the replications' values.
+
+    The measured run is taken to scatter as one replication does (same
+    length, same arrivals: the replications replay them).  The model's figure
+    is one replication (counts, rates, utilization: √2 × the replications'
+    standard deviation) or pooled over all of them (percentiles: √(1 + 1/R));
+    a percentile adds both sides' histogram resolution.  0 with fewer than
+    three replications (no spread worth the name).
+    """
+    xs = [v for v in values if not math.isnan(v) and not math.isinf(v)]
+    if len(xs) < 3:
+        return 0.0
+    from models.simulate import t_quantile
+
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    half = t_quantile(len(xs) - 1) * sd * math.sqrt(1 + 1 / len(xs) if pooled else 2.0)
+    if relative:
+        if measured == 0 or math.isnan(measured):
+            return 0.0
+        half /= abs(measured)
+    if quantized:
+        half = math.hypot(half, 2 * MAX_RELATIVE_ERROR)
+    return half
 
 
 def queue_growth(r: RunResult, station: str) -> float:
@@ -187,6 +231,7 @@ def _request_checks(
     n_model, n_meas = sum(ms.started), sum(ss.started)
     judged = min(n_model, n_meas) >= enough
     note = "" if judged else f"fewer than {enough} requests"
+    per_rep = [sum(m.requests[rt].ok) / duration for m in models]
     out.append(
         Check(
             rt,
@@ -195,38 +240,31 @@ def _request_checks(
             sum(ss.ok) / duration,
             tol.throughput if judged else None,
             True,
-            _band([sum(m.requests[rt].ok) / duration for m in models]),
+            _band(per_rep),
             note,
+            _margin(per_rep, sum(ss.ok) / duration, True),
         )
     )
-    for metric, reasons, t in (
-        ("error rate", None, tol.error_rate),
-        ("shed rate", ("full",), tol.error_rate),
-        ("abandon rate", ("abandoned", "timeout"), tol.error_rate),
-    ):
+    rates: list[tuple[str, tuple[str, ...] | None]] = [
+        ("error rate", None),
+        ("shed rate", ("full",)),
+        ("abandon rate", ("abandoned", "timeout")),
+    ]
+    if overload:
+        rates.append(("refused rate", REFUSED))
+    for metric, reasons in rates:
+        per_rep = [_rate(_failed(m, rt, reasons), sum(m.requests[rt].started)) for m in models]
         out.append(
             Check(
                 rt,
                 metric,
                 _rate(_failed(m0, rt, reasons), n_model),
                 _rate(_failed(measured, rt, reasons), n_meas),
-                t if judged else None,
-                False,
-                None,
-                note,
-            )
-        )
-    if overload:
-        out.append(
-            Check(
-                rt,
-                "refused rate",
-                _rate(_failed(m0, rt, REFUSED), n_model),
-                _rate(_failed(measured, rt, REFUSED), n_meas),
                 tol.error_rate if judged else None,
                 False,
-                None,
+                _band(per_rep),
                 note,
+                _margin(per_rep, math.nan, False),
             )
         )
     pooled = Histogram.merged(m.requests[rt].total_latency for m in models)
@@ -237,6 +275,7 @@ def _request_checks(
         lat_judged, lat_note = False, "overload level: latency is not judged"
     pcts: tuple[tuple[int, float | None], ...] = ((50, tol.p50), (95, tol.p95), (99, tol.p99))
     for p, limit in pcts:
+        per_rep = [m.requests[rt].total_latency.percentile(p) for m in models]
         out.append(
             Check(
                 rt,
@@ -245,8 +284,9 @@ def _request_checks(
                 mh.percentile(p),
                 limit if lat_judged else None,
                 True,
-                _band([m.requests[rt].total_latency.percentile(p) for m in models]),
+                _band(per_rep),
                 lat_note,
+                _margin(per_rep, mh.percentile(p), True, pooled=True, quantized=True),
             )
         )
     return out
@@ -268,6 +308,7 @@ def _amplification(models: list[RunResult], measured: RunResult, tol: Tolerances
 
     arrived = min(sum(models[0].steps[first].reached), sum(measured.steps[first].reached))
     judged = overload and arrived >= tol.min_samples
+    per_rep = [per_registrant(m) for m in models]
     return Check(
         AMPLIFICATION,
         "per registrant",
@@ -275,8 +316,9 @@ def _amplification(models: list[RunResult], measured: RunResult, tol: Tolerances
         per_registrant(measured),
         tol.throughput if judged else None,
         True,
-        _band([per_registrant(m) for m in models]),
+        _band(per_rep),
         "" if judged else ("judged at overload" if arrived >= tol.min_samples else f"fewer than {tol.min_samples}"),
+        _margin(per_rep, per_registrant(measured), True),
     )
 
 
@@ -289,6 +331,7 @@ def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tole
     pooled = Histogram.merged(m.steps[name].duration for m in models)
     judged = overload and min(pooled.count / len(models), step.duration.count) >= enough
     for p in (50, 95):
+        per_rep = [m.steps[name].duration.percentile(p) for m in models]
         out.append(
             Check(
                 f"step {name}",
@@ -297,13 +340,15 @@ def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tole
                 step.duration.percentile(p),
                 tol.completion if judged else None,
                 True,
-                _band([m.steps[name].duration.percentile(p) for m in models]),
+                _band(per_rep),
                 "" if judged else ("judged at overload" if not overload else f"fewer than {enough}"),
+                _margin(per_rep, step.duration.percentile(p), True, pooled=True, quantized=True),
             )
         )
     for what in ("reached", "completed"):
         a, b = sum(getattr(m0.steps[name], what)), sum(getattr(step, what))
         judged = min(a, b) >= enough
+        per_rep = [float(sum(getattr(m.steps[name], what))) for m in models]
         out.append(
             Check(
                 f"step {name}",
@@ -312,8 +357,9 @@ def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tole
                 float(b),
                 tol.throughput if judged else None,
                 True,
-                _band([float(sum(getattr(m.steps[name], what))) for m in models]),
+                _band(per_rep),
                 "" if judged else f"fewer than {enough}",
+                _margin(per_rep, float(b), True),
             )
         )
     return out
@@ -329,6 +375,7 @@ def _station_checks(
     mu = _mean_utilization(m0, name, seen)
     su = _mean_utilization(measured, name, seen)
     given = station_subject(name) in inputs
+    per_rep = [_mean_utilization(m, name, seen) for m in models]
     out.append(
         Check(
             station_subject(name),
@@ -337,12 +384,14 @@ def _station_checks(
             su,
             None if given else tol.utilization,
             False,
-            _band([_mean_utilization(m, name, seen) for m in models]),
+            _band(per_rep),
             "an input: measured in this level" if given else "",
+            _margin(per_rep, su, False),
         )
     )
     if overload:
         a, b = queue_growth(m0, name), queue_growth(measured, name)
+        growths = [queue_growth(m, name) for m in models]
         judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
         unseen = name == CPU and measured.source == "measured"  # a server publishes no run queue of its event loop
         if unseen:
@@ -355,12 +404,13 @@ def _station_checks(
                 b,
                 tol.queue_growth if judged else None,
                 True,
-                None,
+                _band(growths),
                 "not published by the server (its loop lag is compared instead)"
                 if unseen
                 else ""
                 if judged
                 else "no growth on either side",
+                _margin(growths, b, True),
             )
         )
     return out

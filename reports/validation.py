@@ -131,6 +131,19 @@ class Level:
     def passed(self) -> bool:
         return all(c.verdict != "fail" for c in self.checks)
 
+    def within_noise(self) -> str | None:
+        """One line on the checks outside their tolerance by less than their margin (None when there are none): what a
+        strict reading of the tolerances would fail, and the sampling noise that leaves the miss unresolved."""
+        noisy = [c for c in self.checks if c.verdict == "noise"]
+        if not noisy:
+            return None
+        shown = ", ".join(f"{c.subject} {c.metric} {_err(c)} (±{_tol(c, c.tolerance)} + {_tol(c, c.margin, 1)})" for c in noisy[:6])
+        more = f" and {len(noisy) - 6} more" if len(noisy) > 6 else ""
+        return (
+            f"{len(noisy)} of {sum(c.verdict != 'info' for c in self.checks)} judged checks are outside their tolerance by less than "
+            f"one run's sampling noise (tolerance + margin): {shown}{more}; a longer level would resolve them"
+        )
+
     @property
     def cpu_drift(self) -> float | None:
         """The level's measured server CPU over the model's, minus 1: how far the processor's speed moved from calibration
@@ -202,33 +215,43 @@ def _fmt(metric: str, v: float) -> str:
     return f"{v:.4g}"
 
 
+def _err(c: Check) -> str:
+    if math.isinf(c.error) or math.isnan(c.error):
+        return "-"
+    if c.relative:
+        return f"{c.error:+.1%}"
+    return f"{c.error * 100:+.2f} pt" if ("rate" in c.metric or c.metric == "utilization") else f"{c.error:+.3g}"
+
+
+def _tol(c: Check, x: float | None, digits: int = 0) -> str:
+    """A tolerance or margin in the check's error units."""
+    if x is None:
+        return "-"
+    return f"{x:.{digits}%}" if c.relative else f"{x * 100:.{digits}f} pt"
+
+
 def verdict_table(checks: Sequence[Check], judged_only: bool = False) -> str:
+    """The checks as a table; a judged check's margin (its sampling noise, 95 %) beside its tolerance."""
     rows = []
     for c in checks:
         if judged_only and c.verdict == "info":
             continue
-        err = (
-            f"{c.error:+.1%}"
-            if c.relative
-            else f"{c.error * 100:+.2f} pt"
-            if ("rate" in c.metric or c.metric == "utilization")
-            else f"{c.error:+.3g}"
-        )
-        if math.isinf(c.error) or math.isnan(c.error):
-            err = "-"
-        tol = "-" if c.tolerance is None else (f"±{c.tolerance:.0%}" if c.relative else f"±{c.tolerance * 100:.0f} pt")
+        tol = "-" if c.tolerance is None else f"±{_tol(c, c.tolerance)}"
+        margin = f"±{_tol(c, c.margin, 1)}" if c.tolerance is not None and c.margin > 0 else "-"
+        verdict = "within noise" if c.verdict == "noise" else c.verdict
         rows.append(
             [
                 c.subject,
                 c.metric,
                 _fmt(c.metric, c.model),
                 _fmt(c.metric, c.measured),
-                err,
+                _err(c),
                 tol,
-                c.verdict + (f" ({c.note})" if c.note else ""),
+                margin,
+                verdict + (f" ({c.note})" if c.note else ""),
             ]
         )
-    return table(["subject", "metric", "model", "measured", "error", "tolerance", "verdict"], rows)
+    return table(["subject", "metric", "model", "measured", "error", "tolerance", "margin", "verdict"], rows)
 
 
 def _measured_ci(h: Histogram, p: float) -> tuple[float, float]:
@@ -342,6 +365,8 @@ def write_report(
                 "fraction": lv.fraction,
                 "rate": lv.rate,
                 "passed": lv.passed,
+                "outside_tolerance": sum(c.verdict in ("noise", "fail") for c in lv.checks),
+                "within_noise": sum(c.verdict == "noise" for c in lv.checks),
                 "checks": [c.to_dict() for c in lv.checks],
                 **({"cpu_drift": lv.cpu_drift} if lv.cpu_drift is not None else {}),
                 **({"machine_speed": lv.speed.to_dict()} if lv.speed is not None else {}),
@@ -377,7 +402,11 @@ def write_report(
         f"<h1>Validation of {html.escape(scenario)}: <span class={'pass' if passed else 'fail'}>{'PASS' if passed else 'FAIL'}</span></h1>",
         "<p>The SimPy model (calibrated) against Locust runs on the reference deployment, one steady load level at a time. "
         "Model figures: counts, rates and utilization from the replication that ran the load test's own arrivals and registrants; "
-        "latency percentiles pooled over replications, the shaded band is where one model run falls (95 %).</p>",
+        "latency percentiles pooled over replications. A check passes within its tolerance and fails outside it by more than its "
+        "margin: the 95 % interval of the difference between the model's figure and one run's that the spread of the model's "
+        "replications gives (a level is one run of its length, and near the knee its percentiles move by more than the "
+        "tolerance from run to run). A check outside its tolerance by less than its margin is marked <i>within noise</i>: "
+        "this run cannot tell the model's miss from its own noise; it does not fail the level, and it is counted.</p>",
         f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
         f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b> at {knee.arrival_rate:.4g} "
         f"arrivals/s, "
@@ -409,6 +438,8 @@ def write_report(
         )
         if (why := lv.diagnosis()) is not None:
             parts.append(f"<p>Machine: {html.escape(why)}.</p>")
+        if (noisy := lv.within_noise()) is not None:
+            parts.append(f"<p>Within noise: {html.escape(noisy)}.</p>")
         if (noise := lv.by_chance()) is not None:
             parts.append(f"<p>By chance: {html.escape(noise)}.</p>")
         parts.append(f"<pre>{html.escape(verdict_table(lv.checks))}</pre>")

@@ -633,6 +633,8 @@ def _print_level(lv: Level, cpu: float | None) -> None:
     print(verdict_table(lv.checks, judged_only=True))
     if (why := lv.diagnosis()) is not None:
         print(f"machine: {why}")
+    if (noisy := lv.within_noise()) is not None:
+        print(f"within noise: {noisy}")
     if (noise := lv.by_chance()) is not None:
         print(f"by chance: {noise}")
 
