@@ -51,7 +51,7 @@ class ValidateOptions:
     calibration: Calibration | None  # None: calibrate first
     processor: str = "calibrated"  # or "level": each level's own CPU time per request (operational validation)
     speed_reference: str = "auto"  # "work", "bracket" or "none"; auto: work where the calibration has fixed work, else bracket
-    replications: int = 5
+    replications: int = 10
     diagnose: bool = True
     host: str | None = None
     quiet: bool = False
