@@ -145,7 +145,13 @@ def build_parser(bad_input: int = 2) -> argparse.ArgumentParser:
         "server's fixed computation during the level (reference_server.work); bracket, from the calibration's processor phase rerun "
         "after every level; auto (default): work where the calibration has such a computation, else bracket; none: as calibrated",
     )
-    p.add_argument("--replications", "-r", type=int, default=5, help="model replications per level (default 10): their spread gives each check its sampling margin")
+    p.add_argument(
+        "--replications",
+        "-r",
+        type=int,
+        default=5,
+        help="model replications per level (default 10): their spread gives each check its sampling margin",
+    )
     p.add_argument(
         "--measured",
         default=None,
