@@ -149,7 +149,7 @@ def build_parser(bad_input: int = 2) -> argparse.ArgumentParser:
         "--replications",
         "-r",
         type=int,
-        default=5,
+        default=10,
         help="model replications per level (default 10): their spread gives each check its sampling margin",
     )
     p.add_argument(

@@ -411,3 +411,14 @@ def test_the_margin_is_students_t_on_the_replications_spread() -> None:
     assert _margin([1.0, 2.0, 3.0], 10.0, True, pooled=True) == pytest.approx(4.303 * math.sqrt(4 / 3) / 10, rel=1e-3)
     assert _margin([5.0, 5.0, 5.0], 5.0, True, pooled=True, quantized=True) == pytest.approx(2 * MAX_RELATIVE_ERROR)
     assert _margin([1.0, 2.0], 1.0, False) == 0.0 and _margin([1.0, math.nan, 2.0], 1.0, False) == 0.0
+
+
+def test_validate_runs_ten_model_replications_per_level_unless_told() -> None:
+    # the margins rest on the replications' spread: ten by default (with five, t(4) = 2.78 on a spread read from five)
+    from capacity_args import build_parser
+    from workflows.validate import ValidateOptions
+
+    parser = build_parser()
+    assert parser.parse_args(["validate", "s.yaml"]).replications == 10
+    assert parser.parse_args(["validate", "s.yaml", "-r", "4"]).replications == 4
+    assert ValidateOptions.__dataclass_fields__["replications"].default == 10
