@@ -26,8 +26,9 @@ than the margin).  A level fails on a ``fail``; the ``noise`` checks are
 counted and shown, so the strict reading stays in view.  A figure with fewer than
 ``min_samples`` requests on either side is shown but not judged (its sampling
 error alone can exceed the tolerance).  At an overload level (above 1.0) the
-latency checks give way to the shed and refusal rates, the queue growth and
-the requests sent per registrant (retry amplification).
+latency checks give way to the shed and refusal rates, the queue growth (while
+the measured queue grows: a queue held at its cap has stopped) and the
+requests sent per registrant (retry amplification).
 """
 
 from __future__ import annotations
@@ -139,12 +140,35 @@ def _margin(values: list[float], measured: float, relative: bool, pooled: bool =
     return half
 
 
-def queue_growth(r: RunResult, station: str) -> float:
-    """Requests per second by which a station's queue grew: the slope of its per-interval mean queue."""
+FILLED = 0.9  # a queue at this share of its level's highest interval mean has stopped growing (its cap, or the level's end)
+
+
+PLATEAU = 3  # intervals at least: a queue held this long near its highest has filled
+
+
+def filling(r: RunResult, station: str) -> int:
+    """How many intervals a station's queue was growing: up to and including the first whose mean queue reaches
+    :data:`FILLED` of the highest, when it stays there to the level's end for :data:`PLATEAU` intervals or more
+    (at least two); else every interval.  A queue held at its cap (past the knee the server sheds beyond it)
+    stops growing when full; the slope over the whole level would say when it got there, not how fast."""
     s = r.stations.get(station)
-    if s is None or len(s.queue_mean) < 2:
+    if s is None or not s.queue_mean:
+        return 0
+    qs = s.queue_mean
+    top = max(qs)
+    first = next(k for k, q in enumerate(qs) if q >= FILLED * top)
+    if len(qs) - first < PLATEAU or any(q < FILLED * top for q in qs[first:]):
+        return len(qs)
+    return max(first + 1, 2)
+
+
+def queue_growth(r: RunResult, station: str, upto: int | None = None) -> float:
+    """Requests per second by which a station's queue grew: the slope of its per-interval mean queue (over the first
+    ``upto`` intervals; all by default)."""
+    s = r.stations.get(station)
+    if s is None or len(s.queue_mean[:upto]) < 2:
         return math.nan
-    ys = s.queue_mean
+    ys = s.queue_mean[:upto]
     xs = [(k + 0.5) * r.interval for k in range(len(ys))]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
@@ -390,8 +414,9 @@ def _station_checks(
         )
     )
     if overload:
-        a, b = queue_growth(m0, name), queue_growth(measured, name)
-        growths = [queue_growth(m, name) for m in models]
+        upto = filling(measured, name)  # while the measured queue grew; the model over the same intervals
+        a, b = queue_growth(m0, name, upto), queue_growth(measured, name, upto)
+        growths = [queue_growth(m, name, upto) for m in models]
         judged = max(abs(a), abs(b)) >= 0.5  # below half a request per second, the queue is not growing
         unseen = name == CPU and measured.source == "measured"  # a server publishes no run queue of its event loop
         if unseen:
@@ -407,7 +432,11 @@ def _station_checks(
                 _band(growths),
                 "not published by the server (its loop lag is compared instead)"
                 if unseen
-                else ""
+                else (
+                    f"over the first {upto} of {len(st.queue_mean)} intervals: until the measured queue filled"
+                    if upto < len(st.queue_mean)
+                    else ""
+                )
                 if judged
                 else "no growth on either side",
                 _margin(growths, b, True),

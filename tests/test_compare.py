@@ -422,3 +422,29 @@ def test_validate_runs_ten_model_replications_per_level_unless_told() -> None:
     assert parser.parse_args(["validate", "s.yaml"]).replications == 10
     assert parser.parse_args(["validate", "s.yaml", "-r", "4"]).replications == 4
     assert ValidateOptions.__dataclass_fields__["replications"].default == 10
+
+
+def test_a_queue_held_at_its_cap_is_judged_on_how_fast_it_filled() -> None:
+    # past the knee the server's db queue filled to its cap (400) within 15 s and stayed; the model's filled a little
+    # later: the slope over the whole level says when each got there (the model's +50 % steeper, a fail), the slope
+    # while the measured queue grew (its first three 5 s intervals, to 90 % of its highest) how fast: within 25 %
+    from models.compare import filling, queue_growth
+
+    def capped(source: str, queue: list[float]) -> RunResult:
+        r = run(source, seed=1, refused=2000)
+        r.stations["web"].queue_mean = queue
+        r.stations["web"].busy = [30.0] * len(queue)
+        r.stations["web"].capacity = [100.0] * len(queue)
+        r.arrivals = [N_REQ // len(queue)] * len(queue)
+        r.interval = 5.0
+        return r
+
+    server = capped("measured", [63.0, 311.0, 379.0, 373.0, 392.0, 399.0, 397.0, 386.0, 397.0, 399.0, 396.0, 394.0])
+    model = capped("model", [6.0, 165.0, 337.0, 360.0, 379.0, 360.0, 387.0, 400.0, 408.0, 376.0, 378.0, 404.0])
+    assert filling(server, "web") == 3
+    assert queue_growth(model, "web") / queue_growth(server, "web") - 1 > 0.4  # the whole level: when, not how fast
+    check = next(c for c in compare([model], server, Tolerances(), overload=True) if c.metric == "queue growth /s")
+    assert check.measured == pytest.approx((379.0 - 63.0) / 10.0) and check.model == pytest.approx((337.0 - 6.0) / 10.0)
+    assert check.verdict == "pass" and "first 3 of 12 intervals" in check.note
+    growing = capped("measured", [10.0 * k for k in range(12)])
+    assert filling(growing, "web") == 12  # a queue still growing at the level's end: every interval
