@@ -101,20 +101,29 @@ def _failed(r: RunResult, rt: str, reasons: tuple[str, ...] | None = None) -> in
     return sum(sum(c) for reason, c in series.failed.items() if reasons is None or reason in reasons)
 
 
-def _band(values: list[float]) -> tuple[float, float] | None:
-    xs = sorted(v for v in values if not math.isnan(v))
+def _spread(values: list[float]) -> tuple[int, float, float, float] | None:
+    """The replications' finite values: how many, their mean, standard deviation and Student's t (95 %, two-sided)
+    for that many; None with fewer than two."""
+    xs = [v for v in values if not math.isnan(v) and not math.isinf(v)]
     if len(xs) < 2:
         return None
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
     from models.simulate import t_quantile
 
-    h = t_quantile(len(xs) - 1) * sd
-    return (m - h, m + h)  # where a single run of the model falls, 95 %
+    m = sum(xs) / len(xs)
+    return len(xs), m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)), t_quantile(len(xs) - 1)
 
 
-def _margin(values: list[float], measured: float, relative: bool, pooled: bool = False, quantized: bool = False) -> float:
-    """The 95 % interval of (model's figure − one measured run's), in the error's units, from the replications' values.
+def _band(values: list[float]) -> tuple[float, float] | None:
+    spread = _spread(values)
+    if spread is None:
+        return None
+    _n, m, sd, t = spread
+    return (m - t * sd, m + t * sd)  # where a single run of the model falls, 95 %
+
+
+def _margin(values: list[float], relative_to: float | None = None, pooled: bool = False, quantized: bool = False) -> float:
+    """The 95 % interval of (model's figure − one measured run's) from the replications' values, in the error's units:
+    absolute, or relative to the measured figure ``relative_to``.
 
     The measured run is taken to scatter as one replication does (same
     length, same arrivals: the replications replay them).  The model's figure
@@ -123,18 +132,15 @@ def _margin(values: list[float], measured: float, relative: bool, pooled: bool =
     a percentile adds both sides' histogram resolution.  0 with fewer than
     three replications (no spread worth the name).
     """
-    xs = [v for v in values if not math.isnan(v) and not math.isinf(v)]
-    if len(xs) < 3:
+    spread = _spread(values)
+    if spread is None or spread[0] < 3:
         return 0.0
-    from models.simulate import t_quantile
-
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    half = t_quantile(len(xs) - 1) * sd * math.sqrt(1 + 1 / len(xs) if pooled else 2.0)
-    if relative:
-        if measured == 0 or math.isnan(measured):
+    n, _m, sd, t = spread
+    half = t * sd * math.sqrt(1 + 1 / n if pooled else 2.0)
+    if relative_to is not None:
+        if relative_to == 0 or math.isnan(relative_to):
             return 0.0
-        half /= abs(measured)
+        half /= abs(relative_to)
     if quantized:
         half = math.hypot(half, 2 * MAX_RELATIVE_ERROR)
     return half
@@ -266,7 +272,7 @@ def _request_checks(
             True,
             _band(per_rep),
             note,
-            _margin(per_rep, sum(ss.ok) / duration, True),
+            _margin(per_rep, sum(ss.ok) / duration),
         )
     )
     rates: list[tuple[str, tuple[str, ...] | None]] = [
@@ -288,7 +294,7 @@ def _request_checks(
                 False,
                 _band(per_rep),
                 note,
-                _margin(per_rep, math.nan, False),
+                _margin(per_rep),
             )
         )
     pooled = Histogram.merged(m.requests[rt].total_latency for m in models)
@@ -310,7 +316,7 @@ def _request_checks(
                 True,
                 _band(per_rep),
                 lat_note,
-                _margin(per_rep, mh.percentile(p), True, pooled=True, quantized=True),
+                _margin(per_rep, mh.percentile(p), pooled=True, quantized=True),
             )
         )
     return out
@@ -342,7 +348,7 @@ def _amplification(models: list[RunResult], measured: RunResult, tol: Tolerances
         True,
         _band(per_rep),
         "" if judged else ("judged at overload" if arrived >= tol.min_samples else f"fewer than {tol.min_samples}"),
-        _margin(per_rep, per_registrant(measured), True),
+        _margin(per_rep, per_registrant(measured)),
     )
 
 
@@ -366,7 +372,7 @@ def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tole
                 True,
                 _band(per_rep),
                 "" if judged else ("judged at overload" if not overload else f"fewer than {enough}"),
-                _margin(per_rep, step.duration.percentile(p), True, pooled=True, quantized=True),
+                _margin(per_rep, step.duration.percentile(p), pooled=True, quantized=True),
             )
         )
     for what in ("reached", "completed"):
@@ -383,7 +389,7 @@ def _step_checks(models: list[RunResult], name: str, step: StepSeries, tol: Tole
                 True,
                 _band(per_rep),
                 "" if judged else f"fewer than {enough}",
-                _margin(per_rep, float(b), True),
+                _margin(per_rep, float(b)),
             )
         )
     return out
@@ -410,7 +416,7 @@ def _station_checks(
             False,
             _band(per_rep),
             "an input: measured in this level" if given else "",
-            _margin(per_rep, su, False),
+            _margin(per_rep),
         )
     )
     if overload:
@@ -439,7 +445,7 @@ def _station_checks(
                 )
                 if judged
                 else "no growth on either side",
-                _margin(growths, b, True),
+                _margin(growths, b),
             )
         )
     return out

@@ -407,10 +407,10 @@ def test_the_margin_is_students_t_on_the_replications_spread() -> None:
     from models.compare import _margin
     from models.histogram import MAX_RELATIVE_ERROR
 
-    assert _margin([1.0, 2.0, 3.0], math.nan, False) == pytest.approx(4.303 * math.sqrt(2), rel=1e-3)
-    assert _margin([1.0, 2.0, 3.0], 10.0, True, pooled=True) == pytest.approx(4.303 * math.sqrt(4 / 3) / 10, rel=1e-3)
-    assert _margin([5.0, 5.0, 5.0], 5.0, True, pooled=True, quantized=True) == pytest.approx(2 * MAX_RELATIVE_ERROR)
-    assert _margin([1.0, 2.0], 1.0, False) == 0.0 and _margin([1.0, math.nan, 2.0], 1.0, False) == 0.0
+    assert _margin([1.0, 2.0, 3.0]) == pytest.approx(4.303 * math.sqrt(2), rel=1e-3)
+    assert _margin([1.0, 2.0, 3.0], 10.0, pooled=True) == pytest.approx(4.303 * math.sqrt(4 / 3) / 10, rel=1e-3)
+    assert _margin([5.0, 5.0, 5.0], 5.0, pooled=True, quantized=True) == pytest.approx(2 * MAX_RELATIVE_ERROR)
+    assert _margin([1.0, 2.0]) == 0.0 and _margin([1.0, math.nan, 2.0]) == 0.0
 
 
 def test_validate_runs_ten_model_replications_per_level_unless_told() -> None:
