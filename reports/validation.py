@@ -162,7 +162,7 @@ class Level:
         if self.given_cpu is None:
             return "; ".join(machine) or None
         failed = [
-            f"{c.subject} {c.metric} " + (f"{c.error:+.1%}" if c.relative else f"{c.error * 100:+.1f} pt")
+            f"{c.subject} {c.metric} {_err(c)}"
             for c in self.given_cpu
             if c.verdict == "fail"
         ]
