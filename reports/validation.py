@@ -161,11 +161,7 @@ class Level:
         machine = [x.describe() for x in (self.placed, self.speed, self.disk) if x is not None]
         if self.given_cpu is None:
             return "; ".join(machine) or None
-        failed = [
-            f"{c.subject} {c.metric} {_err(c)}"
-            for c in self.given_cpu
-            if c.verdict == "fail"
-        ]
+        failed = [f"{c.subject} {c.metric} {_err(c)}" for c in self.given_cpu if c.verdict == "fail"]
         drift = self.cpu_drift
         head = "".join(f"{m}; " for m in machine)
         disk = self.disk is not None and self.disk.taken
