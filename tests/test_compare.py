@@ -198,7 +198,7 @@ def test_a_processor_knee_follows_the_machines_speed_at_the_level_that_carried_t
     # 190/s is within 5 % of it; unscaled (no speed) the same level would fail the check (+14 %)
     from models.bottleneck import saturation
     from models.loader import load_scenario
-    from reports.validation import Level, Speed
+    from reports.validation import Level, Placement, Speed
     from workflows.validate import _knee
 
     from .conftest import TEST_SCENARIOS
@@ -215,6 +215,11 @@ def test_a_processor_knee_follows_the_machines_speed_at_the_level_that_carried_t
     assert scaled.arrival_rate == pytest.approx(knee.rate / 0.85) and scaled.reached and scaled.verdict == "pass"
     plain = _knee(scenario, knee, [Level(1.2, 1.2 * knee.rate, [measured], measured)], [10.0], [1.2])
     assert plain.speed is None and plain.verdict == "fail"
+    # the model given the level's own CPU time (no speed of its own), the level placed at 0.85 read in the level before:
+    # the knee then is the same 196/s
+    given = Level(1.2, 1.2 * knee.rate / 0.85, [measured], measured, placed=Placement(0.85, 0.9))
+    placed = _knee(scenario, knee, [given], [10.0], [1.2])
+    assert placed.speed == 0.85 and placed.arrival_rate == pytest.approx(knee.rate / 0.85) and placed.verdict == "pass"
 
 
 def test_the_processors_queue_is_shown_as_the_servers_loop_lag_probe_sees_it() -> None:

@@ -263,9 +263,11 @@ def judge_level(
 PLACE_BUSY = 0.5  # a level's speed places the next level only when its processor was at least this busy
 
 
-def placement(knee: Limit, lv: Level, busy: float | None, reference_after: float | None = None) -> Placement | None:
-    """The machine's speed the level after ``lv`` is placed by, read in ``lv``; None when the knee is not the processor
-    or ``lv`` says nothing reliable about it.
+def placement(
+    knee: Limit, fraction: float, read: Speed | None, busy: float | None, reference_after: float | None = None
+) -> Placement | None:
+    """The machine's speed the level after the one at ``fraction`` is placed by, ``read`` in it (the fixed work's speed
+    during the level); None when the knee is not the processor or the level says nothing reliable about it.
 
     With a speed reference run after the level (``reference_after``, bracketing), that run is the machine just
     before the next level.  Otherwise the speed during the level counts when its processor was at least
@@ -275,11 +277,10 @@ def placement(knee: Limit, lv: Level, busy: float | None, reference_after: float
     if knee.resource != CPU:
         return None
     if reference_after is not None:
-        return Placement(reference_after, lv.fraction)
-    speed = lv.speed
-    if speed is None or speed.during is None or busy is None or busy < PLACE_BUSY or lv.fraction >= 1.0:
+        return Placement(reference_after, fraction)
+    if read is None or read.during is None or busy is None or busy < PLACE_BUSY or fraction >= 1.0:
         return None
-    return Placement(speed.factor, lv.fraction)
+    return Placement(read.factor, fraction)
 
 
 def reference_speed(
@@ -351,8 +352,22 @@ def speed_mode(opts: ValidateOptions, calibration: Calibration) -> str:
         return "none"
     if opts.speed_reference != "auto":
         return opts.speed_reference
-    work = calibration.cpu.get("work", {})
-    return "work" if any(isinstance(w, dict) and isinstance(w.get("work"), dict) for w in work.values()) else "bracket"
+    return "work" if _fixed_work(calibration) else "bracket"
+
+
+def _fixed_work(calibration: Calibration) -> bool:
+    """Whether the calibration has the server's fixed computation (``work`` in a request type's processor work)."""
+    work = (calibration.cpu or {}).get("work", {})
+    return any(isinstance(w, dict) and isinstance(w.get("work"), dict) for w in work.values())
+
+
+def _reads_work(opts: ValidateOptions, calibration: Calibration) -> bool:
+    """Whether each level's speed is read from the server's fixed computation: with the calibrated processor when
+    :func:`speed_mode` says "work", and with ``--processor level`` (whose model needs no speed) to place the next level
+    when the calibration has such a computation, unless ``--speed-reference none``."""
+    if speed_mode(opts, calibration) == "work":
+        return True
+    return opts.processor == "level" and opts.speed_reference not in ("none", "bracket") and _fixed_work(calibration)
 
 
 def _during(calibration: Calibration, calibrated: Scenario, measurement: Measurement, fraction: float, quiet: bool) -> Speed | None:
@@ -535,7 +550,10 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             measurement = lab.measure(path, ldir)
             if (cpu := measurement.cpu_utilization) is not None:
                 measurement.result.meta["server_cpu_utilization"] = cpu
-            speed = _during(calibration, calibrated, measurement, f, opts.quiet) if speed_mode(opts, calibration) == "work" else None
+            # the fixed work's speed during the level: the calibrated model's processor follows it ("work"), and it places
+            # the next level's rate whichever processor the model is given
+            read = _during(calibration, calibrated, measurement, f, opts.quiet) if _reads_work(opts, calibration) else None
+            speed = read if speed_mode(opts, calibration) == "work" else None
             speed_after: float | None = None
             if bracket and reference is not None:
                 speed_after = _speed_run(
@@ -554,7 +572,7 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             )
             done.append(lv)
             _print_level(lv, cpu)
-            placed = placement(knee, lv, cpu, speed_after) or placed
+            placed = placement(knee, f, read, cpu, speed_after) or placed
     meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee, speed_mode(opts, calibration))
     return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
 
@@ -682,7 +700,8 @@ def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[
     machine's speed, the saturation rate is the calibrated one over the speed
     at the level that carried the most (a processor 20 % faster then carries
     20 % more), and saturation counts as reached when that level's rate is at
-    or past it.
+    or past it.  A level whose model was not scaled (``--processor level``) but
+    whose rate was placed by the speed read in the level before takes that speed.
     """
     from models.bottleneck import busiest_step
 
@@ -693,8 +712,9 @@ def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[
         for lv, lasts in zip(done, durations, strict=True)
     ]
     top = max(range(len(served)), key=served.__getitem__)
-    at_top = done[top].speed
-    speed = at_top.factor if knee.resource == CPU and at_top is not None else None
+    at_top, placed = done[top].speed, done[top].placed
+    factor = at_top.factor if at_top is not None else placed.speed if placed is not None else None
+    speed = factor if knee.resource == CPU else None
     rate = knee.rate / speed if speed else knee.rate
     reached = done[top].rate >= rate * (1 - 1e-9) if speed else max(levels) >= 1.0
     return Knee(knee.resource, rt, rate, rate * visits_top, served[top], reached, calibrated.validation.tolerances.throughput, speed)
