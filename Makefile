@@ -26,7 +26,7 @@ browser:
 # the quick tests on every core, then those marked slow one at a time (they pin the server and the load to their own cores)
 test: $(STAMP) browser
 	$(BIN)/pytest -q -m "not slow" -n auto
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -m slow --durations=12
 
 # everything but the tests that start servers, Locust or a full-day run (marked slow), on every core: under a minute
 test-quick: $(STAMP)

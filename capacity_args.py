@@ -144,8 +144,8 @@ def build_parser(bad_input: int = 2) -> argparse.ArgumentParser:
         help="with the calibrated processor, scale each level's CPU times by the machine's speed: work, from the CPU time of the "
         "server's fixed computation during the level (reference_server.work); bracket, from the calibration's processor phase rerun "
         "after every level; auto (default): work where the calibration has such a computation, else bracket; none: as calibrated. "
-        "With a processor knee the speed read in a level also places the next level's rate (with --processor level too, from the "
-        "fixed computation)",
+        "With a processor knee the speed read in a level also places the next level's rate (with --processor level, the saturation "
+        "rate the level's own CPU time per request gives places it)",
     )
     p.add_argument(
         "--replications",

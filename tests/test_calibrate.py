@@ -544,10 +544,11 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     # p95 at 0.3, its p50 at 0.9 from 1/3 to 4 times the measured and its p95 at most 4 times the measured, its processor
     # within 2 points of the server's (the CPU time is given), the throughput within 5 % at 0.3 and from -15 % to +5 %
     # at 0.9; and the model's curve is drawn.
-    # The 0.6 level is there to place 0.9: its rate is 0.9 of the knee at the machine's speed read in 0.6 (0.3 runs the
-    # processor under half busy, too little to read the speed by).  Placed at calibration's speed, a machine that slowed
-    # down between calibration and the level put 0.9 past saturation (one CI run: 163.7 arrivals/s against a highest
-    # 141.9/s carried, 13 % shed; the model, which past saturation sheds more, carried 19 % less).
+    # The 0.6 level is there to place 0.9: its rate is 0.9 of the saturation rate the CPU time per request measured in
+    # 0.6 gives (0.3 runs the processor under half busy, where the loop's steps cost more).  Placed at calibration's
+    # saturation rate, a machine that slowed down between calibration and the level put 0.9 past saturation (one CI
+    # run: 163.7 arrivals/s against a highest 141.9/s carried, 13 % shed; the model, which past saturation sheds more,
+    # carried 19 % less); placed by the fixed work's speed, two of five runs ran it 97-99 % busy (docs/validation.md).
     # The validation itself judges 0.9 at ±20 %; a 15 s level at 0.9 of a processor knee (the processor 88-95 % busy)
     # moves more than that from run to run on a machine whose speed drifts within seconds: the recorded runs put the
     # model's p50 at 0.60 to 2.30 times the measured and its p95 at 0.34 to 1.35 (docs/validation.md), so the test holds
@@ -563,19 +564,26 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert report["knee"]["resource"] == "cpu"
     top_level = next(lv for lv in report["levels"] if lv["fraction"] == 0.9)
     assert top_level["placed"]["read_in"] == 0.6, top_level.get("placed")  # placed by the speed read in 0.6
-    # the knee at the machine's speed the top level was placed by (it carried the most)
-    assert report["knee"]["speed"] == pytest.approx(top_level["placed"]["speed"])
-    assert top_level["rate"] == pytest.approx(0.9 * report["knee"]["arrival_rate"], rel=1e-3)
+    calibrated = report["meta"]["saturation"]["arrival_rate"]
+    assert top_level["rate"] == pytest.approx(0.9 * calibrated / top_level["placed"]["speed"], rel=1e-3)
+    assert "next level's rate is placed at the saturation rate that CPU time" in report["meta"]["speed_reference"]
     overlay = yaml.safe_load((out / "calibration" / "calibration.yaml").read_text())
     assert "work" in overlay["system"]["cpu"]["work"]["register"]
     checks = {(lv["fraction"], c["subject"], c["metric"]): c for lv in report["levels"] for c in lv["checks"]}
     assert checks[(0.9, "register", "p95")]["measured"] > 1.5 * checks[(0.3, "register", "p95")]["measured"]
     assert checks[(0.3, "register", "throughput /s")]["verdict"] == "pass", checks[(0.3, "register", "throughput /s")]
     top = checks[(0.9, "register", "throughput /s")]
-    assert 0.85 <= top["model"] / top["measured"] <= 1.05, top  # a model that ran away loses far more (see above)
+    cpu = checks[(0.9, "station cpu", "utilization")]
+    # the machine can slow down by a fifth between 0.6 and 0.9 (one run: 1.03 x calibration's CPU time per request in
+    # 0.6, 1.23 x in 0.9), and then 0.9 runs at or past saturation: the server's processor 95 % busy or more, or
+    # shedding.  There a 15 s level's goodput depends on the backlog each side holds when it ends (four such runs, the
+    # server 88 % busy shedding 13 %, 96.8, 98.8 and 99.0 % busy: the model, given the level's CPU time, carried 0.81,
+    # 0.85, 0.83 and 0.93 of the server's registrations); the overload level of the knee validation judges that regime.
+    # Below saturation the model carries within -15 % to +5 %.
+    saturated = cpu["measured"] >= 0.95 or checks[(0.9, "register", "shed rate")]["measured"] > 0.01
+    assert (0.75 if saturated else 0.85) <= top["model"] / top["measured"] <= 1.05, top  # a model that ran away loses more
     p50, p95 = checks[(0.9, "register", "p50")], checks[(0.9, "register", "p95")]
     assert p50["tolerance"] == pytest.approx(0.2) and 1 / 3 <= p50["model"] / p50["measured"] <= 4, p50
-    cpu = checks[(0.9, "station cpu", "utilization")]
     # resume steps counted once (they were twice: +2.4 points); under by more only as the model falls behind a level that
     # landed past saturation (one run: the server 97.2 % busy, the model 95.1 % with 10 % fewer registrations carried)
     assert -0.05 < cpu["model"] - cpu["measured"] < 0.02, cpu

@@ -361,13 +361,23 @@ def _fixed_work(calibration: Calibration) -> bool:
     return any(isinstance(w, dict) and isinstance(w.get("work"), dict) for w in work.values())
 
 
-def _reads_work(opts: ValidateOptions, calibration: Calibration) -> bool:
-    """Whether each level's speed is read from the server's fixed computation: with the calibrated processor when
-    :func:`speed_mode` says "work", and with ``--processor level`` (whose model needs no speed) to place the next level
-    when the calibration has such a computation, unless ``--speed-reference none``."""
-    if speed_mode(opts, calibration) == "work":
-        return True
-    return opts.processor == "level" and opts.speed_reference not in ("none", "bracket") and _fixed_work(calibration)
+def _cpu_read(calibration: Calibration, knee: Limit, scenario: Scenario, measurement: Measurement) -> Speed | None:
+    """With ``--processor level``: the machine's speed in a level as the calibrated saturation rate over the one the
+    level's own CPU time per request gives (:func:`level_processor`; 1.1: the processor saturates 10 % sooner than
+    calibrated); None when the knee is not the processor or the level has no CPU accounting.
+
+    The model of the next level is given that level's own CPU time, so its rate is placed by the CPU time the
+    machine took in the level before, what calibration's law and the fixed work's speed say about it aside: the
+    law's extrapolation to saturation can be off by several percent, and at 0.9 of the knee that moves the
+    processor from 90 % to 97 % busy (docs/validation.md).
+    """
+    from models.bottleneck import saturation
+
+    given = level_processor(calibration, measurement)
+    if knee.resource != CPU or given is calibration:
+        return None
+    then = saturation(given.on(scenario))
+    return Speed(None, None, during=knee.rate / then.rate) if then.resource == CPU and then.rate > 0 else None
 
 
 def _during(calibration: Calibration, calibrated: Scenario, measurement: Measurement, fraction: float, quiet: bool) -> Speed | None:
@@ -550,9 +560,13 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             measurement = lab.measure(path, ldir)
             if (cpu := measurement.cpu_utilization) is not None:
                 measurement.result.meta["server_cpu_utilization"] = cpu
-            # the fixed work's speed during the level: the calibrated model's processor follows it ("work"), and it places
-            # the next level's rate whichever processor the model is given
-            read = _during(calibration, calibrated, measurement, f, opts.quiet) if _reads_work(opts, calibration) else None
+            # the machine's speed during the level, which places the next level's rate: the fixed work's, which the
+            # calibrated model's processor follows too ("work"); given each level's own CPU time, the CPU time's
+            read: Speed | None = None
+            if speed_mode(opts, calibration) == "work":
+                read = _during(calibration, calibrated, measurement, f, opts.quiet)
+            elif opts.processor == "level":
+                read = _cpu_read(calibration, knee, scenario, measurement)
             speed = read if speed_mode(opts, calibration) == "work" else None
             speed_after: float | None = None
             if bracket and reference is not None:
@@ -685,6 +699,9 @@ def _meta(
             else "work: each level's calibrated CPU times scaled by the machine's speed during it, the CPU time of the server's "
             "fixed computation (reference_server.work) over calibration's"
             if mode == "work"
+            else "none in the model, which is given each level's own CPU time; with the processor as the knee, the next "
+            "level's rate is placed at the saturation rate that CPU time per request gives"
+            if opts.processor == "level"
             else "none"
         ),
         "saturation": {"resource": knee.resource, "arrival_rate": knee.rate, "kind": knee.kind},
