@@ -785,6 +785,33 @@ def test_the_disks_part_of_a_db_visit_is_recorded_and_a_level_given_its_own_mach
         load_scenario(SMALL, overlay={"system": {"stations": {DATABASE: {"disk": {"nope": "1ms"}}}}})
 
 
+def test_a_level_given_its_own_cpu_time_reads_the_machines_speed_by_that_time() -> None:
+    # validate --processor level places the next level by the level's own CPU time: mg1-cpu saturates its processor at
+    # 1 / 6 ms = 166.7 requests/s as calibrated; a level whose pings took 7.2 ms of CPU each (1000 in 10 s, the process
+    # 7.2 s of CPU) saturates it at 138.9/s, so the machine read 1.2 x (the next level placed 1 / 1.2 as high); a level
+    # without CPU accounting, or a knee that is not the processor, reads nothing
+    from models.bottleneck import Limit, saturation
+    from models.overlay import Calibration
+    from workflows.measure import Measurement
+    from workflows.validate import _cpu_read, placement
+
+    scenario = load_scenario(TEST_SCENARIOS / "mg1-cpu.yaml")
+    work = {"ping": {"steps": 1, "step": {"dist": "gamma", "mean": "6ms", "cv": 1.5}}}
+    calibration = Calibration({"system": {"cpu": {"cores": 1, "threads": [], "work": work, "background": 0.0}}})
+    knee = saturation(calibration.on(scenario))
+    assert knee.resource == "cpu" and knee.rate == pytest.approx(1 / 0.006)
+    before = snapshot(cpu_text(0.0, {"ping": (0, 0, 0, 0, 0)}), at=0.0)
+    after = snapshot(cpu_text(7.2, {"ping": (1000, 1000, 7.2, 1000 * 2 * 0.0072**2, 0.0)}), at=10.0)
+    measured = RunResult("measured", "mg1-cpu", 0.0, 1.0, [], {}, {}, {})
+    level = Measurement(scenario, measured, before, after)
+    read = _cpu_read(calibration, knee, scenario, level)
+    assert read is not None and read.factor == pytest.approx(1.2, rel=1e-3)
+    placed = placement(knee, 0.6, read, busy=level.cpu_utilization)
+    assert placed is not None and 0.9 * knee.rate / placed.speed == pytest.approx(0.9 / 0.0072, rel=1e-3)
+    assert _cpu_read(calibration, knee, scenario, Measurement(scenario, measured, before, snapshot(metrics_text(0, 0, 0), at=10.0))) is None
+    assert _cpu_read(calibration, Limit("net", 0.001, 1000, 1e6, "servers"), scenario, level) is None
+
+
 def test_a_level_near_the_knee_is_placed_by_the_machines_speed_read_in_the_level_before() -> None:
     # a processor knee at 100 arrivals/s on a machine that read 4 % slower in the 0.9 level: 0.95 is placed at
     # 0.95 x 100 / 1.04 = 91.3/s, 0.95 of what that machine carries; a lightly loaded level, an overload level and a

@@ -267,7 +267,8 @@ def placement(
     knee: Limit, fraction: float, read: Speed | None, busy: float | None, reference_after: float | None = None
 ) -> Placement | None:
     """The machine's speed the level after the one at ``fraction`` is placed by, ``read`` in it (the fixed work's speed
-    during the level); None when the knee is not the processor or the level says nothing reliable about it.
+    during the level, or with ``--processor level`` its CPU time's, :func:`_cpu_read`); None when the knee is not the
+    processor or the level says nothing reliable about it.
 
     With a speed reference run after the level (``reference_after``, bracketing), that run is the machine just
     before the next level.  Otherwise the speed during the level counts when its processor was at least
@@ -367,9 +368,9 @@ def _cpu_read(calibration: Calibration, knee: Limit, scenario: Scenario, measure
     calibrated); None when the knee is not the processor or the level has no CPU accounting.
 
     The model of the next level is given that level's own CPU time, so its rate is placed by the CPU time the
-    machine took in the level before, what calibration's law and the fixed work's speed say about it aside: the
-    law's extrapolation to saturation can be off by several percent, and at 0.9 of the knee that moves the
-    processor from 90 % to 97 % busy (docs/validation.md).
+    machine took in the level before, whatever calibration's law and the fixed work's speed say: the loop's steps
+    move apart from the fixed work, and near the knee a few percent of CPU time moves the processor's queue by a
+    factor (docs/validation.md).
     """
     from models.bottleneck import saturation
 
