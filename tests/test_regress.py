@@ -158,11 +158,10 @@ def test_bad_regress_input_is_refused_before_any_load(
 
 @pytest.mark.slow
 def test_regress_passes_an_unchanged_server_and_fails_a_slowed_one(tmp_path: Path) -> None:
-    # a baseline of two 20 s runs (four 5 s intervals each): the band is the run-to-run noise read from two runs, and
-    # on this machine a run's median moves 12-25 % from run to run, so the band flags only large changes.  One make
-    # test run with the server twice as slow: register p50 +74 % (p = 0.0097) and still inside its band (9.7 to
-    # 62.7 ms around 24.8 ms), so nothing failed; the server here is four times as slow (its stations' time + 300 %).
-    # Changes of 30 % need longer runs or the A/B mode (next test)
+    # a baseline of two 20 s runs (four 5 s intervals each): the band is the run-to-run noise read from two runs, so on
+    # a machine whose speed drifts it flags only large changes (a server twice as slow stayed inside it once:
+    # docs/validation.md, "The regression gate's slow test"); the server here is four times as slow (its stations'
+    # time + 300 %).  Changes of 30 % need longer runs or the A/B mode (next test)
     smoke = str(SCENARIOS / "smoke.yaml")
     base = tmp_path / "smoke.json"
     assert main(["baseline", smoke, "--to", str(base), "--runs", "2", "--duration", "20s", "-q"]) == 0
