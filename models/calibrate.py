@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import math
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ __all__ = [
     "scaled_processor",
     "station_series",
     "disk_waits",
+    "disk_stalls",
+    "without_stalls",
+    "Stall",
     "cpu_fields",
     "MIN_SAMPLES",
     "DATABASE",
@@ -432,6 +436,93 @@ LAW_APART = 0.03  # utilization: phases closer than this to one already in the l
 def busy_between(a: Snapshot, b: Snapshot) -> float:
     """The processor's utilization between two scrapes: the process's CPU seconds over the elapsed time."""
     return ((b.cpu_seconds or 0.0) - (a.cpu_seconds or 0.0)) / max(b.at - a.at, 1e-9)
+
+
+STALL = 5.0  # a scrape interval whose flushes took this many times the phase's median interval's, per flush, held a disk stall
+STALL_FLOOR = 0.002  # seconds a flush: an interval whose flushes took less than this on average is never counted as a stall
+STALL_INTERVALS = 6  # scrape intervals with flushes: a phase with fewer has no median to judge a stall against
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A scrape interval in which the disk's flushes stalled: from ``start`` to ``end`` (seconds of the load's own clock),
+    ``flush`` seconds per flush against the phase's median interval's ``typical``."""
+
+    start: float
+    end: float
+    flush: float
+    typical: float
+
+
+def disk_stalls(scrapes: list[Snapshot]) -> list[Stall]:
+    """The scrape intervals in which the database's flushes stalled.
+
+    An interval stalls when its mean flush (the writer's commit time per
+    batch) is at least :data:`STALL` times the median interval's and above
+    :data:`STALL_FLOOR`.  On the development machine's disk a flush now and
+    then takes hundreds of milliseconds, hundreds of times the usual, and the
+    writes queued behind it wait as long; at a low load one such flush moves
+    a second's mean flush many times over (docs/calibration.md).  None for
+    fewer than :data:`STALL_INTERVALS` intervals with flushes.
+    """
+    intervals: list[tuple[Snapshot, Snapshot, float]] = []
+    for a, b in zip(scrapes, scrapes[1:], strict=False):
+        batches = b.writer.get("batches", 0.0) - a.writer.get("batches", 0.0)
+        if batches > 0:
+            intervals.append((a, b, max(b.writer.get("commit_seconds", 0.0) - a.writer.get("commit_seconds", 0.0), 0.0) / batches))
+    if len(intervals) < STALL_INTERVALS:
+        return []
+    typical = statistics.median(f for _, _, f in intervals)
+    return [Stall(a.at, b.at, f, typical) for a, b, f in intervals if f >= max(STALL * typical, STALL_FLOOR)]
+
+
+def without_stalls(before: Snapshot, after: Snapshot, scrapes: list[Snapshot]) -> tuple[Snapshot, list[Stall]]:
+    """``after`` with what the stalled intervals (:func:`disk_stalls`) counted taken out, and the stalls.
+
+    For the station and database figures only (``typed``, ``writer``,
+    ``writes`` and the elapsed time): what :func:`service_estimates` and
+    :func:`disk_waits` read between ``before`` and the returned snapshot.  Its
+    processor figures are left out (None), so that nothing reads the
+    processor's time over a stretch it was not measured over.  ``after``
+    itself when nothing stalled.
+    """
+    stalls = disk_stalls(scrapes)
+    if not stalls:
+        return after, []
+    by_start = {s.start for s in stalls}
+    typed = {k: list(v) for k, v in after.typed.items()}
+    writer = dict(after.writer)
+    writes = {k: list(v) for k, v in after.writes.items()}
+    elapsed = 0.0
+    for a, b in zip(scrapes, scrapes[1:], strict=False):
+        if a.at not in by_start:
+            continue
+        elapsed += b.at - a.at
+        for key, v in b.typed.items():
+            typed[key] = _less(typed.get(key, []), v, a.typed.get(key, []))
+        for name, x in b.writer.items():
+            writer[name] = writer.get(name, 0.0) - (x - a.writer.get(name, 0.0))
+        for rt, v in b.writes.items():
+            writes[rt] = _less(writes.get(rt, []), v, a.writes.get(rt, []))
+    clean = Snapshot(
+        at=after.at - elapsed,
+        servers=after.servers,
+        queue=after.queue,
+        shed=after.shed,
+        typed=typed,
+        threaded=after.threaded,
+        writer=writer,
+        writes=writes,
+        loop=after.loop,
+    )
+    return clean, stalls
+
+
+def _less(total: list[float], upto: list[float], since: list[float]) -> list[float]:
+    """Counters ``total`` less what they counted between two scrapes (``since`` then ``upto``; missing ones are zeros)."""
+    n = max(len(total), len(upto), len(since))
+    pad = [0.0] * n
+    return [t - (u - s) for t, u, s in zip([*total, *pad][:n], [*upto, *pad][:n], [*since, *pad][:n], strict=True)]
 
 
 def disk_waits(scenario: Scenario, before: Snapshot, after: Snapshot) -> dict[str, float]:

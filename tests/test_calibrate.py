@@ -781,6 +781,52 @@ def test_the_disks_part_of_a_db_visit_is_recorded_and_a_level_given_its_own_mach
         load_scenario(SMALL, overlay={"system": {"stations": {DATABASE: {"disk": {"nope": "1ms"}}}}})
 
 
+def test_a_disk_stall_in_calibration_is_left_out_of_the_db_demand() -> None:
+    # twelve one-second scrapes: each second 20 register visits of 2.5 ms, each with one write flushed in its own batch
+    # of 0.5 ms; in the seventh second one flush took 400 ms (a journal commit) and the 20 visits behind it waited
+    # 200 ms more on average.  The stall second's flush (20.5 ms a batch, 41x the median's 0.5 ms) is found and its
+    # counts are taken out: the demand is the other eleven seconds' 2.5 ms (all twelve: 19.2 ms), the disk's 0.5 ms
+    from models.calibrate import DATABASE, STALL, Stall, disk_stalls, disk_waits, without_stalls
+
+    scenario = load_scenario(SMALL)
+    scrapes: list[Snapshot] = []
+    visits = busy = commits = 0.0
+    for second in range(13):
+        if second:
+            stalled = second == 7
+            visits += 20
+            busy += 20 * (2.5e-3 + (0.2 if stalled else 0.0))
+            commits += 19 * 0.5e-3 + (0.4 if stalled else 0.5e-3)
+        typed = {(DATABASE, "register"): [visits, busy, 0.0, 0.0, 0.0]}
+        writer = {"batches": visits, "commit_seconds": commits}
+        scrapes.append(
+            Snapshot(at=float(second), servers={DATABASE: 2.0}, typed=typed, writer=writer, writes={"register": [visits, 0.0, 0.0]})
+        )
+    stalls = disk_stalls(scrapes)
+    assert stalls == [Stall(6.0, 7.0, pytest.approx(0.02047, rel=1e-3), pytest.approx(0.5e-3))]
+    before, after = scrapes[0], scrapes[-1]
+    assert service_estimates(before, after)[(DATABASE, "register")].mean == pytest.approx(19.17e-3, rel=1e-3)
+    clean, found = without_stalls(before, after, scrapes)
+    assert found == stalls and clean.at == pytest.approx(11.0) and clean.cpu_seconds is None
+    estimate = service_estimates(before, clean)[(DATABASE, "register")]
+    assert (estimate.n, estimate.mean) == (220, pytest.approx(2.5e-3))
+    assert disk_waits(scenario, before, clean) == {"register": pytest.approx(0.5e-3)}
+    # a second that is slower but not stalled (4x the median, under STALL), too few seconds to judge, or no stall at all:
+    # the counts are left whole
+    slow = [
+        dataclasses.replace(s, writer={**s.writer, "commit_seconds": s.writer["commit_seconds"] - (0.4095 - 20 * 4 * 0.5e-3) * (s.at >= 7)})
+        for s in scrapes
+    ]
+    assert 4 < STALL and disk_stalls(slow) == [] and without_stalls(before, slow[-1], slow) == (slow[-1], [])
+    assert disk_stalls(scrapes[4:9]) == []
+    # the flushes of a disk that is fast everywhere (0.1 ms) with one second at 1 ms are under STALL_FLOOR: no stall
+    fast = [
+        dataclasses.replace(s, writer={"batches": s.writer["batches"], "commit_seconds": s.at * 2e-3 + 18e-3 * (s.at >= 7)})
+        for s in scrapes
+    ]
+    assert disk_stalls(fast) == []
+
+
 def test_a_level_given_its_own_cpu_time_reads_the_machines_speed_by_that_time() -> None:
     # validate --processor level places the next level by the level's own CPU time: mg1-cpu saturates its processor at
     # 1 / 6 ms = 166.7 requests/s as calibrated; a level whose pings took 7.2 ms of CPU each (1000 in 10 s, the process

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from models.calibrate import CpuEstimate, ServiceEstimate, Snapshot
+from models.calibrate import CpuEstimate, ServiceEstimate, Snapshot, Stall
 from models.overlay import Calibration
 from models.scenario import Scenario
 from models.speed import SpeedModes
@@ -77,6 +77,7 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
         overheads,
         service_estimates,
         steady_scenario,
+        without_stalls,
     )
     from models.loader import parse_scenario
 
@@ -105,8 +106,13 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
             f"{lab.host}/metrics publishes no surgecap_station_* figures, so service demands cannot be measured; the model keeps "
             f"the scenario's configured service times"
         )
-    estimates = service_estimates(before, after)
-    disk = disk_waits(scenario, before, after)
+    # a second in which the disk stalled (one flush taking hundreds of milliseconds) would put its wait, and that of every
+    # write queued behind it, into the db station's demand: those seconds are left out of the demands
+    clean, stalls = without_stalls(before, after, low.scrapes)
+    if stalls:
+        say("calibrate", stalls_text(stalls, low.scrapes), quiet)
+    estimates = service_estimates(before, clean)
+    disk = disk_waits(scenario, before, clean)
     background = before.idle_cpu or 0.0
     low_cpu = cpu_estimates(before, after, scenario.request_types, background)
     threads = {name for name, v in after.threaded.items() if v and name in scenario.system.stations}
@@ -152,6 +158,8 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
     text = _calibration_text(scenario, estimates, low_cpu, cpu, law, modes, overhead, fitted)
+    if stalls:
+        text += "\n\n" + stalls_text(stalls, low.scrapes)
     return Calibrated(calibration, path, text)
 
 
@@ -206,6 +214,17 @@ def _calibration_text(
         )
         text += "\n".join(f"  {rt:14s} {v * 1000:.2f}ms" for rt, v in overhead.items())
     return text
+
+
+def stalls_text(stalls: list[Stall], scrapes: list[Snapshot]) -> str:
+    """One sentence on the disk stalls calibration's low load left out of the service demands."""
+    worst = max(stalls, key=lambda s: s.flush)
+    intervals = max(len(scrapes) - 1, 1)
+    return (
+        f"the disk stalled in {len(stalls)} of the low load's {intervals} scrape intervals (flushes of {worst.flush * 1000:.3g} ms "
+        f"on average in the worst, {worst.flush / worst.typical:.0f}x the median interval's {worst.typical * 1000:.3g} ms): "
+        f"what those intervals counted is left out of the service demands and the disk's time per visit"
+    )
 
 
 def calibration_header(scenario_file: str, path: Path, load: str) -> str:
