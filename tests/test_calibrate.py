@@ -812,6 +812,12 @@ def test_a_disk_stall_in_calibration_is_left_out_of_the_db_demand() -> None:
     estimate = service_estimates(before, clean)[(DATABASE, "register")]
     assert (estimate.n, estimate.mean) == (220, pytest.approx(2.5e-3))
     assert disk_waits(scenario, before, clean) == {"register": pytest.approx(0.5e-3)}
+    from workflows.calibrate import stalls_text  # what calibration prints, and writes into its file's header
+
+    assert stalls_text(stalls, scrapes).startswith(
+        "the disk stalled in 1 of the low load's 12 scrape intervals (flushes of 20.5 ms on average in the worst, 41x the median "
+        "interval's 0.5 ms)"
+    )
     # a second that is slower but not stalled (4x the median, under STALL), too few seconds to judge, or no stall at all:
     # the counts are left whole
     slow = [

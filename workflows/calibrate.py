@@ -155,6 +155,8 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     header = calibration_header(
         source, path, f"{rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "")
     )
+    if stalls:
+        header += f"# {stalls_text(stalls, low.scrapes)}\n"
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
     text = _calibration_text(scenario, estimates, low_cpu, cpu, law, modes, overhead, fitted)
