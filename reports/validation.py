@@ -65,13 +65,18 @@ class Disk:
     calibrated: float
     level: float
     taken: bool = True  # False: shown only, the processor too busy for the flush times to be the disk's alone
+    stalls: int = 0  # scrape intervals of the level in which the disk's flushes stalled (models.calibrate.disk_stalls)
+    intervals: int = 0  # of the level's scrape intervals
 
     def describe(self) -> str:
         shown = "" if self.taken else " (not taken: on a processor this busy they include the writer's waits for the interpreter lock)"
-        return f"database flushes {self.level * 1000:.3g} ms a db visit against calibration's {self.calibrated * 1000:.3g} ms{shown}"
+        stalled = f"; the disk stalled in {self.stalls} of the level's {self.intervals} scrape intervals" if self.stalls else ""
+        return (
+            f"database flushes {self.level * 1000:.3g} ms a db visit against calibration's {self.calibrated * 1000:.3g} ms{shown}{stalled}"
+        )
 
-    def to_dict(self) -> dict[str, float | bool]:
-        return {"calibrated": self.calibrated, "level": self.level, "taken": self.taken}
+    def to_dict(self) -> dict[str, float | bool | int]:
+        return {"calibrated": self.calibrated, "level": self.level, "taken": self.taken, "stalls": self.stalls, "intervals": self.intervals}
 
 
 @dataclass(frozen=True)

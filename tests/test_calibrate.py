@@ -758,6 +758,17 @@ def test_the_disks_part_of_a_db_visit_is_recorded_and_a_level_given_its_own_mach
     assert ver.mean == pytest.approx(3.0e-3)
     assert disk is not None and (disk.calibrated, disk.level) == (pytest.approx(0.75e-3), pytest.approx(1.5e-3))
     assert disk.describe() == "database flushes 1.5 ms a db visit against calibration's 0.75 ms"
+    assert (disk.stalls, disk.intervals) == (0, 0)  # a level without its own scrapes has none to count
+    # the level's own scrapes: ten seconds of 40 flushes at 1 ms and one of 40 at 20 ms on average (a stall); counted
+    # and shown, the level's flush times taken as measured
+    seconds = [
+        dataclasses.replace(start, at=float(t), writer={"batches": 40.0 * t, "commit_seconds": 0.04 * t + 0.76 * (t >= 6)})
+        for t in range(12)
+    ]
+    _, stalled = level_disk(Calibration(overlay), dataclasses.replace(level, scrapes=seconds))
+    assert stalled is not None and (stalled.stalls, stalled.intervals, stalled.level) == (1, 11, pytest.approx(disk.level))
+    assert stalled.describe().endswith("; the disk stalled in 1 of the level's 11 scrape intervals")
+    assert stalled.to_dict()["stalls"] == 1
     assert parse_duration(overlay["system"]["stations"][DATABASE]["service"]["register"]["mean"]) == 2.5e-3
     # a flush far faster than at calibration never takes the service time below a tenth of itself
     quick = Measurement(scenario, measured, start, scrape(10.0, 200, 0.02, {"register": 200}))  # 0.05 ms a visit against 2.4 ms

@@ -109,11 +109,13 @@ def level_disk(calibration: Calibration, measurement: Measurement) -> tuple[Cali
     takes): above :data:`DISK_BUSY` the flush
     times are shown and the calibration is left as it is.  Comes back
     unchanged, with None, when the calibration recorded no flush times or
-    the level has no scrapes.
+    the level has no scrapes.  The stalls among the level's own scrapes
+    (:func:`models.calibrate.disk_stalls`) are counted and shown, never
+    taken out: the level is judged as measured.
     """
     from pydantic import TypeAdapter
 
-    from models.calibrate import DATABASE, disk_waits
+    from models.calibrate import DATABASE, disk_stalls, disk_waits
     from models.distributions import Distribution
 
     station = (calibration.overlay.get("system") or {}).get("stations", {}).get(DATABASE) or {}
@@ -132,6 +134,8 @@ def level_disk(calibration: Calibration, measurement: Measurement) -> tuple[Cali
         calibrated=sum(recorded[rt] * n for rt, n in visits.items()) / total,
         level=sum(now[rt] * n for rt, n in visits.items()) / total,
         taken=taken,
+        stalls=len(disk_stalls(measurement.scrapes)),
+        intervals=max(len(measurement.scrapes) - 1, 0),
     )
     if not taken:
         return calibration, disk
