@@ -795,7 +795,7 @@ def test_the_disks_part_of_a_db_visit_is_recorded_and_a_level_given_its_own_mach
 
 def test_a_disk_stall_in_calibration_is_left_out_of_the_db_demand() -> None:
     # twelve one-second scrapes: each second 20 register visits of 2.5 ms, each with one write flushed in its own batch
-    # of 0.5 ms; in the seventh second one flush took 400 ms (a journal commit) and the 20 visits behind it waited
+    # of 0.5 ms; in the seventh second one flush took 400 ms and the 20 visits behind it waited
     # 200 ms more on average.  The stall second's flush (20.5 ms a batch, 41x the median's 0.5 ms) is found and its
     # counts are taken out: the demand is the other eleven seconds' 2.5 ms (all twelve: 19.2 ms), the disk's 0.5 ms
     from models.calibrate import DATABASE, STALL, Stall, disk_stalls, disk_waits, without_stalls
@@ -878,7 +878,7 @@ def test_a_level_near_the_knee_is_placed_by_the_machines_speed_read_in_the_level
     # knee that is not the processor place nothing; a speed reference run after the level is the machine just before the next
     from models.bottleneck import Limit
     from reports.validation import Placement, Speed
-    from workflows.validate import PLACE_BUSY, placement
+    from workflows.validate import PLACE_BUSY, PLACE_BUSY_CPU, placement
 
     cpu_knee, db_knee = Limit("cpu", 0.01, 1, 100.0, "servers"), Limit("db", 0.08, 8, 100.0, "servers")
 
@@ -889,6 +889,10 @@ def test_a_level_near_the_knee_is_placed_by_the_machines_speed_read_in_the_level
     assert found == Placement(1.04, 0.9) and 0.95 * cpu_knee.rate / found.speed == pytest.approx(91.346, abs=1e-3)
     assert "level 0.9 (1.040 x" in found.describe()
     assert placement(cpu_knee, 0.3, read(0.93), busy=PLACE_BUSY - 0.2) is None
+    # the CPU time's reading (--processor level) counts from PLACE_BUSY_CPU: a level at 45 % busy places the next one
+    assert PLACE_BUSY_CPU < 0.45 < PLACE_BUSY
+    assert placement(cpu_knee, 0.6, read(0.78), busy=0.45, least=PLACE_BUSY_CPU) == Placement(0.78, 0.6)
+    assert placement(cpu_knee, 0.3, read(0.92), busy=0.26, least=PLACE_BUSY_CPU) is None
     assert placement(cpu_knee, 1.2, read(1.1), busy=0.99) is None
     assert placement(db_knee, 0.9, read(1.04), busy=0.92) is None
     assert placement(cpu_knee, 0.9, read(None), busy=0.92) is None

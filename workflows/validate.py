@@ -265,25 +265,33 @@ def judge_level(
 
 
 PLACE_BUSY = 0.5  # a level's speed places the next level only when its processor was at least this busy
+# with --processor level, the level's CPU time per request places it from this busy: without the law, a lighter level
+# reads the machine somewhat slower than it is, so the next level lands lower, never past the knee (docs/validation.md)
+PLACE_BUSY_CPU = 0.4
 
 
 def placement(
-    knee: Limit, fraction: float, read: Speed | None, busy: float | None, reference_after: float | None = None
+    knee: Limit,
+    fraction: float,
+    read: Speed | None,
+    busy: float | None,
+    reference_after: float | None = None,
+    least: float = PLACE_BUSY,
 ) -> Placement | None:
     """The machine's speed the level after the one at ``fraction`` is placed by, ``read`` in it (the fixed work's speed
     during the level, or with ``--processor level`` its CPU time's, :func:`_cpu_read`); None when the knee is not the
     processor or the level says nothing reliable about it.
 
     With a speed reference run after the level (``reference_after``, bracketing), that run is the machine just
-    before the next level.  Otherwise the speed during the level counts when its processor was at least
-    :data:`PLACE_BUSY` busy (a lightly loaded level's reading rests mostly on the utilization law's low end) and
-    the level was below saturation.
+    before the next level.  Otherwise the speed during the level counts when its processor was at least ``least``
+    busy (:data:`PLACE_BUSY`: a lightly loaded level's reading rests mostly on the utilization law's low end;
+    :data:`PLACE_BUSY_CPU` for the CPU time's reading) and the level was below saturation.
     """
     if knee.resource != CPU:
         return None
     if reference_after is not None:
         return Placement(reference_after, fraction)
-    if read is None or read.during is None or busy is None or busy < PLACE_BUSY or fraction >= 1.0:
+    if read is None or read.during is None or busy is None or busy < least or fraction >= 1.0:
         return None
     return Placement(read.factor, fraction)
 
@@ -591,7 +599,7 @@ def validate(scenario: Scenario, opts: ValidateOptions, run_dir: Path) -> bool:
             )
             done.append(lv)
             _print_level(lv, cpu)
-            placed = placement(knee, f, read, cpu, speed_after) or placed
+            placed = placement(knee, f, read, cpu, speed_after, PLACE_BUSY_CPU if opts.processor == "level" else PLACE_BUSY) or placed
     meta = _meta(scenario, opts, durations, calibration, reference if bracket else None, knee, speed_mode(opts, calibration))
     return _finish(run_dir, scenario, opts, calibration, calibrated, knee, done, durations, meta)
 
