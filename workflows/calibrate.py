@@ -109,8 +109,9 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     # a second in which the disk stalled (one flush taking hundreds of milliseconds) would put its wait, and that of every
     # write queued behind it, into the db station's demand: those seconds are left out of the demands
     clean, stalls = without_stalls(before, after, low.scrapes)
-    if stalls:
-        say("calibrate", stalls_text(stalls, low.scrapes), quiet)
+    stalled = stalls_text(stalls, low.scrapes) if stalls else ""
+    if stalled:
+        say("calibrate", stalled, quiet)
     estimates = service_estimates(before, clean)
     disk = disk_waits(scenario, before, clean)
     background = before.idle_cpu or 0.0
@@ -155,13 +156,13 @@ def calibrate(scenario: Scenario, run_dir: Path, duration: float, lab: Lab) -> C
     header = calibration_header(
         source, path, f"{rate:.4g} arrivals/s for {format_duration(duration)}" + (f", the processor at {cpu_rate:.4g}/s" if cpu else "")
     )
-    if stalls:
-        header += f"# {stalls_text(stalls, low.scrapes)}\n"
+    if stalled:
+        header += f"# {stalled}\n"
     calibration = Calibration(overlay, str(path), header)
     calibration.write(path, header)
     text = _calibration_text(scenario, estimates, low_cpu, cpu, law, modes, overhead, fitted)
-    if stalls:
-        text += "\n\n" + stalls_text(stalls, low.scrapes)
+    if stalled:
+        text += "\n\n" + stalled
     return Calibrated(calibration, path, text)
 
 
