@@ -588,8 +588,8 @@ def test_a_validation_where_the_processor_is_the_knee_sees_the_queue_form(tmp_pa
     assert p95["model"] / p95["measured"] <= 4, p95
     assert p95["model"] > 2 * checks[(0.3, "register", "p95")]["model"]
     assert len(report["model_curve"]["fractions"]) == 25 and (out / "latency-vs-load.png").exists()
-    # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s); a level of three 5 s
-    # intervals is too short for a speed trace, so the model keeps the level's average speed
+    # the load scraped the server about every second (15 s / 12 intervals: every 1.25 s); a 15 s level is shorter
+    # than a speed trace needs (TRACE_MIN, 30 s), so the model keeps the level's average speed
     assert len(json.loads((out / "level-0.9" / "scrapes.json").read_text())) >= 12
     assert "trace" not in yaml.safe_load((out / "level-0.9" / "processor.yaml").read_text())
 
@@ -671,6 +671,36 @@ def test_the_machines_speed_through_a_level_interval_by_interval() -> None:
     assert merged["factors"] == pytest.approx([1.0, 1.5, 0.5], abs=1e-4)
     assert speed_trace(work, scrapes[:2]) is None  # one interval: nothing to follow
     assert speed_trace({}, scrapes) is None  # no fixed work
+
+
+def test_a_levels_speed_trace_follows_a_slow_spell_second_by_second() -> None:
+    # a 40 s level scraped every second, its fixed work 10 ms a registration but for a 3 s spell at 20 ms (the machine at
+    # half speed): the model's processor follows it in 1 s intervals, the spell 2 x the level's mean, not averaged into a
+    # 5 s interval (1.6 x); a 20 s level is shorter than TRACE_MIN and keeps its average speed
+    from models.calibrate import speed_trace
+    from models.overlay import Calibration
+    from workflows.measure import Measurement
+    from workflows.validate import TRACE_EVERY, TRACE_MIN, level_trace
+
+    work = {"register": {"steps": 5, "step": {"dist": "constant", "value": "0.2ms"}, "work": {"dist": "constant", "value": "10ms"}}}
+    slow = {20, 21, 22}
+    marks, n, stretch = [], 0, 0.0
+    for t in range(41):
+        marks.append(_work_scrape(float(t), n, stretch, 0.5 * t))
+        n, stretch = n + 10, stretch + (0.2 if t in slow else 0.1)
+    calibration = Calibration({"system": {"cpu": {"cores": 1, "work": work}}})
+    scenario = load_scenario(SMALL)
+    measured = RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {})
+    trace = level_trace(calibration, Measurement(scenario, measured, marks[0], marks[-1], marks))
+    assert TRACE_EVERY == pytest.approx(1.0) and trace is not None and trace["every"] == pytest.approx(1.0)
+    mean = (37 * 1.0 + 3 * 2.0) / 40
+    assert len(trace["factors"]) == 40
+    assert trace["factors"][20:23] == pytest.approx([2.0 / mean] * 3, abs=1e-4)
+    assert trace["factors"][:20] == pytest.approx([1.0 / mean] * 20, abs=1e-4)
+    five = speed_trace(work, marks, every=5.0)  # the same level in 5 s intervals: the spell is 3 of the 20-25 s interval
+    assert five is not None and max(five["factors"]) == pytest.approx(1.6 / mean, abs=1e-4)
+    short = marks[:21]
+    assert TRACE_MIN > 20 and level_trace(calibration, Measurement(scenario, measured, short[0], short[-1], short)) is None
 
 
 def test_requests_turned_away_are_left_out_of_a_served_requests_work() -> None:

@@ -154,22 +154,22 @@ def level_disk(calibration: Calibration, measurement: Measurement) -> tuple[Cali
     return Calibration(overlay, calibration.source, calibration.header), disk
 
 
-TRACE_EVERY = 5.0  # seconds: the intervals of a level's speed trace
-TRACE_MIN = 6  # intervals: a shorter level keeps its average speed (one slow interval of three would make a third of it)
+TRACE_EVERY = 1.0  # seconds: the intervals of a level's speed trace (the load scrapes the server about every second)
+TRACE_MIN = 30.0  # seconds: a shorter level keeps its average speed (its few intervals would each weigh too much)
 
 
 def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
     """The machine's speed through a level, interval by interval (:func:`models.calibrate.speed_trace`, in
     :data:`TRACE_EVERY` intervals), as a ``system.cpu.trace``; None when the server did no fixed work or the load
-    kept no scrapes, and for a level shorter than :data:`TRACE_MIN` intervals.  The calibration's speedup law
+    kept no scrapes, and for a level shorter than :data:`TRACE_MIN` seconds.  The calibration's speedup law
     is divided out of each interval, as the model applies it
     itself; a calibration without one (:func:`level_processor`'s) leaves the intervals as measured.
 
     A level's average speed hides its swings, and the queue in a slow
-    interval is far longer than at the average.  Shorter intervals follow
-    faster swings but, most likely, also the level's own bursts of load, in
-    which the fixed work is slower too; the model, making bursts of its own,
-    would count those twice (docs/validation.md).
+    interval is far longer than at the average.  On this toolkit's
+    validation machine the fixed work's CPU time doubled for a few seconds
+    at a time, which five-second intervals halve and one-second ones follow
+    (docs/validation.md, "The speed trace in one-second intervals").
     """
     from models.calibrate import speed_trace
     from models.scenario import Cpu
@@ -178,7 +178,7 @@ def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str,
         return None
     cpu = Cpu.model_validate(calibration.cpu)
     trace = speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.work_factor, every=TRACE_EVERY)
-    return trace if trace is not None and len(trace["factors"]) >= TRACE_MIN else None
+    return trace if trace is not None and len(trace["factors"]) * trace["every"] >= TRACE_MIN - 1e-9 else None
 
 
 def traced(calibration: Calibration, trace: dict[str, Any] | None) -> Calibration:
