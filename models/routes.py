@@ -261,12 +261,12 @@ class CpuRoute:
                 check: DoorStep | str | None = None
                 if door is not None:  # the door's last check, as the step starts: now, or when the processor gets to it
                     if station.busy >= station.servers:
-                        check = DoorStep(door, part)
+                        check = DoorStep(door, part, self.account)
                     elif door.refuses():
                         self.step, self.kept, check = part, 0.0, "full"
                 account = self.account
                 account[1] += 1
-                account[2] += self.step  # a DoorStep turned away later takes only its loop part: counted in full here
+                account[2] += self.step  # a DoorStep turned away later takes its computation back off (Processor._start)
                 account[5] += self.step - part
                 leg = station.woken(self.step, check) if self._woken() else station.request(self.step, value=check)
             else:  # a step on the processor: server work, never abandoned

@@ -308,13 +308,15 @@ class Door:
 class DoorStep:
     """The value of a processor step that holds a request's own computation behind the door's last check (see
     :class:`Door`): as the step starts, the request is turned away if a later station is full, and the step then
-    takes only ``step`` seconds (its loop part, without the computation) and ends ``"full"``."""
+    takes only ``step`` seconds (its loop part, without the computation) and ends ``"full"``; the computation it
+    did not do comes off the request type's processor ``account`` (:data:`models.routes.ACCOUNT`)."""
 
-    __slots__ = ("door", "step")
+    __slots__ = ("door", "step", "account")
 
-    def __init__(self, door: Door, step: float):
+    def __init__(self, door: Door, step: float, account: list[float]):
         self.door = door
         self.step = step
+        self.account = account
 
 
 PROBE = "probe"  # the value of a loop-lag probe's step (Processor.probe): its wait is not a request's
@@ -470,7 +472,10 @@ class Processor(Station):
         if value.__class__ is DoorStep:  # the door's last check, as the step starts
             check: DoorStep = value  # type: ignore[assignment]
             if check.door.refuses():
-                self.work -= service - check.step
+                undone = service - check.step
+                self.work -= undone
+                check.account[2] -= undone  # the step's seconds and, of them, the request's own computation
+                check.account[5] -= undone
                 service, value = check.step, "full"
             else:
                 value = None
