@@ -119,7 +119,8 @@ class ClientTimeouts:
 
 
 class _Tally:
-    """Per-interval counters of one request type (flushed by the monitor)."""
+    """Counters of one request type's requests sent in one interval, each counted when it ends (as the load generator
+    counts them: in the interval it was sent, however late it ends)."""
 
     __slots__ = ("started", "ok", "fails", "latencies")
 
@@ -136,7 +137,7 @@ class _StepPlan:
 
     index: int
     step: Step
-    tally: _Tally
+    tallies: list[_Tally]  # the request type's, one per counted interval
     visits: list[tuple[Station, Sampler | None]]
     # the route with one interpreter-lock take more, for the share ``locks_over`` of the requests (the measured takes
     # per request are a mean, e.g. 6.5): every request adds locks_over to ``locks_due`` and takes it when that reaches 1
@@ -274,7 +275,7 @@ class FunnelModel:
         for rt in self.request_types:
             dist = s.overhead_for(rt)
             overheads[rt] = dist.sampler(overhead_rng) if dist is not None and dist.mean > 0 else None
-        self.tallies = {rt: _Tally() for rt in self.request_types}
+        self.tallies = {rt: [_Tally() for _ in range(self.n_intervals)] for rt in self.request_types}
         self.accounts = {rt: [0.0] * len(ACCOUNT) for rt in self.request_types}
         self._accounted: dict[str, list[float]] = {}  # the accounts as the counted window began
         self.plans: list[_StepPlan] = []
@@ -316,7 +317,7 @@ class FunnelModel:
                 _StepPlan(
                     index=i,
                     step=step,
-                    tally=self.tallies[step.request_type],
+                    tallies=self.tallies[step.request_type],
                     account=self.accounts[step.request_type],
                     visits=visits,
                     more_locks=more,
@@ -379,6 +380,7 @@ class FunnelModel:
         u = self.journey_u
         engine = self.engine
         sleep = engine.sleep
+        end, origin, interval, last = self.end, self.counting_from, self.interval, self.n_intervals - 1
         delivered = -INF  # when this registrant's verification email arrives
         for plan in self.plans if woken_at < 0 else self.plans[woken_at:]:
             if plan.index != woken_at:
@@ -396,7 +398,7 @@ class FunnelModel:
             plan.reached += 1
             began = env._now
             attempt = 1
-            tally = plan.tally
+            tallies = plan.tallies
             visits = plan.visits
             if plan.more_locks is not None:
                 plan.locks_due += plan.locks_over
@@ -404,9 +406,12 @@ class FunnelModel:
                     plan.locks_due -= 1.0
                     visits = plan.more_locks
             while True:
-                # one request through the step's stations
-                tally.started += 1
+                # one request through the step's stations, counted when it ends in the interval it was sent
                 sent = env._now
+                if sent >= end:
+                    return  # nothing is sent after the window: the load generator stops its journeys there
+                k = int((sent - origin) // interval)
+                tally = tallies[k if k < last else last] if k >= 0 else None  # None: sent in the warm-up
                 deadline = sent + plan.patience() if plan.patience is not None else INF
                 timeouts = plan.timeouts
                 if len(visits) == 1 and visits[0][1] is not None and self.route is Route:
@@ -427,13 +432,17 @@ class FunnelModel:
                     else:
                         self.batch_used += 1
                 if reason is None:
-                    tally.ok += 1
-                    tally.latencies.append(env._now - sent)
+                    if tally is not None:
+                        tally.started += 1
+                        tally.ok += 1
+                        tally.latencies.append(env._now - sent)
                     if plan.repeat > 0 and u() < plan.repeat:
                         continue
                     break
-                fails = tally.fails
-                fails[reason] = fails.get(reason, 0) + 1
+                if tally is not None:
+                    tally.started += 1
+                    fails = tally.fails
+                    fails[reason] = fails.get(reason, 0) + 1
                 retry = plan.step.retry
                 if (
                     reason not in plan.retry_on
@@ -534,15 +543,6 @@ class FunnelModel:
         if k is not None:
             res.arrivals[k] = self.arrived_now
         self.arrived_now = 0
-        for rt, tally in self.tallies.items():
-            if k is not None:
-                series = res.requests[rt]
-                series.started[k] = tally.started
-                series.ok[k] = tally.ok
-                series.latency[k].record_many(tally.latencies)
-                for reason, n in tally.fails.items():
-                    series.fail_counts(reason)[k] = n
-            tally.__init__()  # type: ignore[misc]
         flushers: list[Station | Sender] = [*self.stations.values(), *([self.sender] if self.sender else [])]
         for st in flushers:
             name = st.name
@@ -582,7 +582,7 @@ class FunnelModel:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self.engine.run(self.end)
+            self.engine.run(self.end + self.scenario.run.drain)  # the window's requests followed to their end
         finally:
             # drop the registrants still in flight before the collector is back,
             # so that it does not have to scan them all once more
@@ -601,6 +601,14 @@ class FunnelModel:
                 "compress": self.compress,
             }
         )
+        for rt, tallies in self.tallies.items():  # requests by the interval they were sent
+            series = self.result.requests[rt]
+            for k, tally in enumerate(tallies):
+                series.started[k] = tally.started
+                series.ok[k] = tally.ok
+                series.latency[k].record_many(tally.latencies)
+                for reason, n in tally.fails.items():
+                    series.fail_counts(reason)[k] = n
         if self.route is CpuRoute:  # the processor's accounting per request type over the counted window, as the server's
             start = self._accounted
             self.result.meta["cpu_typed"] = {

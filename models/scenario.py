@@ -530,6 +530,13 @@ class RunSlice(_Model):
     compress: float = Field(default=1.0, ge=1.0, description="think times and retry backoffs are divided by this")
     warmup: Duration = Field(default=0.0, ge=0, description="start of the window simulated but not counted")
     interval: PositiveDuration = Field(default=60.0, description="aggregation interval of the results")
+    drain: Duration = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="after the window, the requests sent in it are followed to their end for up to this long and counted "
+        "in the interval they were sent, as the load generator does (it waits 10 s); none is sent after the window",
+    )
 
 
 class Tolerances(_Model):
