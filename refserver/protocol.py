@@ -66,6 +66,9 @@ def guarded(limits: Limits) -> type[HttpToolsProtocol]:
     return Guarded
 
 
+LINGER = 1.0  # seconds a connection refused mid-request still reads (and drops) what its client sends
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """Each connection keeps a deadline; one sweep a second acts on those past it (a timer per request cost /healthz
     a third of its throughput)."""
@@ -77,6 +80,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.head_bytes = 0
         self.in_head = True
+        self.lingering = False
         self.last_seen = time.monotonic()
         self.deadline = self.last_seen + self.limits.header_seconds
         self._sweeping()
@@ -103,13 +107,15 @@ class GuardedProtocol(HttpToolsProtocol):
         return self.cycle is None or self.cycle.response_complete
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # refused while the client was still sending: what it sends now is dropped
         now = self.last_seen = time.monotonic()
         if self.in_head:
             if self.head_bytes == 0:
                 self.deadline = now + self.limits.header_seconds  # the next request's headers start: they get their time
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.header_bytes and not self._head_done_in(data):
-                self._refuse(431, "request headers too large")
+                self._refuse(431, "request headers too large", linger=True)
                 return
         elif self.deadline:
             self.deadline = now + self.limits.body_seconds  # the body is still coming: its next piece gets its time
@@ -139,12 +145,20 @@ class GuardedProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # a body that stopped coming: the handler sees the disconnect
 
-    def _refuse(self, status: int, message: str, reason: str = "") -> None:
+    def _refuse(self, status: int, message: str, reason: str = "", linger: bool = False) -> None:
+        """Answer ``status`` and close.  With ``linger`` (the client may still be sending), the answer goes out with the
+        writing side shut, and the connection reads and drops what still comes for :data:`LINGER` seconds before it
+        closes: closed with the client's bytes unread, it would be reset, and the client could lose the answer."""
         body = ('{"error": "' + message + '"' + (f', "reason": "{reason}"' if reason else "") + "}").encode()
         head: list[Any] = [STATUS_LINE[status], b"content-type: application/json\r\n"]
         head += [b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]
         self.transport.write(b"".join(head))
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self.lingering, self.deadline = True, 0.0
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
 
 
 async def _sweep(connections: set[Any], every: float) -> None:
