@@ -184,16 +184,28 @@ class Level:
 
 @dataclass(frozen=True)
 class Knee:
-    """The predicted saturation throughput of the bottleneck's request type against the highest measured."""
+    """The predicted saturation throughput of the bottleneck's request type against the highest measured.
+
+    ``arrival_rate`` and ``law`` are the utilization law's saturation (the
+    bottleneck's demand per arrival, every arrival bringing its whole funnel),
+    which places the levels.  Once a level at or past it was run, ``predicted``
+    is the model's own throughput at the level that carried the most
+    (``model_level``): past the knee the door turns requests away, an admitted
+    registration brings less work after it than the law counts, and more of
+    them fit (docs/validation.md, "The knee judged by the model's own
+    saturation").  Otherwise ``predicted`` is the law's, a ceiling.
+    """
 
     resource: str
     request: str
-    arrival_rate: float  # registrants/s at saturation
-    predicted: float  # requests/s of ``request`` at saturation
+    arrival_rate: float  # registrants/s at saturation by the utilization law
+    predicted: float  # requests/s of ``request`` at saturation: the model's at ``model_level`` when reached, else ``law``
     measured: float  # highest requests/s measured at any level
     reached: bool  # a level at or above saturation was run
     tolerance: float
     speed: float | None = None  # the machine's speed at the level that carried the most, when the prediction was scaled by it
+    law: float | None = None  # requests/s of ``request`` at saturation by the utilization law (None: ``predicted`` is it)
+    model_level: float | None = None  # the level whose model run gave ``predicted`` (None: the law gave it)
 
     @property
     def verdict(self) -> str:
@@ -409,13 +421,20 @@ def write_report(
         "tolerance from run to run). A check outside its tolerance by less than its margin is marked <i>within noise</i>: "
         "this run cannot tell the model's miss from its own noise; it does not fail the level, and it is counted.</p>",
         f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
-        f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b> at {knee.arrival_rate:.4g} "
-        f"arrivals/s, "
-        f"that is {knee.predicted:.4g} {html.escape(knee.request)} requests/s"
+        f"<h2>Saturation (the knee)</h2><p>Predicted bottleneck: <b>{html.escape(knee.resource)}</b>; by the utilization law "
+        f"at {knee.arrival_rate:.4g} arrivals/s, "
+        f"that is {knee.law if knee.law is not None else knee.predicted:.4g} {html.escape(knee.request)} requests/s"
         + (
             f" (the calibrated rate over the machine's speed, {knee.speed:.3f} x calibration's CPU time, at the level that carried "
             "the most)"
             if knee.speed is not None
+            else ""
+        )
+        + (
+            f". The model's own saturation, judged: {knee.predicted:.4g} {html.escape(knee.request)} requests/s at level "
+            f"{knee.model_level:g} (past the knee the door turns requests away, so an admitted registration brings less work "
+            "after it than the law counts)"
+            if knee.model_level is not None
             else ""
         )
         + f". Highest measured: {knee.measured:.4g}/s "

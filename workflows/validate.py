@@ -20,6 +20,7 @@ import yaml
 
 from models.bottleneck import Limit
 from models.overlay import Calibration
+from models.results import RunResult
 from models.scenario import CPU, CpuReference, NonNegativeDuration, Scenario
 from models.units import format_duration
 from reports.validation import Disk, Knee, Level, Placement, Speed, verdict_table
@@ -623,9 +624,14 @@ def _finish(
     curve = model_curve(raw, scenario.name, calibration, knee.rate, opts.duration, run_dir / "curve", opts.quiet)
     html_path, json_path = write_report(run_dir, scenario.name, done, knee_check, meta, curve)
     print(
-        f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = {knee_check.predicted:.4g} "
-        f"{knee_check.request}/s"
+        f"\nknee: {knee_check.resource} saturates at {knee_check.arrival_rate:.4g} arrivals/s = "
+        f"{knee_check.law if knee_check.law is not None else knee_check.predicted:.4g} {knee_check.request}/s by the utilization law"
         + (f" (at the machine's speed then, {knee_check.speed:.3f} x calibration's CPU time)" if knee_check.speed is not None else "")
+        + (
+            f"; the model carries {knee_check.predicted:.4g}/s at level {knee_check.model_level:g}"
+            if knee_check.model_level is not None
+            else ""
+        )
         + f"; highest measured {knee_check.measured:.4g}/s: {knee_check.verdict}"
     )
     print(f"validation report: {html_path} and {json_path}")
@@ -732,19 +738,32 @@ def _knee(calibrated: Scenario, knee: Limit, done: list[Level], durations: list[
     20 % more), and saturation counts as reached when that level's rate is at
     or past it.  A level whose model was not scaled (``--processor level``) but
     whose rate was placed by the speed read in the level before takes that speed.
+    Once saturation was reached, the prediction judged is the model's own
+    throughput at that level (the mean of its replications, counted as the
+    load counts), the law's rate kept beside it: the law has every arrival
+    bring its whole funnel, and past the knee the door turns part of it away.
     """
     from models.bottleneck import busiest_step
 
     i_top, visits_top = busiest_step(calibrated, knee)
     rt = calibrated.journey[i_top].request_type
-    served = [
-        (sum(lv.measured.requests[rt].ok) + sum(lv.measured.requests[rt].failed.get("mismatch", []))) / lasts
-        for lv, lasts in zip(done, durations, strict=True)
-    ]
-    top = max(range(len(served)), key=served.__getitem__)
+
+    def served(result: RunResult, lasts: float) -> float:
+        series = result.requests.get(rt)
+        return (sum(series.ok) + sum(series.failed.get("mismatch", []))) / lasts if series is not None else 0.0
+
+    measured = [served(lv.measured, lasts) for lv, lasts in zip(done, durations, strict=True)]
+    top = max(range(len(measured)), key=measured.__getitem__)
     at_top, placed = done[top].speed, done[top].placed
     factor = at_top.factor if at_top is not None else placed.speed if placed is not None else None
     speed = factor if knee.resource == CPU else None
     rate = knee.rate / speed if speed else knee.rate
     reached = done[top].rate >= rate * (1 - 1e-9) if speed else max(levels) >= 1.0
-    return Knee(knee.resource, rt, rate, rate * visits_top, served[top], reached, calibrated.validation.tolerances.throughput, speed)
+    law = rate * visits_top
+    models = done[top].models
+    if not reached or not models:
+        return Knee(knee.resource, rt, rate, law, measured[top], reached, calibrated.validation.tolerances.throughput, speed)
+    own = sum(served(m, durations[top]) for m in models) / len(models)
+    return Knee(
+        knee.resource, rt, rate, own, measured[top], reached, calibrated.validation.tolerances.throughput, speed, law, done[top].fraction
+    )
