@@ -726,8 +726,9 @@ def scaled_processor(cpu: dict[str, Any], speed: float) -> dict[str, Any]:
         if isinstance(w, dict) and isinstance(w.get("step"), dict):
             w["step"]["mean"] = _round(parse_duration(w["step"]["mean"]) * speed)
         for part in ("work", "resume"):
-            if isinstance(w, dict) and isinstance(w.get(part), dict) and "value" in w[part]:
-                w[part]["value"] = _round(parse_duration(w[part]["value"]) * speed)
+            for key in ("value", "mean"):  # a constant, or a distribution's mean (its cv stays)
+                if isinstance(w, dict) and isinstance(w.get(part), dict) and key in w[part]:
+                    w[part][key] = _round(parse_duration(w[part][key]) * speed)
     for key, top in (("measured_at", 0.99), ("low_at", 0.99), ("background", 0.5)):
         if key in out:
             out[key] = round(min(float(out[key]) * speed, top), 4)

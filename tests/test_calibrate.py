@@ -237,6 +237,12 @@ def test_the_machines_speed_against_calibration_and_the_processor_scaled_by_it()
         50.0,
     )
     assert cpu["work"]["register"]["step"]["mean"] == "0.14ms"  # the calibrated overlay is left as it was
+    # a request's own computation given as a distribution scales by its mean (its cv stays), a constant by its value
+    own = {"steps": 2, "step": {"dist": "gamma", "mean": "0.1ms", "cv": 1.0}, "work": {"dist": "gamma", "mean": "10ms", "cv": 0.3}}
+    own["resume"] = {"dist": "constant", "value": "0.02ms"}
+    spread = scaled_processor({**cpu, "work": {"register": own}}, 1.25)["work"]["register"]
+    assert parse_duration(spread["work"]["mean"]) == pytest.approx(12.5e-3) and spread["work"]["cv"] == 0.3
+    assert parse_duration(spread["resume"]["value"]) == pytest.approx(0.025e-3)
     base = load_scenario(SMALL, overlay={"system": {"cpu": cpu}}).system.cpu
     scaled = load_scenario(SMALL, overlay={"system": {"cpu": slow}}).system.cpu
     assert base is not None and scaled is not None and base.reference is not None and base.reference.duration == 60.0
