@@ -493,7 +493,7 @@ class FunnelModel:
         assert isinstance(cpu, Processor)
         timeout = self.env.timeout
         while self.env._now + tick < self.end:
-            cpu.woken(share * tick)  # timer-driven work
+            cpu.woken(share * tick, timer=True)  # timer-driven work
             yield timeout(tick)
 
     def lag_probe(self, every: float = LAG_EVERY) -> Generator[simpy.Event, Any, None]:

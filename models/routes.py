@@ -69,6 +69,7 @@ class Route:
 
 
 VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME, DOOR = range(9)  # legs of a route through the processor
+IO, TIMER = 1, 2  # what woke a step on the processor (0: made ready by a step before it; see Route._woken)
 #: A request type's processor accounting in the model, as the reference server keeps it (refserver.cpu): requests,
 #: loop steps (resume steps among them), their seconds (the own computation among them), resume steps, worker-thread
 #: seconds, own-computation seconds, and requests turned away ("full")
@@ -268,24 +269,26 @@ class CpuRoute:
                 account[1] += 1
                 account[2] += self.step  # a DoorStep turned away later takes its computation back off (Processor._start)
                 account[5] += self.step - part
-                leg = station.woken(self.step, check) if self._woken() else station.request(self.step, value=check)
+                woken = self._woken()
+                leg = station.woken(self.step, check, woken == TIMER) if woken else station.request(self.step, value=check)
             else:  # a step on the processor: server work, never abandoned
                 self.step = sampler() * station.factor()
                 account = self.account
                 account[1] += 1
                 account[2] += self.step
-                leg = station.woken(self.step) if self._woken() else station.request(self.step)
+                woken = self._woken()
+                leg = station.woken(self.step, None, woken == TIMER) if woken else station.request(self.step)
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
             return
 
-    def _woken(self) -> bool:
-        """Whether the step about to start was woken by a timer or I/O: the route's first, or one after a service
-        delay (the server's sleep) or the registry's reply; else it was made ready by a step before it."""
+    def _woken(self) -> int:
+        """What woke the step about to start: ``TIMER`` after a service delay (the server's sleep), ``IO`` for the
+        route's first (the request's arrival) or one after the registry's reply, else 0 (made ready by a step before it)."""
         i = self.i - 2
         if i < 0:
-            return True
+            return IO
         kind, _station, sampler = self.legs[i]
-        return kind == DELAY or (kind == VISIT and sampler is None)
+        return TIMER if kind == DELAY else IO if kind == VISIT and sampler is None else 0
 
     def _resumed(self, event: Event) -> None:
         self.since = self.model.env._now  # the server counts its slot busy from here

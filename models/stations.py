@@ -336,9 +336,10 @@ class Processor(Station):
     step that found the processor idle), and steps that come during a batch wait
     for the next.  In the next batch, the steps made ready by the running batch's
     own steps (a slot handed on, a worker thread's result: :meth:`request`) come
-    first, and the steps woken meanwhile by a timer or by I/O (:meth:`woken`)
-    after them: the loop finds those only when it polls its sockets and runs its
-    timers, between two batches.  A worker thread's take of the interpreter lock
+    first, then the steps woken meanwhile by I/O (a new request, a reply), then
+    those woken by a timer (a sleep's end) (:meth:`woken`): the loop finds those
+    only between two batches, when it polls its sockets and then runs its timers,
+    and a timer's step queues behind every poll's step whenever it came due.  A worker thread's take of the interpreter lock
     waits for the batch to end, at most the switch interval (:meth:`boundary`);
     once it has the lock, the thread's own work runs next (:meth:`urgent`), ahead
     of the loop's waiting steps.
@@ -376,7 +377,8 @@ class Processor(Station):
         self._boundary: list[Event] = []
         self._mark = (env.now, 0.0)
         self._batch = 0  # steps left in the batch now running (one server only)
-        self._later: deque[_Job] = deque()  # steps woken by a timer or I/O during the batch now running (one server only)
+        self._later: deque[_Job] = deque()  # steps woken by I/O during the batch now running (one server only)
+        self._timed: deque[_Job] = deque()  # steps woken by a timer during it, queued after those
 
     def factor(self) -> float:
         """A loop step's time factor now: the utilization law's at the recent utilization, times the machine's speed."""
@@ -411,13 +413,14 @@ class Processor(Station):
             self._batch = 1  # an idle processor: this step is a batch of its own
         return super().request(service, *args, **kwargs)
 
-    def woken(self, service: float, value: str | None = None) -> Event:
-        """A step woken by a timer or by I/O (a sleep's end, a new request, a reply): the loop queues it when it
-        next polls and runs its timers, that is after every step made ready during the batch now running."""
+    def woken(self, service: float, value: str | None = None, timer: bool = False) -> Event:
+        """A step woken by I/O (a new request, a reply) or, with ``timer``, by a timer (a sleep's end): the loop
+        queues it when it next polls and runs its timers, that is after every step made ready during the batch now
+        running, and a timer's after every step the poll found."""
         if self.servers != 1 or self.busy < self.servers:
             return self.request(service, value=value)
         job = self._waiting(service, value)  # the loop is busy: queued apart until the running batch ends
-        self._later.append(job)
+        (self._timed if timer else self._later).append(job)
         return job.event
 
     def _waiting(self, service: float, value: str | None) -> _Job:
@@ -435,7 +438,7 @@ class Processor(Station):
         """A zero-length step of the loop-lag probe (woken by its timer, or made ready by its own first step),
         queued as any other but left out of the station's counts and waits: it is not a request's."""
         arrivals, waited = self.n_arrivals, self.n_waited
-        ev = self.woken(0.0, PROBE) if woken else self.request(0.0, value=PROBE)
+        ev = self.woken(0.0, PROBE, timer=True) if woken else self.request(0.0, value=PROBE)
         self.n_arrivals, self.n_waited = arrivals, waited
         return ev
 
@@ -490,6 +493,9 @@ class Processor(Station):
             if self._later:
                 self.queue.extend(self._later)
                 self._later.clear()
+            if self._timed:
+                self.queue.extend(self._timed)
+                self._timed.clear()
             self._batch = self.qlen  # the next batch: what waited while this one ran
         if self._boundary:
             for ev in self._boundary:

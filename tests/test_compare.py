@@ -260,10 +260,11 @@ def test_the_processors_queue_is_shown_as_the_servers_loop_lag_probe_sees_it() -
 
 def test_the_models_loop_lag_probe_times_the_rest_of_the_batch_its_own_step_ran_in() -> None:
     # the probe as the server runs it: every 0.25 s its step wakes on a timer (queued behind the steps made ready by
-    # other steps), runs, and its second step (made ready by the first) is timed.  At 0.249 s A (10 ms, woken) takes the
-    # idle processor; during A come W1 (2 ms, woken, 0.2495 s), the probe's own step (0.25 s), C (1 ms, made ready by a
-    # step, 0.2502 s) and W2 (3 ms, woken, 0.2505 s).  The next batch is C, W1, the probe, W2: the probe runs at 0.262 s
-    # and its second step waits for W2, the rest of that batch: 3 ms.  The two later probes find the processor idle (0).
+    # other steps and behind those woken by I/O), runs, and its second step (made ready by the first) is timed.  At 0.249 s
+    # A (10 ms, woken by I/O) takes the idle processor; during A come W1 (2 ms, woken by I/O, 0.2495 s), the probe's own
+    # step (0.25 s), C (1 ms, made ready by a step, 0.2502 s) and W2 (3 ms, woken by a timer, 0.2505 s).  The next batch is
+    # C, W1, the probe, W2: the probe runs at 0.262 s and its second step waits for W2, the rest of that batch: 3 ms.  The
+    # two later probes find the processor idle (0).
     from types import SimpleNamespace
 
     import simpy
@@ -277,11 +278,11 @@ def test_the_models_loop_lag_probe_times_the_rest_of_the_batch_its_own_step_ran_
     model = SimpleNamespace(stations={CPU: cpu}, env=env, end=1.0, counting_from=0.0, result=SimpleNamespace(meta={}))
     env.process(FunnelModel.lag_probe(model, 0.25))  # type: ignore[arg-type]
 
-    def step(at: float, service: float, woken: bool):  # type: ignore[no-untyped-def]
+    def step(at: float, service: float, woken: str):  # type: ignore[no-untyped-def]
         yield env.timeout(at)
-        yield cpu.woken(service) if woken else cpu.request(service)
+        yield cpu.woken(service, timer=woken == "timer") if woken else cpu.request(service)
 
-    for at, service, woken in ((0.249, 0.010, True), (0.2495, 0.002, True), (0.2502, 0.001, False), (0.2505, 0.003, True)):
+    for at, service, woken in ((0.249, 0.010, "io"), (0.2495, 0.002, "io"), (0.2502, 0.001, ""), (0.2505, 0.003, "timer")):
         env.process(step(at, service, woken))
     env.run(until=1.0)
     lag = model.result.meta["loop_lag"]

@@ -341,6 +341,32 @@ def test_processor_runs_batches_a_lock_take_waits_for_the_batch_and_a_thread_goe
     assert got["lock when idle"] == pytest.approx(0.005)
 
 
+def test_in_the_next_batch_steps_woken_by_io_go_before_those_woken_by_a_timer_whenever_it_came_due() -> None:
+    # As both event loops run a turn (libuv: its ready callbacks, the poll's I/O callbacks, then the timers that came
+    # due; asyncio: the I/O events' callbacks, then the due timers' handles, each waking its task for the next turn).
+    # A takes the idle processor at 0 (1 ms).  During A: T (woken by a timer, 0.3 ms) at 0.2 ms, then I (woken by I/O:
+    # a new request or a reply, 0.5 ms) at 0.6 ms.  The next batch is I then T: I ends at 1.5 ms, T at 1.8 ms (woken
+    # by I/O, T would have run first and ended at 1.3 ms).  A second timer's step (U, 0.1 ms, at 0.9 ms) runs after T:
+    # timers keep their own order.
+    from models.stations import Processor
+
+    env = simpy.Environment()
+    cpu = Processor(env, "cpu", 1, lambda u: 1.0, 0.0)
+    got: dict[str, float] = {}
+
+    def step(name: str, at: float, service: float, timer: bool) -> Generator[simpy.Event, None, None]:
+        yield env.timeout(at)
+        yield cpu.woken(service, timer=timer)
+        got[name] = env.now
+
+    steps = (("A", 0.0, 0.001, False), ("T", 0.0002, 0.0003, True), ("I", 0.0006, 0.0005, False), ("U", 0.0009, 0.0001, True))
+    for name, at, service, timer in steps:
+        env.process(step(name, at, service, timer))
+    env.run()
+    assert got["A"] == pytest.approx(0.001) and got["I"] == pytest.approx(0.0015)
+    assert got["T"] == pytest.approx(0.0018) and got["U"] == pytest.approx(0.0019)
+
+
 def test_in_the_next_batch_steps_made_ready_by_steps_go_before_those_woken_by_a_timer_or_io() -> None:
     # A takes the idle processor at 0 (1 ms).  During A: W (woken by a timer, 0.2 ms) at 0.2 ms, then R (made ready by a
     # step: a slot handed on, 1 ms) at 0.4 ms.  The loop finds W only when it polls and runs its timers after A's batch,
