@@ -114,6 +114,7 @@ class Snapshot:
     writer: dict[str, float] = field(default_factory=dict)  # the database writer: batches, batch_seconds, commit_seconds
     writes: dict[str, list[float]] = field(default_factory=dict)  # request -> [writes, Σ queued-to-committed seconds, Σ their squares]
     loop: dict[str, float] = field(default_factory=dict)  # the event loop: lag_seconds, lag_samples (its lag probe), refused connections
+    clock: float | None = None  # the server's own clock at the scrape (its speed log's buckets are on it)
 
     @property
     def has_stations(self) -> bool:
@@ -134,6 +135,7 @@ class Snapshot:
             "writes": self.writes,
             "loop": self.loop,
             "idle_cpu": self.idle_cpu,
+            "clock": self.clock,
         }
 
     @classmethod
@@ -151,6 +153,7 @@ class Snapshot:
             writes=d.get("writes", {}),
             loop=d.get("loop", {}),
             idle_cpu=d.get("idle_cpu"),
+            clock=d.get("clock"),
         )
 
     def served(self, station: str) -> float:
@@ -224,6 +227,8 @@ def snapshot(text: str, at: float) -> Snapshot:
             snap.typed.setdefault((station, labels["request"]), [0.0, 0.0, 0.0, math.nan, math.nan])[typed[name]] = value
         elif name == "process_cpu_seconds_total":
             snap.cpu_seconds = value
+        elif name == "surgecap_clock_seconds":
+            snap.clock = value
     return snap
 
 
@@ -695,6 +700,70 @@ def speed_trace(
         factors.append(round(x / mean, 4) if x is not None else 1.0)
         cell += 1
     return {"every": round(width, 4), "factors": factors} if factors else None
+
+
+def finer_trace(trace: dict[str, Any], work: dict[str, Any], scrapes: list[Snapshot], speed: dict[str, Any], parts: int) -> dict[str, Any]:
+    """``trace`` (:func:`speed_trace`'s) with each interval cut into ``parts`` that follow the server's speed log.
+
+    ``speed`` is the server's log of its own computation in short buckets of
+    its clock (``/metrics/speed``: ``bucket`` seconds, ``work`` rows of [bucket
+    start, request type, CPU seconds, requests]); the scrapes' ``clock`` (the
+    server's clock at each) places the buckets on the load's clock (the median
+    of clock - at), each bucket's work shared among the parts it overlaps.  A
+    part's factor is its interval's times the part's speed over the
+    interval's, both read from the log (CPU seconds over the requests times
+    their calibrated computation, ``work``), so the interval's own factor, its
+    law divided out and its normalization, stays.  A part without work keeps
+    its interval's factor.  ``trace`` unchanged when the scrapes carry no
+    clock, the log's buckets are longer than a part, or ``parts`` < 2.
+    """
+    import statistics
+
+    from models.units import parse_duration
+
+    offsets = [snap.clock - snap.at for snap in scrapes if snap.clock is not None]
+    bucket = speed.get("bucket")
+    rows = speed.get("work")
+    if parts < 2 or not offsets or not isinstance(bucket, (int, float)) or not isinstance(rows, list):
+        return trace
+    every = float(trace["every"])
+    width = every / parts
+    if not 0 < bucket <= width + 1e-9:
+        return trace
+    offset = statistics.median(offsets)
+    then: dict[str, float] = {}
+    for rt, w in work.items():
+        own = w.get("work") if isinstance(w, dict) else None
+        if isinstance(own, dict):
+            then[rt] = parse_duration(own.get("value", own.get("mean", 0.0)))
+    cells: dict[int, list[float]] = {}
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 4:
+            continue
+        start, rt, seconds, n = row
+        ref = then.get(rt) if isinstance(rt, str) else None
+        if not ref or not isinstance(start, (int, float)) or not isinstance(seconds, (int, float)) or not isinstance(n, (int, float)):
+            continue
+        if n <= 0 or seconds < 0:
+            continue
+        a = float(start) - offset
+        k = math.floor(a / width)
+        while k * width < a + bucket:  # the parts this bucket overlaps, each its share
+            share = (min((k + 1) * width, a + bucket) - max(k * width, a)) / bucket
+            if share > 0:
+                cell = cells.setdefault(k, [0.0, 0.0])
+                cell[0] += share * seconds
+                cell[1] += share * n * ref
+            k += 1
+    factors: list[float] = []
+    for i, f in enumerate(trace["factors"]):
+        mine = [cells.get(i * parts + j) for j in range(parts)]
+        done = sum(c[1] for c in mine if c)
+        whole = sum(c[0] for c in mine if c) / done if done > 0 else 0.0
+        for c in mine:
+            part = f * (c[0] / c[1]) / whole if whole > 0 and c and c[1] > 0 else f
+            factors.append(round(min(max(part, 0.1), 10.0), 4))
+    return {"every": round(width, 6), "factors": factors}
 
 
 def _fixed_done(work: dict[str, Any], a: Snapshot, b: Snapshot) -> float:

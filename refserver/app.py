@@ -3,7 +3,7 @@
 Endpoints: ``GET /``, ``POST /api/register``, ``POST /api/verify-email``,
 ``POST /api/photo``, ``POST /api/verify-nik``, ``POST /api/join-batch``,
 ``GET /api/registrants/{id}``, ``GET /healthz``, ``GET /metrics``,
-``GET /openapi.json``; in test mode also ``GET /test/mailbox/{id}`` and
+``GET /metrics/speed``, ``GET /openapi.json``; in test mode also ``GET /test/mailbox/{id}`` and
 ``POST /test/reset`` (loopback clients only; reset needs the reset token).
 
 Every request walks its route of stations (``config.routes``), waiting in each
@@ -59,6 +59,7 @@ ROUTES: list[tuple[str, str, Handler, list[str] | None]] = [
     ("/api/registrants/{rid}", "status", handlers.status, None),
     ("/healthz", "healthz", operations.healthz, None),
     ("/metrics", "metrics", operations.metrics_endpoint, None),
+    ("/metrics/speed", "metrics", operations.speed_endpoint, None),
     ("/openapi.json", "openapi", operations.openapi, None),
 ]
 TEST_ROUTES: list[tuple[str, str, Handler, list[str] | None]] = [

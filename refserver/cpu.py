@@ -18,6 +18,12 @@ it works under uvloop as well as asyncio):
 
 ``process_cpu_seconds_total`` minus the sum of both is the work no request
 owns (HTTP parsing in the protocol, the email sender, the loop itself).
+
+The requests' own computation is also kept in :data:`SPEED_BUCKET` buckets of
+the server's clock (:meth:`CpuClock.speed_log`, served as ``/metrics/speed``):
+the machine's speed moves within a second, and the scrapes of ``/metrics``
+come about once a second; ``/metrics`` carries the clock
+(``surgecap_clock_seconds``) so that a client can place the buckets on its own.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
-__all__ = ["CpuClock"]
+__all__ = ["CpuClock", "SPEED_BUCKET", "SPEED_BUCKETS"]
+
+SPEED_BUCKET = 0.25  # seconds of the server's clock per bucket of the speed log
+SPEED_BUCKETS = 14_400  # buckets kept (an hour's); older ones are dropped
 
 T = TypeVar("T")
 
@@ -102,6 +111,7 @@ class CpuClock:
     def __init__(self) -> None:
         self.by_type: dict[str, list[float]] = {}
         self._lock = threading.Lock()  # worker threads add concurrently
+        self.speed: dict[int, dict[str, list[float]]] = {}  # bucket of the clock -> request type -> [own work seconds, requests]
 
     def _acc(self, rt: str) -> list[float]:
         acc = self.by_type.get(rt)
@@ -128,6 +138,24 @@ class CpuClock:
         acc = self._acc(rt)
         acc[WORK] += seconds
         acc[WORKED] += 1
+        k = int(time.monotonic() / SPEED_BUCKET)
+        bucket = self.speed.get(k)
+        if bucket is None:
+            bucket = self.speed[k] = {}
+            if len(self.speed) > SPEED_BUCKETS:
+                del self.speed[next(iter(self.speed))]
+        mine = bucket.get(rt)
+        if mine is None:
+            mine = bucket[rt] = [0.0, 0]
+        mine[0] += seconds
+        mine[1] += 1
+
+    def speed_log(self) -> dict[str, Any]:
+        """The requests' own computation by bucket of the server's clock: ``bucket`` (seconds), ``clock`` (now), and
+        ``work``: rows of [bucket start, request type, CPU seconds, requests]."""
+        buckets = list(self.speed.items())
+        rows = [[round(k * SPEED_BUCKET, 6), rt, round(v[0], 9), v[1]] for k, bucket in buckets for rt, v in bucket.items()]
+        return {"bucket": SPEED_BUCKET, "clock": time.monotonic(), "work": rows}
 
     def resumed(self, rt: str) -> None:
         """Count a step that will resume a request of ``rt`` after it waited for a station's slot: a step the request
@@ -146,8 +174,12 @@ class CpuClock:
             current.shed = True
 
     def lines(self) -> list[str]:
-        """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds."""
-        out: list[str] = []
+        """Prometheus lines: per request type, requests, loop steps, loop and thread CPU seconds; and the server's clock."""
+        out: list[str] = [
+            "# HELP surgecap_clock_seconds The server's monotonic clock at this scrape (the speed log's buckets are on it).",
+            "# TYPE surgecap_clock_seconds gauge",
+            f"surgecap_clock_seconds {time.monotonic():.6f}",
+        ]
         for metric, i, fmt, help_ in (
             ("surgecap_cpu_requests_total", REQUESTS, "{:.0f}", "Requests whose loop steps were timed."),
             ("surgecap_cpu_steps_total", STEPS, "{:.0f}", "Event-loop steps of requests."),

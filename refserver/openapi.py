@@ -96,5 +96,16 @@ OPENAPI: dict[str, Any] = {
         },
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "ok"}}}},
         "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {"description": "Prometheus text"}}}},
+        "/metrics/speed": {
+            "get": {
+                "operationId": "speed",
+                "responses": {
+                    "200": {
+                        "description": "JSON: the requests' own computation in short buckets of the server's clock "
+                        "(bucket, clock, work: [bucket start, request type, CPU seconds, requests])"
+                    }
+                },
+            }
+        },
     },
 }

@@ -14,7 +14,7 @@ from refserver.openapi import OPENAPI
 from refserver.service import BadRequest, Service
 from refserver.upstream import UpstreamError
 
-__all__ = ["landing", "healthz", "metrics_endpoint", "openapi", "mailbox", "reset", "MAILBOX_QUERY"]
+__all__ = ["landing", "healthz", "metrics_endpoint", "speed_endpoint", "openapi", "mailbox", "reset", "MAILBOX_QUERY"]
 
 # the test mailbox's lookup, by the index outbox_registrant, made in test mode only (a registration then pays for its upkeep)
 MAILBOX_QUERY = "SELECT token, sent FROM outbox WHERE registrant_id = ? AND sent IS NOT NULL"
@@ -63,6 +63,11 @@ async def metrics_endpoint(svc: Service, _: Request) -> Response:
     return PlainTextResponse(
         svc.metrics.render(svc.stations, extra, more, svc.clock.lines() + svc.db.lines()), media_type="text/plain; version=0.0.4"
     )
+
+
+async def speed_endpoint(svc: Service, _: Request) -> Response:
+    """The requests' own computation in short buckets of the server's clock (:meth:`refserver.cpu.CpuClock.speed_log`)."""
+    return JSONResponse(svc.clock.speed_log())
 
 
 async def openapi(svc: Service, _: Request) -> Response:

@@ -171,6 +171,19 @@ def scrape(url: str, timeout: float = 5.0) -> str:
         return str(r.read().decode("utf-8", "replace"))
 
 
+def speed_log(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The server's speed log (``url``/metrics/speed), or None when it keeps none (an older server, or not the reference
+    server) or answers nothing readable."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics/speed", timeout=timeout) as r:  # noqa: S310 - the caller's own target
+            found = json.loads(r.read(50_000_000))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or not isinstance(found.get("work"), list) or not isinstance(found.get("bucket"), (int, float)):
+        return None
+    return found
+
+
 def die_with_parent() -> None:
     """In the child: receive SIGTERM when the parent dies, even by SIGKILL (Linux)."""
     try:

@@ -712,6 +712,45 @@ def test_a_levels_speed_trace_follows_a_slow_spell_second_by_second() -> None:
     assert TRACE_MIN > 20 and level_trace(calibration, Measurement(scenario, measured, short[0], short[-1], short)) is None
 
 
+def test_a_levels_speed_trace_follows_the_servers_speed_log_within_the_second() -> None:
+    # the 40 s level of the test above (10 ms a registration, 10 a second), now with the server's speed log: in the
+    # level's 10th second the first half took 20 ms a registration and the second 10 ms (5 in each), whose 1 s trace
+    # reads 1.5 x; in the log's own clock (100 s ahead of the load's, as the scrapes' clock says) in quarter-second
+    # buckets.  In half-second parts the second becomes 2 x then 1 x (1.5 x 2 / 1.5 and 1.5 x 1 / 1.5); every other
+    # second keeps its factor in both halves; without the scrapes' clock (no way to place the log) it stays 1 s.
+    from models.calibrate import finer_trace
+    from models.overlay import Calibration
+    from workflows.measure import Measurement
+    from workflows.validate import TRACE_FINE, level_trace
+
+    work = {"register": {"steps": 5, "step": {"dist": "constant", "value": "0.2ms"}, "work": {"dist": "constant", "value": "10ms"}}}
+    marks, n, stretch = [], 0, 0.0
+    for t in range(41):
+        snap = _work_scrape(float(t), n, stretch, 0.5 * t)
+        snap.clock = t + 100.0
+        marks.append(snap)
+        n, stretch = n + 10, stretch + (0.15 if t == 10 else 0.1)
+    rows = []
+    for q in range(160):  # quarter seconds of the load's clock, 2.5 registrations each
+        slow = 40 <= q < 42  # 10.0-10.5 s
+        rows.append([100.0 + q * 0.25, "register", 2.5 * (0.02 if slow else 0.01), 2.5])
+    speed = {"bucket": 0.25, "clock": 141.0, "work": rows}
+    calibration = Calibration({"system": {"cpu": {"cores": 1, "work": work}}})
+    measured = RunResult("measured", "small", 0.0, 1.0, [], {}, {}, {})
+    trace = level_trace(calibration, Measurement(load_scenario(SMALL), measured, marks[0], marks[-1], marks, speed))
+    assert TRACE_FINE == pytest.approx(0.5) and trace is not None and trace["every"] == pytest.approx(0.5)
+    mean = (39 * 1.0 + 1.5) / 40
+    assert len(trace["factors"]) == 80
+    assert trace["factors"][20:22] == pytest.approx([2.0 / mean, 1.0 / mean], abs=1e-3)
+    assert trace["factors"][:20] == pytest.approx([1.0 / mean] * 20, abs=1e-3)
+    assert trace["factors"][22:] == pytest.approx([1.0 / mean] * 58, abs=1e-3)
+    coarse = {"every": 1.0, "factors": [1.0] * 40}
+    unplaced = [Snapshot(at=m.at, cpu_seconds=m.cpu_seconds, cpu_typed=m.cpu_typed) for m in marks]
+    assert finer_trace(coarse, work, unplaced, speed, 2) is coarse
+    assert finer_trace(coarse, work, marks, {"bucket": 1.0, "work": rows}, 2) is coarse  # the log coarser than a part
+    assert finer_trace(coarse, work, marks, {"bucket": 0.25, "work": [["x", 1], [1.0, "register", -1.0, 2]]}, 2)["factors"] == [1.0] * 80
+
+
 def test_requests_turned_away_are_left_out_of_a_served_requests_work() -> None:
     # 10 s of overload: register 1,100 requests, of which 1,000 were shed (503) in 2 loop steps of 0.05 ms each; the 100
     # served took 400 steps (0.04 s, E[S^2] = 2 x (0.1 ms)^2), 50 of them resumes, and 0.02 s in threads.  A served request's work is

@@ -343,6 +343,35 @@ def test_real_cpu_work_per_request_type_is_done_and_counted_apart(tmp_path: Path
     assert cpu.get(("surgecap_cpu_work_requests_total", "verify_email"), 0) == 0
 
 
+def test_the_speed_log_keeps_the_requests_own_work_in_quarter_seconds_of_the_servers_clock(tmp_path: Path, monkeypatch: Any) -> None:
+    # /metrics/speed: each key stretch in the bucket of the server's clock it ended in; /metrics carries that clock, so a
+    # client can place the buckets on its own; the log keeps its last SPEED_BUCKETS buckets
+    import time
+
+    from refserver import cpu as cpu_module
+
+    with make_client(tmp_path, config(work={"register": 20_000})) as client:
+        before = time.monotonic()
+        for _ in range(3):
+            assert client.post("/api/register", json=person()).status_code == 201
+        after = time.monotonic()
+        log = client.get("/metrics/speed").json()
+        clock = {n: v for n, _, v in parse_prometheus(client.get("/metrics").text)}["surgecap_clock_seconds"]
+    assert log["bucket"] == cpu_module.SPEED_BUCKET == 0.25
+    assert before <= clock and before <= log["clock"]
+    assert all(rt == "register" for _, rt, _, _ in log["work"])
+    assert sum(n for *_, n in log["work"]) == 3 and all(s > 0 for _, _, s, _ in log["work"])
+    assert all(before - 0.25 <= start <= after for start, *_ in log["work"])
+
+    monkeypatch.setattr(cpu_module, "SPEED_BUCKETS", 2)
+    clock_ = cpu_module.CpuClock()
+    for k in range(4):  # four buckets' work: the first two are dropped
+        monkeypatch.setattr(cpu_module.time, "monotonic", lambda k=k: 1000.0 + k * 0.25 + 0.1)
+        clock_.work("register", 0.01 * (k + 1))
+    rows_ = clock_.speed_log()["work"]
+    assert [(start, s) for start, _, s, _ in rows_] == [(1000.5, 0.03), (1000.75, 0.04)]
+
+
 @pytest.mark.parametrize("work", [{"register": -1}, {"register": 10**8}, {"nonsense": 5}])
 def test_bad_cpu_work_is_refused(work: dict[str, int]) -> None:
     from refserver.config import ConfigError, ServerConfig

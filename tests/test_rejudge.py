@@ -49,6 +49,12 @@ def test_a_recorded_level_is_read_back_with_its_scenario_and_result(tmp_path: Pa
     m = recorded(run / "level-0.5")
     assert m.scenario.horizon == 12.0 and m.result.requests["register"].total_latency.count > 100
     assert m.before is None and m.after is None  # a level without server metrics keeps none
+    assert m.speed is None  # nor a speed log
+    log = {"bucket": 0.25, "clock": 12.0, "work": [[1.0, "register", 0.02, 2]]}
+    m.speed = log
+    m.keep(run / "level-0.5")  # as a live level keeps what the server told it
+    again = recorded(run / "level-0.5")
+    assert again.speed == log and again.before is None
 
 
 def test_recorded_levels_are_judged_again_and_a_slower_server_fails(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "CPU_WARMUP",
     "SNAPSHOTS",
     "SCRAPES",
+    "SPEED",
 ]
 
 CPU_WARMUP = 0.25  # share of a processor phase left out: a fresh server's first requests cost more (imports, caches, connections)
@@ -49,6 +50,8 @@ class Measurement:
     """One measured level: its scenario, what Locust recorded, and the station metrics scraped around it (None: none published).
 
     ``scrapes``: the metrics the load scraped during the level, about every second (``at`` from its start).
+    ``speed``: the server's speed log read after the level (``/metrics/speed``: its own computation in short buckets
+    of the server's clock), None when it keeps none.
     """
 
     scenario: Scenario
@@ -56,11 +59,15 @@ class Measurement:
     before: Snapshot | None
     after: Snapshot | None
     scrapes: list[Snapshot] = field(default_factory=list)
+    speed: dict[str, Any] | None = None
 
     def keep(self, level_dir: Path) -> None:
-        """Write the metrics scraped around the level to ``level_dir``/:data:`SNAPSHOTS` (:func:`recorded` reads them)."""
+        """Write the metrics scraped around the level to ``level_dir``/:data:`SNAPSHOTS`, and the speed log to
+        :data:`SPEED` (:func:`recorded` reads them)."""
         snaps = {"before": self.before.to_dict() if self.before else None, "after": self.after.to_dict() if self.after else None}
         (level_dir / SNAPSHOTS).write_text(json.dumps(snaps))
+        if self.speed is not None:
+            (level_dir / SPEED).write_text(json.dumps(self.speed))
 
     @property
     def cpu_utilization(self) -> float | None:
@@ -112,6 +119,7 @@ class Measurement:
 
 SNAPSHOTS = "snapshots.json"  # a measured level's server metrics just before and just after its load
 SCRAPES = "scrapes.json"  # the metrics the load itself scraped during the level, about every second
+SPEED = "speed.json"  # the server's speed log, read after the level (refserver.cpu.CpuClock.speed_log)
 
 
 def _scrapes(path: Path) -> list[Snapshot]:
@@ -145,9 +153,10 @@ def recorded(level_dir: Path) -> Measurement:
         scrapes = _scrapes(level_dir / SCRAPES)
         if before is None and after is None and len(scrapes) >= 2:
             before, after = scrapes[0], scrapes[-1]
+        speed = json.loads((level_dir / SPEED).read_text()) if (level_dir / SPEED).exists() else None
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise BadInput(f"{level_dir}: its server metrics cannot be read: {exc}") from None
-    return Measurement(scenario, result, before, after, scrapes)
+    return Measurement(scenario, result, before, after, scrapes, speed if isinstance(speed, dict) else None)
 
 
 def pending_writes(meminfo: str) -> int:
@@ -251,7 +260,7 @@ class Lab:
         from locustfiles.launch import LoadRun, LoadTestError, run_locust
         from models.calibrate import snapshot
         from models.loader import load_scenario
-        from refserver.serve import scrape, started
+        from refserver.serve import scrape, speed_log, started
 
         scenario = load_scenario(scenario_file)
         duration = scenario.horizon
@@ -294,6 +303,7 @@ class Lab:
             except LoadTestError as exc:
                 raise RunFailed(f"the load run in {run_dir} failed: {exc}") from None
             after = snap()
+            speed = speed_log(target) if after is not None else None
         if self.host is None:
             self.uploads.append(run_dir / "server" / "photos")
         if interrupted:
@@ -303,6 +313,6 @@ class Lab:
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             say("validate", f"the load's own scrapes in {run_dir} cannot be read, so the level has no speed trace: {exc}", self.quiet)
             scrapes = []
-        found = Measurement(scenario, measured, before, after, scrapes)
+        found = Measurement(scenario, measured, before, after, scrapes, speed)
         found.keep(run_dir)
         return found

@@ -157,6 +157,7 @@ def level_disk(calibration: Calibration, measurement: Measurement) -> tuple[Cali
 
 TRACE_EVERY = 1.0  # seconds: the intervals of a level's speed trace (the load scrapes the server about every second)
 TRACE_MIN = 30.0  # seconds: a shorter level keeps its average speed (its few intervals would each weigh too much)
+TRACE_FINE = 0.5  # seconds: with the server's speed log, each interval is cut into parts this long
 
 
 def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str, Any] | None:
@@ -170,16 +171,25 @@ def level_trace(calibration: Calibration, measurement: Measurement) -> dict[str,
     interval is far longer than at the average.  On this toolkit's
     validation machine the fixed work's CPU time doubled for a few seconds
     at a time, which five-second intervals halve and one-second ones follow
-    (docs/validation.md, "The speed trace in one-second intervals").
+    (docs/validation.md, "The speed trace in one-second intervals").  It moves
+    within the second too: where the server kept its speed log
+    (``Measurement.speed``), each interval is cut into :data:`TRACE_FINE`
+    parts that follow it (:func:`models.calibrate.finer_trace`; docs/validation.md,
+    "The speed trace within the second").
     """
-    from models.calibrate import speed_trace
+    from models.calibrate import finer_trace, speed_trace
     from models.scenario import Cpu
 
     if calibration.cpu is None or len(measurement.scrapes) < 3:
         return None
     cpu = Cpu.model_validate(calibration.cpu)
-    trace = speed_trace(calibration.cpu.get("work", {}), measurement.scrapes, cpu.work_factor, every=TRACE_EVERY)
-    return trace if trace is not None and len(trace["factors"]) * trace["every"] >= TRACE_MIN - 1e-9 else None
+    work = calibration.cpu.get("work", {})
+    trace = speed_trace(work, measurement.scrapes, cpu.work_factor, every=TRACE_EVERY)
+    if trace is None or len(trace["factors"]) * trace["every"] < TRACE_MIN - 1e-9:
+        return None
+    if measurement.speed is not None:
+        trace = finer_trace(trace, work, measurement.scrapes, measurement.speed, round(trace["every"] / TRACE_FINE))
+    return trace
 
 
 def traced(calibration: Calibration, trace: dict[str, Any] | None) -> Calibration:
