@@ -17,7 +17,7 @@ from models.stations import Door, DoorStep, Station
 if TYPE_CHECKING:
     from models.funnel import FunnelModel
 
-__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD", "DOOR", "HANDOFF", "ACCOUNT"]
+__all__ = ["Route", "CpuRoute", "cpu_legs", "VISIT", "HOLD", "DELAY", "RELEASE", "LOCK", "THREAD", "DOOR", "ACCOUNT"]
 
 
 class Route:
@@ -68,8 +68,8 @@ class Route:
             leg.callbacks.append(self.next)  # type: ignore[union-attr]
 
 
-VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME, DOOR, HANDOFF = range(10)  # legs of a route through the processor
-IO, TIMER = 1, 2  # what woke a step on the processor (0: made ready by a step before it; see Route._woken)
+VISIT, HOLD, DELAY, RELEASE, LOCK, THREAD, WORK, RESUME, DOOR = range(9)  # legs of a route through the processor
+IO, TIMER = 1, 2  # what woke a step on the processor (0: made ready by a step before it; see CpuRoute._woken)
 #: A request type's processor accounting in the model, as the reference server keeps it (refserver.cpu): requests,
 #: loop steps (resume steps among them), their seconds (the own computation among them), resume steps, worker-thread
 #: seconds, own-computation seconds, and requests turned away ("full")
@@ -97,10 +97,7 @@ def cpu_legs(
     current step to end, before the thread's step, which then runs ahead of the
     loop's waiting steps (it holds the lock); when the request has a step to
     spare, the next resumes it once the thread is done (a wait for the loop,
-    as on the server, still inside the visit), two turns of the loop after
-    the thread: the thread hands its result over with a callback the loop runs
-    in its next turn (``call_soon_threadsafe``), which makes the request's own
-    step ready for the turn after (a ``HANDOFF`` leg: a zero-length step).  The other steps are spread
+    as on the server, still inside the visit).  The other steps are spread
     over the gaps before, between and after the stations, first gaps first.
     The registry (an outside service) is visited, not held.  The request's own
     computation (``work``, e.g. a key stretch) adds to the step that resumes it
@@ -155,7 +152,7 @@ def cpu_legs(
             legs += [(LOCK, cpu, None)] * locks
             legs.append((THREAD, cpu, step))
             if wake:
-                legs += [(HANDOFF, cpu, None), (VISIT, cpu, step)]
+                legs.append((VISIT, cpu, step))
         legs.append((DELAY, None, service))
         own = work if held and j == held[0] else None
         if resumes > 0:
@@ -249,10 +246,6 @@ class CpuRoute:
                 leg = station.boundary()
                 leg.callbacks.append(self.next)  # type: ignore[union-attr]
                 return
-            if kind == HANDOFF:  # the thread's result reaches the loop: a callback's turn, not counted as the request's step
-                leg = station.probe(woken=False)
-                leg.callbacks.append(self._handed)  # type: ignore[union-attr]
-                return
             if kind == DELAY:
                 leg = m.env.timeout(sampler())
             elif sampler is None:  # the registry
@@ -296,9 +289,6 @@ class CpuRoute:
             return IO
         kind, _station, sampler = self.legs[i]
         return TIMER if kind == DELAY else IO if kind == VISIT and sampler is None else 0
-
-    def _handed(self, _event: Event) -> None:
-        self.next(None)
 
     def _resumed(self, event: Event) -> None:
         self.since = self.model.env._now  # the server counts its slot busy from here

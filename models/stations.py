@@ -435,9 +435,8 @@ class Processor(Station):
         return _Job(Event(self.env), service, self.env._now, "abandoned", INF, value)
 
     def probe(self, woken: bool) -> Event:
-        """A zero-length step that is not a request's: the loop-lag probe's (woken by its timer, or made ready by its
-        own first step), or the callback by which a worker thread hands its result to the loop; queued as any other
-        but left out of the station's counts and waits."""
+        """A zero-length step of the loop-lag probe (woken by its timer, or made ready by its own first step),
+        queued as any other but left out of the station's counts and waits: it is not a request's."""
         arrivals, waited = self.n_arrivals, self.n_waited
         ev = self.woken(0.0, PROBE, timer=True) if woken else self.request(0.0, value=PROBE)
         self.n_arrivals, self.n_waited = arrivals, waited

@@ -133,10 +133,9 @@ def test_a_held_server_is_busy_until_released_and_the_next_waits() -> None:
 
 def test_processor_steps_sit_inside_the_station_visits() -> None:
     # a register request over [web, db] with 5 steps, db threaded: web held through its resumption step, db through the
-    # thread's step (served ahead of the loop's steps: it holds the lock), the thread's handoff to the loop (a turn of
-    # its own, not a step of the request's), the step that resumes the request once the thread is done, and its
-    # resumption after the service; the 1 step left goes to the gap before web
-    from models.routes import DELAY, HANDOFF, HOLD, RELEASE, RESUME, THREAD, VISIT, cpu_legs
+    # thread's step (served ahead of the loop's steps: it holds the lock), the step that resumes the request once the
+    # thread is done, and its resumption after the service; the 1 step left goes to the gap before web
+    from models.routes import DELAY, HOLD, RELEASE, RESUME, THREAD, VISIT, cpu_legs
 
     env = simpy.Environment()
     cpu, web, db = Station(env, "cpu", 1, None), Station(env, "web", 8, None), Station(env, "db", 2, None)
@@ -152,7 +151,6 @@ def test_processor_steps_sit_inside_the_station_visits() -> None:
         (HOLD, "db"),
         (RESUME, "cpu"),
         (THREAD, "cpu"),
-        (HANDOFF, "cpu"),
         (VISIT, "cpu"),
         (DELAY, None),
         (VISIT, "cpu"),
@@ -181,38 +179,6 @@ def test_a_requests_own_computation_joins_its_resumption_inside_the_first_statio
     alone = cpu_legs([(web, lambda: 0.025)], cpu, 0, None, frozenset(), work=lambda: 0.010)
     assert [(f[0], f[1]()) for k, _, f in alone if k == WORK] == [(None, 0.010)]
     assert [k for k, _, _ in alone].count(VISIT) == 0
-
-
-def test_a_worker_threads_result_reaches_the_request_two_turns_of_the_loop_later() -> None:
-    # the reference server's database writer and photo store hand a result back with loop.call_soon_threadsafe: the
-    # callback runs in the loop's next turn and makes the request's step ready for the turn after.  A request on db
-    # (threaded, 4 ms service; 3 steps of 1 ms: the thread's, the one that resumes it after the thread, the one after
-    # the service) and a chain of two 5 ms steps B1, B2 (B1 asked at 0.5 ms, B2 made ready by B1's end).  The thread's
-    # step runs 0-1 ms, B1 1-6; the handoff runs in the turn at 6 ms, where B2 was made ready first, so the request's
-    # step waits for B2 (6-11) and runs 11-12, then the service 12-16 and the last step 16-17 ms.  Were the thread's
-    # result the request's own step at once, it would run 6-7 and the request end at 13 ms
-    from types import SimpleNamespace
-
-    from models.routes import HANDOFF, CpuRoute, cpu_legs
-    from models.stations import Processor
-
-    env = simpy.Environment()
-    proc = Processor(env, "cpu", 1, lambda u: 1.0, 0.5)
-    db = Station(env, "db", 1, None)
-    legs = cpu_legs([(db, lambda: 0.004)], proc, 3, lambda: 0.001, frozenset({"db"}))
-    assert [k for k, _, _ in legs].count(HANDOFF) == 1
-    reply = env.event()
-    CpuRoute(SimpleNamespace(env=env), legs, math.inf, reply).next(None)  # type: ignore[arg-type]
-
-    def chain():  # type: ignore[no-untyped-def]
-        yield env.timeout(0.0005)
-        yield proc.request(0.005)
-        yield proc.request(0.005)
-
-    env.process(chain())
-    env.run(reply)
-    assert env.now == pytest.approx(0.017)
-    assert proc.n_arrivals == 5  # the request's three steps and the chain's two: the handoff is not counted
 
 
 def test_a_processor_law_times_steps_and_own_computation_each_by_its_own_points() -> None:
